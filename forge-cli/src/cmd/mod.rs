@@ -1,0 +1,4 @@
+//! One module per top-level subcommand. Each exposes its clap arguments and a `run` function
+//! that calls a library and returns the process exit code.
+
+pub mod config;

@@ -1,0 +1,48 @@
+//! `forge`: build once, promote everywhere. This binary only parses, dispatches to the
+//! libraries and maps errors to exit codes; see ARCHITECTURE.md.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)] // the binary is where printing belongs
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+mod config;
+mod output;
+
+/// Forge: copy container images registry-to-registry with the digest proven, and record
+/// promotions in the Ledger.
+#[derive(Debug, Parser)]
+#[command(
+    name = "forge",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    /// More log detail on stderr (-v: debug, -vv: trace). `RUST_LOG` overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a Forge config file (forge.toml).
+    #[command(subcommand)]
+    Config(cmd::config::Command),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    output::init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Config(c) => cmd::config::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(err) => output::report_error(&err),
+    }
+}

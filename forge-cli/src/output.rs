@@ -1,0 +1,165 @@
+//! Output plumbing shared by every command: text/JSON selection, error reports with their
+//! cause chain, pipeline logging commands (Azure DevOps, GitHub Actions) and exit codes.
+
+use std::io::{self, Write};
+use std::process::ExitCode;
+
+/// `--output text|json`, taken by every command.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON document on stdout.
+    Json,
+}
+
+/// Exit codes. 0 is success; clap itself exits 2 on bad usage.
+pub mod exit {
+    /// The operation failed (I/O, registry, AWS, git, verification).
+    pub const FAILURE: u8 = 1;
+    /// The input was refused before anything was changed (bad value, policy, config).
+    pub const INVALID_INPUT: u8 = 2;
+}
+
+/// An error that is the caller's input rather than the world: exits with
+/// [`exit::INVALID_INPUT`]. Wrap a library error in it where that library says the input was bad.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InvalidInput(pub String);
+
+/// The CI system the binary runs under, which decides how errors and results are announced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pipeline {
+    /// Azure DevOps (`TF_BUILD` set).
+    AzureDevOps,
+    /// GitHub Actions (`GITHUB_ACTIONS=true`).
+    GitHubActions,
+    /// Anything else, including a terminal.
+    None,
+}
+
+impl Pipeline {
+    /// Detects the pipeline from the process environment.
+    pub fn detect() -> Self {
+        if std::env::var_os("TF_BUILD").is_some() {
+            Pipeline::AzureDevOps
+        } else if std::env::var("GITHUB_ACTIONS").is_ok_and(|v| v == "true") {
+            Pipeline::GitHubActions
+        } else {
+            Pipeline::None
+        }
+    }
+}
+
+/// Prints `err` with its cause chain on stderr (as a pipeline error annotation under CI) and
+/// returns the exit code for it.
+pub fn report_error(err: &anyhow::Error) -> ExitCode {
+    let mut text = format!("error: {err}");
+    for cause in err.chain().skip(1) {
+        text.push_str(&format!("\n  caused by: {cause}"));
+    }
+    let stderr = io::stderr();
+    let mut stderr = stderr.lock();
+    let _ = match Pipeline::detect() {
+        // Logging commands are one line each: the chain is folded with " | ".
+        Pipeline::AzureDevOps => {
+            writeln!(stderr, "##vso[task.logissue type=error]{}", one_line(&text))
+        }
+        Pipeline::GitHubActions => writeln!(stderr, "::error::{}", escape_github(&text)),
+        Pipeline::None => writeln!(stderr, "{text}"),
+    };
+    let code = if err.chain().any(|c| c.is::<InvalidInput>()) {
+        exit::INVALID_INPUT
+    } else {
+        exit::FAILURE
+    };
+    ExitCode::from(code)
+}
+
+fn one_line(text: &str) -> String {
+    text.replace('\r', "").replace('\n', " | ")
+}
+
+/// GitHub workflow commands take `%0A` for newlines in the message.
+fn escape_github(text: &str) -> String {
+    text.replace('%', "%25")
+        .replace('\r', "%0D")
+        .replace('\n', "%0A")
+}
+
+/// Writes `text` to stdout; a closed pipe (`forge … | head`) is not an error.
+pub fn print_stdout(text: &str) -> anyhow::Result<()> {
+    let mut out = io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Prints `value` as pretty JSON on stdout.
+pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
+    let mut text = serde_json::to_string_pretty(value)?;
+    text.push('\n');
+    print_stdout(&text)
+}
+
+/// Publishes a named result for later pipeline steps: an Azure DevOps output variable or a
+/// `$GITHUB_OUTPUT` line; does nothing outside a pipeline.
+#[allow(dead_code, reason = "used by the commands landing with issues 4-6")]
+pub fn set_pipeline_output(name: &str, value: &str) -> anyhow::Result<()> {
+    match Pipeline::detect() {
+        Pipeline::AzureDevOps => print_stdout(&format!(
+            "##vso[task.setvariable variable={name};isOutput=true]{value}\n"
+        )),
+        Pipeline::GitHubActions => {
+            if let Some(path) = std::env::var_os("GITHUB_OUTPUT") {
+                let mut file = std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(path)?;
+                writeln!(file, "{name}={value}")?;
+            }
+            Ok(())
+        }
+        Pipeline::None => Ok(()),
+    }
+}
+
+/// Logs go to stderr; stdout stays for results. `-v` raises the level, `RUST_LOG` wins.
+pub fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn,forge=info",
+        1 => {
+            "info,forge_registry=debug,forge_ledger=debug,forge_auth=debug,forge_ec2=debug,forge=debug"
+        }
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_target(verbose > 0)
+        .without_time()
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn github_messages_keep_newlines_escaped() {
+        assert_eq!(escape_github("a\nb 100%"), "a%0Ab 100%25");
+    }
+
+    #[test]
+    fn azure_messages_are_one_line() {
+        assert_eq!(
+            one_line("error: x\r\n  caused by: y"),
+            "error: x |   caused by: y"
+        );
+    }
+}

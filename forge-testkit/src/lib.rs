@@ -1,0 +1,403 @@
+//! Test harness for Forge: starts the *real* components the tests talk to — the CNCF
+//! Distribution registry (`docker-registry`), moto in server mode, `git` bare remotes — on
+//! free loopback ports, and stops them when dropped.
+//!
+//! **Policy:** when a component is missing, a test returns early with a note on stderr, *unless*
+//! `CI=true`, where it panics: CI must never pass by skipping. Use [`require_tool`] (or the
+//! starters, which call it) and return when it gives `None`:
+//!
+//! ```no_run
+//! let Some(registry) = forge_testkit::Registry::start() else { return };
+//! assert!(registry.host().starts_with("127.0.0.1:"));
+//! ```
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![allow(clippy::print_stderr)] // the skip notice is the point of this crate
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// True when running under CI (`CI=true`), where a missing component fails the test.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Finds `name` on `PATH`. When it is missing: panics under CI, otherwise prints a skip note and
+/// returns `None` so the caller can `return`.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    if let Some(path) = which(name) {
+        return Some(path);
+    }
+    let msg = format!(
+        "required test component `{name}` is not on PATH; run `cargo xtask test-deps` (installs \
+         docker-registry, skopeo, shellcheck via apt and moto[server] via pip)"
+    );
+    if in_ci() {
+        panic!("{msg} (CI=true: a missing component fails the test instead of skipping it)");
+    }
+    eprintln!("SKIPPED: {msg}");
+    None
+}
+
+/// Looks `name` up on `PATH` like a shell would.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    listener
+        .local_addr()
+        .expect("bound listener has an address")
+        .port()
+}
+
+/// Waits until something accepts TCP connections on `addr`, or panics after `timeout`,
+/// naming `what` and including the process's stderr log when given.
+fn wait_for_port(addr: SocketAddr, timeout: Duration, what: &str, log: Option<&Path>) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = log
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .unwrap_or_default();
+    panic!("{what} did not listen on {addr} within {timeout:?}; its log:\n{log}");
+}
+
+/// A child process killed (and reaped) on drop.
+#[derive(Debug)]
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A CNCF Distribution registry (`docker-registry serve`) on 127.0.0.1 with its own storage
+/// directory. Plain HTTP, no auth: the loopback rule in forge-registry picks `http://`.
+#[derive(Debug)]
+pub struct Registry {
+    port: u16,
+    // Field order matters: the process dies before its storage is deleted.
+    _process: Guard,
+    dir: tempfile::TempDir,
+}
+
+impl Registry {
+    /// Starts a registry on a free port; `None` (skip) when `docker-registry` is missing outside CI.
+    pub fn start() -> Option<Self> {
+        let binary = require_tool("docker-registry")?;
+        let dir = tempfile::tempdir().expect("create a temp dir for registry storage");
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).expect("create registry storage dir");
+        for _ in 0..5 {
+            let port = free_port();
+            let config = dir.path().join("config.yml");
+            std::fs::write(
+                &config,
+                format!(
+                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                    storage.display()
+                ),
+            )
+            .expect("write registry config");
+            let log_path = dir.path().join("registry.log");
+            let log = std::fs::File::create(&log_path).expect("create registry log");
+            let child = Command::new(&binary)
+                .arg("serve")
+                .arg(&config)
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone log handle"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn docker-registry");
+            let mut guard = Guard(child);
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(20) {
+                if let Ok(Some(_)) = guard.0.try_wait() {
+                    break; // port taken between free_port() and bind: try another
+                }
+                if http_get_status(addr, "/v2/").is_some() {
+                    return Some(Registry {
+                        port,
+                        _process: guard,
+                        dir,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = guard.0.kill();
+            eprintln!(
+                "docker-registry failed to start on {port}: {}",
+                std::fs::read_to_string(&log_path).unwrap_or_default()
+            );
+        }
+        panic!("docker-registry did not start after 5 attempts");
+    }
+
+    /// `127.0.0.1:PORT`, the registry host part of an image reference.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The registry's port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The storage root (`docker/registry/v2/...` lives below it).
+    pub fn storage(&self) -> PathBuf {
+        self.dir.path().join("storage")
+    }
+
+    /// Lists the repositories the registry holds (from storage, so it sees what the API would
+    /// create on push).
+    pub fn repositories(&self) -> Vec<String> {
+        let root = self.storage().join("docker/registry/v2/repositories");
+        let mut out = Vec::new();
+        collect_repos(&root, &root, &mut out);
+        out.sort();
+        out
+    }
+}
+
+fn collect_repos(root: &Path, dir: &Path, out: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if !path.is_dir() {
+            continue;
+        }
+        if path
+            .file_name()
+            .is_some_and(|n| n == "_manifests" || n == "_layers" || n == "_uploads")
+        {
+            let repo = dir
+                .strip_prefix(root)
+                .expect("below root")
+                .to_string_lossy()
+                .into_owned();
+            if !out.contains(&repo) {
+                out.push(repo);
+            }
+        } else {
+            collect_repos(root, &path, out);
+        }
+    }
+}
+
+/// Minimal HTTP/1.1 GET over a raw socket, returning the status code (no client dependency).
+pub fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).ok()?;
+    let head = std::str::from_utf8(&buf[..n]).ok()?;
+    head.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// moto in server mode (`moto_server -H 127.0.0.1 -p PORT`): STS, ECR, SSM and EC2 stand-ins.
+/// Point SDK clients at [`Moto::endpoint`] (`AWS_ENDPOINT_URL`).
+#[derive(Debug)]
+pub struct Moto {
+    port: u16,
+    _process: Guard,
+    _dir: tempfile::TempDir,
+}
+
+impl Moto {
+    /// Starts moto on a free port; `None` (skip) when `moto_server` is missing outside CI.
+    pub fn start() -> Option<Self> {
+        let binary = require_tool("moto_server")?;
+        let dir = tempfile::tempdir().expect("temp dir for moto log");
+        let port = free_port();
+        let log_path = dir.path().join("moto.log");
+        let log = std::fs::File::create(&log_path).expect("create moto log");
+        let child = Command::new(binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn moto_server");
+        let guard = Guard(child);
+        wait_for_port(
+            ([127, 0, 0, 1], port).into(),
+            Duration::from_secs(60),
+            "moto_server",
+            Some(&log_path),
+        );
+        Some(Moto {
+            port,
+            _process: guard,
+            _dir: dir,
+        })
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The port moto listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Runs a Python snippet with boto3 against this moto (for fixtures such as tagged EC2
+    /// instances that Forge itself never creates). `ENDPOINT` is set in the snippet's
+    /// environment; stdout is returned. Panics with stderr on failure.
+    pub fn python(&self, script: &str) -> String {
+        let python = which("python3").expect("python3 is needed for moto fixtures");
+        let out = Command::new(python)
+            .arg("-c")
+            .arg(script)
+            .env("ENDPOINT", self.endpoint())
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_DEFAULT_REGION", "eu-west-1")
+            .output()
+            .expect("run python3");
+        assert!(
+            out.status.success(),
+            "python fixture failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// `skopeo` as an independent oracle; `None` (skip) when missing outside CI.
+pub fn skopeo() -> Option<PathBuf> {
+    require_tool("skopeo")
+}
+
+/// Runs `skopeo ARGS` with TLS verification off for loopback registries, returning its output.
+/// Panics with stderr when skopeo fails.
+pub fn skopeo_run(args: &[&str]) -> Output {
+    let out = skopeo_try(args);
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Runs `skopeo ARGS` and returns its output whatever the exit status.
+pub fn skopeo_try(args: &[&str]) -> Output {
+    Command::new("skopeo")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("spawn skopeo")
+}
+
+/// Runs `git ARGS` in `dir`, panicking with stderr on failure; returns trimmed stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Forge Test")
+        .env("GIT_AUTHOR_EMAIL", "test@forge.invalid")
+        .env("GIT_COMMITTER_NAME", "Forge Test")
+        .env("GIT_COMMITTER_EMAIL", "test@forge.invalid")
+        .output()
+        .expect("spawn git");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {} failed:\n{}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A bare Git repository on disk seeded with `files` (path, contents) in one commit on `main`,
+/// reachable as a `file://` URL. Also keeps the scratch clone used to seed it.
+#[derive(Debug)]
+pub struct BareRemote {
+    dir: tempfile::TempDir,
+}
+
+impl BareRemote {
+    /// Creates the remote and pushes `files` as its first commit on `main`.
+    pub fn seeded(files: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for bare remote");
+        let bare = dir.path().join("ledger.git");
+        let seed = dir.path().join("seed");
+        std::fs::create_dir_all(&bare).expect("mkdir bare");
+        git(
+            &bare,
+            &["init", "--quiet", "--bare", "--initial-branch=main"],
+        );
+        git(
+            dir.path(),
+            &["init", "--quiet", "--initial-branch=main", "seed"],
+        );
+        for (path, contents) in files {
+            let full = seed.join(path);
+            std::fs::create_dir_all(full.parent().expect("file has a parent")).expect("mkdir");
+            std::fs::write(&full, contents).expect("write seed file");
+        }
+        git(&seed, &["add", "-A"]);
+        git(
+            &seed,
+            &["commit", "--quiet", "--allow-empty", "-m", "seed ledger"],
+        );
+        git(
+            &seed,
+            &[
+                "push",
+                "--quiet",
+                bare.to_str().expect("utf-8 temp path"),
+                "main",
+            ],
+        );
+        BareRemote { dir }
+    }
+
+    /// Path of the bare repository.
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("ledger.git")
+    }
+
+    /// `file://` URL of the bare repository.
+    pub fn url(&self) -> String {
+        format!("file://{}", self.path().display())
+    }
+
+    /// Reads `file` at the tip of `main` in the bare repository.
+    pub fn read(&self, file: &str) -> String {
+        git(&self.path(), &["show", &format!("main:{file}")])
+    }
+
+    /// Commit subjects on `main`, newest first.
+    pub fn log(&self) -> Vec<String> {
+        git(&self.path(), &["log", "--format=%s", "main"])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}

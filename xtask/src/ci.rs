@@ -1,0 +1,126 @@
+//! `cargo xtask ci` and `cargo xtask test-deps`.
+
+use std::process::Command;
+
+use crate::util::{cargo, run, run_cmd, which};
+
+/// Debian packages the tests use, by the binary that proves each is installed.
+const APT_TOOLS: &[(&str, &str)] = &[
+    ("docker-registry", "docker-registry"),
+    ("skopeo", "skopeo"),
+    ("shellcheck", "shellcheck"),
+];
+
+/// Installs what the tests need when it is missing. Starts nothing: tests start their own
+/// instances on free loopback ports.
+pub fn test_deps() -> Result<(), String> {
+    let missing: Vec<&str> = APT_TOOLS
+        .iter()
+        .filter(|(bin, _)| which(bin).is_none())
+        .map(|(_, pkg)| *pkg)
+        .collect();
+    if !missing.is_empty() {
+        let sudo = if is_root() { None } else { which("sudo") };
+        let apt = |args: &[&str]| {
+            let mut cmd = match &sudo {
+                Some(sudo) => {
+                    let mut c = Command::new(sudo);
+                    c.arg("apt-get");
+                    c
+                }
+                None => Command::new("apt-get"),
+            };
+            cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+            run_cmd(&mut cmd)
+        };
+        apt(&["update", "-qq"])?;
+        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+        args.extend(&missing);
+        apt(&args)?;
+    }
+    if which("moto_server").is_none() {
+        let python = which("python3")
+            .ok_or("python3 is needed to install moto[server] (apt-get install python3-pip)")?;
+        run_cmd(Command::new(python).args(["-m", "pip", "install", "--quiet", "moto[server]"]))?;
+        if which("moto_server").is_none() {
+            return Err("pip installed moto[server] but `moto_server` is not on PATH; add pip's script directory to PATH".into());
+        }
+    }
+    for (bin, _) in APT_TOOLS {
+        if which(bin).is_none() {
+            return Err(format!("`{bin}` is still missing after installation"));
+        }
+    }
+    eprintln!("test components present: docker-registry, skopeo, shellcheck, moto_server, git");
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// fmt, clippy, tests, cargo-deny. `--no-deny` skips the (slow to install) licence/ban check
+/// for a quick local run; CI never passes it.
+pub fn ci(args: &[String]) -> Result<(), String> {
+    let skip_deny = args.iter().any(|a| a == "--no-deny");
+    if let Some(unknown) = args.iter().find(|a| *a != "--no-deny") {
+        return Err(format!("unknown ci option `{unknown}` (known: --no-deny)"));
+    }
+    test_deps()?;
+    let cargo = cargo();
+    run(&cargo, &["fmt", "--all", "--check"]).map_err(|e| format!("{e}: run `cargo fmt --all`"))?;
+    run(
+        &cargo,
+        &[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--locked",
+            "--",
+            "-D",
+            "warnings",
+        ],
+    )?;
+    // CI=true makes every test that cannot find its component fail instead of skipping.
+    run_cmd(
+        Command::new(&cargo)
+            .args(["test", "--workspace", "--locked"])
+            .env("CI", "true"),
+    )?;
+    if !skip_deny {
+        deny()?;
+    }
+    eprintln!("xtask ci: all checks passed");
+    Ok(())
+}
+
+fn deny() -> Result<(), String> {
+    let cargo = cargo();
+    if which("cargo-deny").is_none() {
+        run(&cargo, &["install", "--locked", "cargo-deny"])?;
+    }
+    run(
+        &cargo,
+        &[
+            "deny",
+            "--all-features",
+            "check",
+            "bans",
+            "licenses",
+            "sources",
+        ],
+    )?;
+    // Advisories need the RustSec database from the network; this machine reaches only the
+    // package registries, so the check runs only when the database can be fetched.
+    match run(&cargo, &["deny", "fetch", "db"]) {
+        Ok(()) => run(&cargo, &["deny", "check", "advisories"])?,
+        Err(_) => eprintln!(
+            "xtask ci: NOT CHECKED: advisories (the RustSec advisory database could not be fetched; \
+             run `cargo deny check advisories` where the network allows)"
+        ),
+    }
+    Ok(())
+}

@@ -1,0 +1,42 @@
+//! `cargo xtask <task>`: the project's automation, in Rust so it runs wherever cargo does.
+//!
+//! - `ci`: everything CI checks (installs missing test components first).
+//! - `test-deps`: install docker-registry, skopeo, shellcheck (apt) and moto[server] (pip) when missing.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)] // a task runner reports on the terminal
+
+use std::process::ExitCode;
+
+mod ci;
+mod util;
+
+const USAGE: &str = "usage: cargo xtask <task>
+
+tasks:
+  ci          fmt check, clippy -D warnings, all tests, cargo deny (installs test components first)
+  test-deps   install docker-registry, skopeo, shellcheck (apt) and moto[server] (pip) when missing
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some((task, rest)) = args.split_first() else {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    };
+    let result = match task.as_str() {
+        "ci" => ci::ci(rest),
+        "test-deps" => ci::test_deps(),
+        "-h" | "--help" | "help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(format!("unknown task `{other}`\n\n{USAGE}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("xtask: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
