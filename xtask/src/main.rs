@@ -8,6 +8,7 @@
 use std::process::ExitCode;
 
 mod ci;
+mod tidy;
 mod util;
 
 const USAGE: &str = "usage: cargo xtask <task>
