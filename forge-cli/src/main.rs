@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod aws;
 mod cmd;
 mod config;
 mod output;
