@@ -8,6 +8,7 @@
 use std::process::ExitCode;
 
 mod ci;
+mod demo;
 mod tidy;
 mod util;
 
@@ -15,6 +16,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   ci          fmt check, clippy -D warnings, all tests, cargo deny (installs test components first)
+  demo        the release flow end to end in a sandbox (OCI-layout registries, local Ledger)
   test-deps   install docker-registry, skopeo, shellcheck (apt) and moto[server] (pip) when missing
 ";
 
@@ -27,6 +29,7 @@ fn main() -> ExitCode {
     let result = match task.as_str() {
         "ci" => ci::ci(rest),
         "test-deps" => ci::test_deps(),
+        "demo" => demo::demo(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())
