@@ -1,3 +1,43 @@
 //! Byte-exact image-tag patcher for Argo CD manifests and a Git Ledger writer that never loses an update.
+//!
+//! The patcher changes **only the bytes of one scalar**: comments, blank lines, key order, indentation, quoting
+//! style, CRLF line ends, a BOM and trailing text survive untouched. It locates the scalar with yaml-rust2's event
+//! parser (line/column markers converted to byte offsets), splices the new value in, re-parses the result and
+//! refuses to return anything whose event stream differs from the original in more than that one value.
+//!
+//! ```
+//! use forge_ledger::{Selector, patch_tag, read_tag};
+//!
+//! let manifest = "\
+//! apiVersion: argoproj.io/v1alpha1
+//! kind: Application
+//! metadata:
+//!   name: api-prod
+//! spec:
+//!   source:
+//!     helm:
+//!       parameters:
+//!       # set by forge
+//!       - name: image.tag
+//!         value: \"1.19\"
+//! ";
+//! let found = read_tag(manifest, &Selector::default())?;
+//! assert_eq!(found.value, "1.19");
+//! assert_eq!(found.path, "spec.source.helm.parameters[name=image.tag].value");
+//!
+//! let patched = patch_tag(manifest, &Selector::default(), "1.20")?;
+//! assert_eq!(patched.text, manifest.replace("\"1.19\"", "\"1.20\""));
+//! assert_eq!((patched.old.as_str(), patched.new.as_str()), ("1.19", "1.20"));
+//! # Ok::<(), forge_ledger::PatchError>(())
+//! ```
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
+
+pub mod lint;
+pub mod patch;
+
+pub use lint::{Finding, LintError, LintOptions, lint_dir};
+pub use patch::{
+    Found, PatchError, Patched, Selector, patch_image, patch_tag, read_tag, validate_digest,
+    validate_tag,
+};
