@@ -33,11 +33,14 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod git;
 pub mod lint;
 pub mod patch;
+pub mod writer;
 
 pub use lint::{Finding, LintError, LintOptions, lint_dir};
 pub use patch::{
     Found, PatchError, Patched, Selector, patch_image, patch_tag, read_tag, validate_digest,
     validate_tag,
 };
+pub use writer::{Current, HistoryEntry, Ledger, LedgerError, Revert, SetTag, SetTagOutcome};
