@@ -14,6 +14,8 @@
 #![deny(missing_docs)]
 #![allow(clippy::print_stderr)] // the skip notice is the point of this crate
 
+pub mod oci;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
