@@ -1,1 +1,3 @@
 //! Integration tests for the `forge` binary.
+
+mod support;
