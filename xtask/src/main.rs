@@ -7,6 +7,7 @@
 
 use std::process::ExitCode;
 
+mod bench_copy;
 mod ci;
 mod demo;
 mod tidy;
@@ -15,10 +16,23 @@ mod util;
 const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
+  bench copy  forge copy vs skopeo on two local registries; writes BENCHMARKS.md (--help for options)
   ci          fmt check, clippy -D warnings, all tests, cargo deny (installs test components first)
   demo        the release flow end to end in a sandbox (OCI-layout registries, local Ledger)
   test-deps   install docker-registry, skopeo, shellcheck (apt) and moto[server] (pip) when missing
 ";
+
+/// `cargo xtask bench <what> [options]`: one arm per benchmark (add yours here).
+fn bench(args: &[String]) -> Result<(), String> {
+    let usage = "usage: cargo xtask bench <copy> [options]";
+    let Some((what, rest)) = args.split_first() else {
+        return Err(usage.into());
+    };
+    match what.as_str() {
+        "copy" => bench_copy::bench_copy(rest),
+        other => Err(format!("unknown benchmark `{other}`\n{usage}")),
+    }
+}
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -30,6 +44,7 @@ fn main() -> ExitCode {
         "ci" => ci::ci(rest),
         "test-deps" => ci::test_deps(),
         "demo" => demo::demo(rest),
+        "bench" => bench(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
             Ok(())

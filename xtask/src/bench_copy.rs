@@ -1,0 +1,820 @@
+//! `cargo xtask bench copy`: `forge copy` against `skopeo copy --all --preserve-digests` on two
+//! local `docker-registry` instances. Never a test: wall times depend on the machine, so the
+//! result is a table in BENCHMARKS.md (between the `bench:copy` markers), not an assertion.
+//!
+//! Method: fixtures are OCI layouts with deterministic pseudo-random layers (incompressible, so
+//! neither tool can cheat), pushed once to a source registry with skopeo. Each cold run gets a
+//! FRESH destination registry (new storage, new port), because skopeo's blob-info cache would
+//! otherwise mount blobs from other repositories. The destination repository is provisioned
+//! first with a one-blob seed image (Forge refuses to create repositories, like ECR with an
+//! allowlist). The tools run alternately, several times each; medians are reported. Peak RSS
+//! comes from `/usr/bin/time -f %M` (GNU time) or, without it, by polling `VmHWM`.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use forge_testkit::Registry;
+
+use crate::util::{cargo, root, run_cmd, which};
+
+const USAGE: &str = "usage: cargo xtask bench copy [--runs N] [--quick] [--case NAME]... [--no-build] [--forge PATH] [--no-write]
+
+  --runs N      runs per tool and case (default 3)
+  --quick       small sizes for a smoke run (results are not written to BENCHMARKS.md)
+  --case NAME   only this case (cold, repromote, small, big); repeatable
+  --no-build    do not run `cargo build --release -p forge-cli` (use the existing binary)
+  --forge PATH  the forge binary to measure (default: <target>/release/forge)
+  --no-write    print the table only; leave BENCHMARKS.md alone";
+
+const START: &str = "<!-- bench:copy:start -->";
+const END: &str = "<!-- bench:copy:end -->";
+const MIB: u64 = 1024 * 1024;
+
+struct Options {
+    runs: usize,
+    quick: bool,
+    cases: Vec<String>,
+    build: bool,
+    forge: Option<PathBuf>,
+    write: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options, String> {
+    let mut o = Options {
+        runs: 3,
+        quick: false,
+        cases: Vec::new(),
+        build: true,
+        forge: None,
+        write: true,
+    };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--runs" => {
+                let n = it.next().ok_or(USAGE)?;
+                o.runs = n
+                    .parse()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| format!("--runs wants a positive number, got `{n}`"))?;
+            }
+            "--quick" => o.quick = true,
+            "--case" => {
+                let c = it.next().ok_or(USAGE)?;
+                if !["cold", "repromote", "small", "big"].contains(&c.as_str()) {
+                    return Err(format!(
+                        "unknown case `{c}` (cases: cold, repromote, small, big)"
+                    ));
+                }
+                o.cases.push(c.clone());
+            }
+            "--no-build" => o.build = false,
+            "--forge" => o.forge = Some(PathBuf::from(it.next().ok_or(USAGE)?)),
+            "--no-write" => o.write = false,
+            "-h" | "--help" => return Err(USAGE.into()),
+            other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
+        }
+    }
+    Ok(o)
+}
+
+/// Sizes per mode.
+struct Sizes {
+    cold_layers: usize,
+    cold_layer: u64,
+    small_layers: usize,
+    big: u64,
+}
+
+impl Sizes {
+    fn new(quick: bool) -> Self {
+        if quick {
+            Sizes {
+                cold_layers: 6,
+                cold_layer: 4 * MIB,
+                small_layers: 40,
+                big: 64 * MIB,
+            }
+        } else {
+            Sizes {
+                cold_layers: 6,
+                cold_layer: 64 * MIB,
+                small_layers: 40,
+                big: 1024 * MIB,
+            }
+        }
+    }
+
+    /// Small layers: 8 KiB .. ~1 MiB, deterministic.
+    fn small_layer(i: usize) -> u64 {
+        8 * 1024 + ((i as u64 * 7919 * 1024) % (1000 * 1024))
+    }
+}
+
+/// `cargo xtask bench copy …`
+pub fn bench_copy(args: &[String]) -> Result<(), String> {
+    let o = parse(args)?;
+    for tool in ["docker-registry", "skopeo", "sha256sum"] {
+        if which(tool).is_none() {
+            return Err(format!(
+                "`{tool}` is not on PATH; run `cargo xtask test-deps` first"
+            ));
+        }
+    }
+    let forge = match &o.forge {
+        Some(p) => p.clone(),
+        None => target_dir().join("release/forge"),
+    };
+    if o.build && o.forge.is_none() {
+        run_cmd(Command::new(cargo()).args([
+            "build",
+            "--release",
+            "-p",
+            "forge-cli",
+            "--bin",
+            "forge",
+        ]))?;
+    }
+    if !forge.is_file() {
+        return Err(format!(
+            "forge binary {} not found (build it with `cargo build --release -p forge-cli`)",
+            forge.display()
+        ));
+    }
+    let want = |c: &str| o.cases.is_empty() || o.cases.iter().any(|x| x == c);
+    let sizes = Sizes::new(o.quick);
+    let work = tempdir()?;
+
+    eprintln!("== fixtures");
+    let source = Registry::start().ok_or("docker-registry did not start")?;
+    let seed = Layout::create(&work.join("seed"), &[Layer::random(0xfeed, 512)])?;
+    let mut fixtures = Vec::new();
+    if want("cold") || want("repromote") {
+        let layers: Vec<Layer> = (0..sizes.cold_layers)
+            .map(|i| Layer::random(100 + i as u64, sizes.cold_layer))
+            .collect();
+        fixtures.push(("cold", Layout::create(&work.join("cold"), &layers)?));
+    }
+    if want("small") {
+        let layers: Vec<Layer> = (0..sizes.small_layers)
+            .map(|i| Layer::random(200 + i as u64, Sizes::small_layer(i)))
+            .collect();
+        fixtures.push(("small", Layout::create(&work.join("small"), &layers)?));
+    }
+    if want("big") {
+        fixtures.push((
+            "big",
+            Layout::create(&work.join("big"), &[Layer::random(300, sizes.big)])?,
+        ));
+    }
+    for (name, layout) in &fixtures {
+        skopeo(&[
+            "copy",
+            "--all",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:1", layout.dir.display()),
+            &format!("docker://{}/bench/{name}:1", source.host()),
+        ])?;
+    }
+    let fixture = |name: &str| fixtures.iter().find(|(n, _)| *n == name).map(|(_, l)| l);
+
+    let forge_version = output(Command::new(&forge).arg("--version")).unwrap_or_default();
+    let skopeo_version = output(Command::new("skopeo").arg("--version")).unwrap_or_default();
+    let mut results: Vec<CaseResult> = Vec::new();
+
+    if let Some(layout) = fixture("cold").filter(|_| want("cold")) {
+        let title = format!(
+            "cold: {}×{} MiB layers",
+            sizes.cold_layers,
+            sizes.cold_layer / MIB
+        );
+        results.push(cold_case(
+            &o, &forge, &source, &seed, "cold", layout, title, 0.8, None,
+        )?);
+    }
+    if let Some(layout) = fixture("cold").filter(|_| want("repromote")) {
+        results.push(repromote_case(&o, &forge, &source, &seed, layout)?);
+    }
+    if let Some(layout) = fixture("small").filter(|_| want("small")) {
+        let title = format!("{} small layers (8 KiB–1 MiB)", sizes.small_layers);
+        results.push(cold_case(
+            &o, &forge, &source, &seed, "small", layout, title, 0.6, None,
+        )?);
+    }
+    if let Some(layout) = fixture("big").filter(|_| want("big")) {
+        let title = format!("one {} MiB layer", sizes.big / MIB);
+        results.push(cold_case(
+            &o,
+            &forge,
+            &source,
+            &seed,
+            "big",
+            layout,
+            title,
+            0.95,
+            Some(24 * 1024),
+        )?);
+    }
+
+    let command = format!(
+        "cargo xtask bench copy{}",
+        args.iter().fold(String::new(), |acc, a| acc + " " + a)
+    );
+    let report = render(
+        &results,
+        &command,
+        o.runs,
+        forge_version.trim(),
+        skopeo_version.trim(),
+    );
+    println!("{report}");
+    if o.write && !o.quick {
+        write_section(&root().join("BENCHMARKS.md"), &report)?;
+        eprintln!("wrote the `forge copy vs skopeo` section of BENCHMARKS.md");
+    } else {
+        eprintln!("(quick/--no-write run: BENCHMARKS.md left alone)");
+    }
+    drop(work);
+    Ok(())
+}
+
+struct CaseResult {
+    title: String,
+    forge: Vec<Run>,
+    skopeo: Vec<Run>,
+    target: f64,
+    rss_target_kib: Option<u64>,
+    note: String,
+}
+
+#[derive(Clone, Copy)]
+struct Run {
+    wall: Duration,
+    rss_kib: Option<u64>,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Tool {
+    Forge,
+    Skopeo,
+}
+
+/// Cold copies: every run (of either tool) gets a fresh, provisioned destination.
+#[allow(clippy::too_many_arguments)]
+fn cold_case(
+    o: &Options,
+    forge: &Path,
+    source: &Registry,
+    seed: &Layout,
+    name: &str,
+    layout: &Layout,
+    title: String,
+    target: f64,
+    rss_target_kib: Option<u64>,
+) -> Result<CaseResult, String> {
+    eprintln!("== {title}");
+    let mut result = CaseResult {
+        title,
+        forge: Vec::new(),
+        skopeo: Vec::new(),
+        target,
+        rss_target_kib,
+        note: String::new(),
+    };
+    for run in 0..o.runs {
+        // Alternate which tool goes first, so neither always gets the warmer page cache.
+        let order = if run % 2 == 0 {
+            [Tool::Forge, Tool::Skopeo]
+        } else {
+            [Tool::Skopeo, Tool::Forge]
+        };
+        for tool in order {
+            let dest = provisioned_destination(seed, name)?;
+            let r = copy_once(tool, forge, source, &dest, name)?;
+            check_destination(&dest, name, &layout.digest)?;
+            report_run(tool, run, &r);
+            match tool {
+                Tool::Forge => result.forge.push(r),
+                Tool::Skopeo => result.skopeo.push(r),
+            }
+        }
+    }
+    Ok(result)
+}
+
+/// Re-promotion: the destination already holds the image under the same tag.
+fn repromote_case(
+    o: &Options,
+    forge: &Path,
+    source: &Registry,
+    seed: &Layout,
+    layout: &Layout,
+) -> Result<CaseResult, String> {
+    let title = "re-promotion (everything present)".to_owned();
+    eprintln!("== {title}");
+    let mut result = CaseResult {
+        title,
+        forge: Vec::new(),
+        skopeo: Vec::new(),
+        target: 0.3,
+        rss_target_kib: None,
+        note: String::new(),
+    };
+    let dest = provisioned_destination(seed, "cold")?;
+    copy_once(Tool::Skopeo, forge, source, &dest, "cold")?;
+    check_destination(&dest, "cold", &layout.digest)?;
+    for run in 0..o.runs {
+        for tool in [Tool::Forge, Tool::Skopeo] {
+            let r = copy_once(tool, forge, source, &dest, "cold")?;
+            report_run(tool, run, &r);
+            match tool {
+                Tool::Forge => result.forge.push(r),
+                Tool::Skopeo => result.skopeo.push(r),
+            }
+        }
+    }
+    check_destination(&dest, "cold", &layout.digest)?;
+    Ok(result)
+}
+
+fn report_run(tool: Tool, run: usize, r: &Run) {
+    let name = match tool {
+        Tool::Forge => "forge ",
+        Tool::Skopeo => "skopeo",
+    };
+    eprintln!(
+        "  run {} {name} {:>8.3}s  peak RSS {}",
+        run + 1,
+        r.wall.as_secs_f64(),
+        r.rss_kib
+            .map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+    );
+}
+
+/// A fresh registry whose `bench/<name>` repository exists (holds a one-blob seed image).
+fn provisioned_destination(seed: &Layout, name: &str) -> Result<Registry, String> {
+    let dest = Registry::start().ok_or("docker-registry did not start")?;
+    skopeo(&[
+        "copy",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:1", seed.dir.display()),
+        &format!("docker://{}/bench/{name}:seed", dest.host()),
+    ])?;
+    Ok(dest)
+}
+
+fn copy_once(
+    tool: Tool,
+    forge: &Path,
+    source: &Registry,
+    dest: &Registry,
+    name: &str,
+) -> Result<Run, String> {
+    let src = format!("{}/bench/{name}:1", source.host());
+    let dst = format!("{}/bench/{name}:1", dest.host());
+    let mut cmd = match tool {
+        Tool::Forge => {
+            let mut c = Command::new(forge);
+            c.args(["copy", &src, &dst, "--output", "json"]);
+            c
+        }
+        Tool::Skopeo => {
+            let mut c = Command::new("skopeo");
+            c.args([
+                "copy",
+                "--all",
+                "--preserve-digests",
+                "--src-tls-verify=false",
+                "--dest-tls-verify=false",
+                &format!("docker://{src}"),
+                &format!("docker://{dst}"),
+            ]);
+            c
+        }
+    };
+    let (run, out) = measure(&mut cmd)?;
+    if tool == Tool::Forge {
+        let report: serde_json::Value = serde_json::from_str(out.trim())
+            .map_err(|e| format!("forge copy printed no JSON report ({e}); stdout was: {out}"))?;
+        if report["verified"] != serde_json::Value::Bool(true) {
+            return Err(format!("forge copy did not report verified=true: {report}"));
+        }
+    }
+    Ok(run)
+}
+
+/// Runs `cmd`, returning wall time, peak RSS and stdout; a failure is an error with stderr.
+fn measure(cmd: &mut Command) -> Result<(Run, String), String> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let dir = tempdir()?;
+    let out_path = dir.join("stdout");
+    let err_path = dir.join("stderr");
+    let time_path = dir.join("time");
+    let gnu_time = Path::new("/usr/bin/time").is_file();
+    let mut child_cmd = if gnu_time {
+        let mut c = Command::new("/usr/bin/time");
+        c.arg("-f").arg("%M").arg("-o").arg(&time_path);
+        c.arg(cmd.get_program()).args(cmd.get_args());
+        c
+    } else {
+        let mut c = Command::new(cmd.get_program());
+        c.args(cmd.get_args());
+        c
+    };
+    let file = |p: &Path| std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()));
+    child_cmd
+        .stdin(Stdio::null())
+        .stdout(file(&out_path)?)
+        .stderr(file(&err_path)?);
+    let start = Instant::now();
+    let mut child = child_cmd
+        .spawn()
+        .map_err(|e| format!("cannot start `{shown}`: {e}"))?;
+    let mut hwm = None;
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+            break status;
+        }
+        if !gnu_time {
+            hwm = read_hwm(child.id()).or(hwm);
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let wall = start.elapsed();
+    let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
+    let rss_kib = if gnu_time {
+        std::fs::read_to_string(&time_path)
+            .ok()
+            .and_then(|t| t.lines().last().and_then(|l| l.trim().parse().ok()))
+    } else {
+        hwm
+    };
+    if !status.success() {
+        return Err(format!("`{shown}` failed ({status}):\n{stderr}"));
+    }
+    Ok((Run { wall, rss_kib }, stdout))
+}
+
+fn read_hwm(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The destination must hold exactly the source digest (skopeo reads it independently).
+fn check_destination(dest: &Registry, name: &str, digest: &str) -> Result<(), String> {
+    let raw = Command::new("skopeo")
+        .args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/bench/{name}:1", dest.host()),
+        ])
+        .stderr(Stdio::inherit())
+        .output()
+        .map_err(|e| format!("cannot run skopeo: {e}"))?;
+    if !raw.status.success() {
+        return Err(format!(
+            "skopeo inspect of the destination failed ({})",
+            raw.status
+        ));
+    }
+    let got = sha256_bytes(&raw.stdout)?;
+    if got != digest {
+        return Err(format!(
+            "destination bench/{name}:1 is {got}, expected {digest}: a tool changed the image"
+        ));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures: OCI layouts with deterministic, incompressible layers.
+
+struct Layer {
+    seed: u64,
+    size: u64,
+}
+
+impl Layer {
+    fn random(seed: u64, size: u64) -> Self {
+        Layer { seed, size }
+    }
+
+    /// Writes the layer: a 1 MiB xorshift block per seed, with a block counter stamped into each
+    /// MiB so no two MiB are equal (fast even in a debug-built xtask).
+    fn write(&self, path: &Path) -> Result<(), String> {
+        use std::io::Write as _;
+        let mut state = self.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut block = Vec::with_capacity(MIB as usize);
+        while block.len() < MIB as usize {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            block.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+        }
+        let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut w = std::io::BufWriter::with_capacity(MIB as usize, file);
+        let mut left = self.size;
+        let mut counter = 0u64;
+        while left > 0 {
+            block[..8].copy_from_slice(&counter.to_le_bytes());
+            block[8..16].copy_from_slice(&self.seed.to_le_bytes());
+            let n = left.min(MIB) as usize;
+            w.write_all(&block[..n])
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            left -= n as u64;
+            counter += 1;
+        }
+        w.flush().map_err(|e| format!("{}: {e}", path.display()))
+    }
+}
+
+struct Layout {
+    dir: PathBuf,
+    /// Digest of the image manifest.
+    digest: String,
+}
+
+impl Layout {
+    fn create(dir: &Path, layers: &[Layer]) -> Result<Layout, String> {
+        let blobs = dir.join("blobs/sha256");
+        std::fs::create_dir_all(&blobs).map_err(|e| format!("{}: {e}", blobs.display()))?;
+        let mut descriptors = Vec::new();
+        let mut diff_ids = Vec::new();
+        for layer in layers {
+            let tmp = blobs.join("incoming");
+            layer.write(&tmp)?;
+            let digest = sha256_file(&tmp)?;
+            rename_to_blob(&tmp, &blobs, &digest)?;
+            descriptors.push(serde_json::json!({
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": digest,
+                "size": layer.size,
+            }));
+            diff_ids.push(digest);
+        }
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        })
+        .to_string();
+        let config_digest = put_bytes(&blobs, config.as_bytes())?;
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": config_digest,
+                "size": config.len(),
+            },
+            "layers": descriptors,
+        })
+        .to_string();
+        let digest = put_bytes(&blobs, manifest.as_bytes())?;
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": digest,
+                "size": manifest.len(),
+                "annotations": {"org.opencontainers.image.ref.name": "1"},
+            }],
+        })
+        .to_string();
+        write_file(&dir.join("index.json"), index.as_bytes())?;
+        write_file(
+            &dir.join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )?;
+        Ok(Layout {
+            dir: dir.to_path_buf(),
+            digest,
+        })
+    }
+}
+
+fn put_bytes(blobs: &Path, bytes: &[u8]) -> Result<String, String> {
+    let tmp = blobs.join("incoming");
+    write_file(&tmp, bytes)?;
+    let digest = sha256_bytes(bytes)?;
+    rename_to_blob(&tmp, blobs, &digest)?;
+    Ok(digest)
+}
+
+fn rename_to_blob(tmp: &Path, blobs: &Path, digest: &str) -> Result<(), String> {
+    let hex = digest.trim_start_matches("sha256:");
+    std::fs::rename(tmp, blobs.join(hex)).map_err(|e| format!("{}: {e}", tmp.display()))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// sha256 with coreutils' `sha256sum` (the xtask is a debug build: hashing a GiB in-process
+/// would dominate the fixture time).
+fn sha256_file(path: &Path) -> Result<String, String> {
+    let out = output(Command::new("sha256sum").arg(path))?;
+    let hex = out.split_whitespace().next().unwrap_or_default();
+    if hex.len() != 64 {
+        return Err(format!("sha256sum printed `{out}` for {}", path.display()));
+    }
+    Ok(format!("sha256:{hex}"))
+}
+
+fn sha256_bytes(bytes: &[u8]) -> Result<String, String> {
+    use std::io::Write as _;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run sha256sum: {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("sha256sum stdin")?
+        .write_all(bytes)
+        .map_err(|e| format!("sha256sum stdin: {e}"))?;
+    let out = child.wait_with_output().map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let hex = text.split_whitespace().next().unwrap_or_default();
+    if hex.len() != 64 {
+        return Err(format!("sha256sum printed `{text}`"));
+    }
+    Ok(format!("sha256:{hex}"))
+}
+
+fn skopeo(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("skopeo")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run skopeo: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "skopeo {args:?} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+fn output(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// A scratch directory removed on drop (fixtures are GiB-sized: never leave them behind).
+struct TempDir(PathBuf);
+
+impl std::ops::Deref for TempDir {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> Result<TempDir, String> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = std::env::temp_dir().join(format!(
+        "forge-bench-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
+    Ok(TempDir(base))
+}
+
+fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Report.
+
+fn median(runs: &[Run]) -> Duration {
+    let mut walls: Vec<Duration> = runs.iter().map(|r| r.wall).collect();
+    walls.sort();
+    match walls.len() {
+        0 => Duration::ZERO,
+        n if n % 2 == 1 => walls[n / 2],
+        n => (walls[n / 2 - 1] + walls[n / 2]) / 2,
+    }
+}
+
+fn peak(runs: &[Run]) -> Option<u64> {
+    runs.iter().filter_map(|r| r.rss_kib).max()
+}
+
+fn render(
+    results: &[CaseResult],
+    command: &str,
+    runs: usize,
+    forge_version: &str,
+    skopeo_version: &str,
+) -> String {
+    let mut s = String::new();
+    let date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let _ = writeln!(s, "## forge copy vs skopeo\n");
+    let _ = writeln!(
+        s,
+        "Measured {} with `{command}` ({runs} runs per tool, alternating; medians) on {cpus} CPUs, \
+         two local `docker-registry` (Distribution 2.8.2) instances over loopback HTTP. \
+         {forge_version}; {skopeo_version} run as `skopeo copy --all --preserve-digests \
+         --src-tls-verify=false --dest-tls-verify=false`. Every cold run (either tool) gets a fresh \
+         destination registry; results are checked with `skopeo inspect --raw` (digest equal to \
+         the source). Peak RSS is GNU time's `%M`.\n",
+        date.trim()
+    );
+    let _ = writeln!(
+        s,
+        "| case | forge (median) | skopeo (median) | forge/skopeo | target | met | peak RSS forge / skopeo |"
+    );
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|:-:|---:|");
+    for r in results {
+        let f = median(&r.forge).as_secs_f64();
+        let k = median(&r.skopeo).as_secs_f64();
+        let ratio = if k > 0.0 { f / k } else { f64::NAN };
+        let rss = |runs: &[Run]| {
+            peak(runs).map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+        };
+        let rss_ok = match (r.rss_target_kib, peak(&r.forge)) {
+            (Some(limit), Some(got)) => got <= limit,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        let met = ratio <= r.target && rss_ok;
+        let target = match r.rss_target_kib {
+            Some(kib) => format!("≤ {:.2}×, RSS ≤ {} MiB", r.target, kib / 1024),
+            None => format!("≤ {:.2}×", r.target),
+        };
+        let _ = writeln!(
+            s,
+            "| {} | {f:.3} s | {k:.3} s | {ratio:.2}× | {target} | {} | {} / {} |",
+            r.title,
+            if met { "yes" } else { "**no**" },
+            rss(&r.forge),
+            rss(&r.skopeo),
+        );
+    }
+    let _ = writeln!(s, "\nAll runs (seconds):\n");
+    for r in results {
+        let list = |runs: &[Run]| {
+            runs.iter()
+                .map(|r| format!("{:.3}", r.wall.as_secs_f64()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let _ = writeln!(
+            s,
+            "- {}: forge [{}]; skopeo [{}]{}",
+            r.title,
+            list(&r.forge),
+            list(&r.skopeo),
+            r.note
+        );
+    }
+    s
+}
+
+/// Replaces the text between the markers (or appends the section) in BENCHMARKS.md.
+fn write_section(path: &Path, report: &str) -> Result<(), String> {
+    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let section = format!("{START}\n{report}{END}");
+    let updated = match (existing.find(START), existing.find(END)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{section}{}", &existing[..a], &existing[b + END.len()..])
+        }
+        _ => format!("{}\n{section}\n", existing.trim_end()),
+    };
+    let tmp = path.with_extension("md.tmp");
+    std::fs::write(&tmp, updated).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
