@@ -1,0 +1,50 @@
+//! `GetCallerIdentity`: who the credentials in an `SdkConfig` are.
+
+use serde::Serialize;
+
+/// The answer of `sts:GetCallerIdentity`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CallerIdentity {
+    /// 12-digit account id.
+    pub account: String,
+    /// ARN (`arn:aws:sts::<account>:assumed-role/<role>/<session>` for a chain).
+    pub arn: String,
+    /// Unique id (`AROA…:<session>`).
+    pub user_id: String,
+}
+
+/// `GetCallerIdentity` failed.
+#[derive(Debug, thiserror::Error)]
+#[error("sts:GetCallerIdentity failed with {code}: {message}")]
+pub struct IdentityError {
+    /// AWS error code.
+    pub code: String,
+    /// What went wrong.
+    pub message: String,
+    /// The SDK error.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Calls `GetCallerIdentity` with `sdk`'s credentials (the SDK's retries apply).
+pub async fn caller_identity(sdk: &aws_types::SdkConfig) -> Result<CallerIdentity, IdentityError> {
+    let out = aws_sdk_sts::Client::new(sdk)
+        .get_caller_identity()
+        .send()
+        .await
+        .map_err(|err| {
+            use aws_sdk_sts::error::ProvideErrorMetadata as _;
+            IdentityError {
+                code: err.code().unwrap_or("RequestFailed").to_owned(),
+                message: err.message().map(str::to_owned).unwrap_or_else(|| {
+                    aws_smithy_types::error::display::DisplayErrorContext(&err).to_string()
+                }),
+                source: Box::new(err),
+            }
+        })?;
+    Ok(CallerIdentity {
+        account: out.account().unwrap_or_default().to_owned(),
+        arn: out.arn().unwrap_or_default().to_owned(),
+        user_id: out.user_id().unwrap_or_default().to_owned(),
+    })
+}
