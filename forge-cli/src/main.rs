@@ -34,6 +34,9 @@ enum Command {
     /// Validate a Forge config file (forge.toml).
     #[command(subcommand)]
     Config(cmd::config::Command),
+    /// Patch, read, set, list and revert image tags in the Git Ledger of Argo CD manifests.
+    #[command(subcommand)]
+    Ledger(cmd::ledger::Command),
 }
 
 fn main() -> ExitCode {
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     output::init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Config(c) => cmd::config::run(c),
+        Command::Ledger(c) => cmd::ledger::run(c),
     };
     match result {
         Ok(code) => code,

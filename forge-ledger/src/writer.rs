@@ -28,7 +28,7 @@ const FETCHED: &str = "refs/forge/fetched";
 pub enum LedgerError {
     /// The requested tag is not a valid, immutable OCI tag (`latest` included). Nothing was
     /// fetched.
-    #[error("refusing tag `{tag}`: {source}")]
+    #[error("refusing tag `{tag}` before touching the Ledger")]
     InvalidTag {
         /// The tag as given.
         tag: String,
@@ -457,7 +457,7 @@ impl Ledger {
             };
             let same_digest = want_digest.is_none() || want_digest == found.digest.as_deref();
             if found.value == want_tag && same_digest {
-                tracing::info!(file = %file, tag = %request.tag, "tag already set; nothing to commit");
+                tracing::debug!(file = %file, tag = %request.tag, "tag already set; nothing to commit");
                 return Ok(outcome(None, attempt));
             }
             if let Some(expected) = &request.expect_tag {
@@ -505,7 +505,7 @@ impl Ledger {
             )?;
             match self.push(&git, &commit)? {
                 PushResult::Landed => {
-                    tracing::info!(file = %file, old = %current, new = %request.tag, %commit, attempts = attempt, "tag set");
+                    tracing::debug!(file = %file, old = %current, new = %request.tag, %commit, attempts = attempt, "tag set");
                     return Ok(outcome(Some(commit), attempt));
                 }
                 PushResult::Retry(reason) => {

@@ -2,3 +2,4 @@
 //! that calls a library and returns the process exit code.
 
 pub mod config;
+pub mod ledger;
