@@ -10,6 +10,7 @@ use std::process::ExitCode;
 mod bench_copy;
 mod ci;
 mod demo;
+mod release;
 mod tidy;
 mod util;
 
@@ -19,6 +20,7 @@ tasks:
   bench copy  forge copy vs skopeo on two local registries; writes BENCHMARKS.md (--help for options)
   ci          fmt check, clippy -D warnings, all tests, cargo deny (installs test components first)
   demo        the release flow end to end in a sandbox (OCI-layout registries, local Ledger)
+  release     --version X.Y.Z [--dry-run] [--target T]...: ci, release build, dist/ archives, SHA256SUMS, SBOM
   test-deps   install docker-registry, skopeo, shellcheck (apt) and moto[server] (pip) when missing
 ";
 
@@ -44,6 +46,7 @@ fn main() -> ExitCode {
         "ci" => ci::ci(rest),
         "test-deps" => ci::test_deps(),
         "demo" => demo::demo(rest),
+        "release" => release::release(rest),
         "bench" => bench(rest),
         "-h" | "--help" | "help" => {
             print!("{USAGE}");
