@@ -1,6 +1,7 @@
 //! Locating the target scalar, and splicing a new value into it.
 
 use yaml_rust2::Event;
+use yaml_rust2::scanner::TScalarStyle;
 
 use super::keypath::KeyPath;
 use super::select::{self, Cand, ImageRef};
@@ -30,6 +31,21 @@ impl Target {
 
     fn value(&self) -> &str {
         self.cand.node.str().unwrap_or_default()
+    }
+
+    /// The found value, or why it cannot be read (alias, block scalar, collection).
+    pub(crate) fn read(&self) -> Result<Found, PatchError> {
+        match &self.cand.node.kind {
+            Kind::Scalar(s) if !matches!(s.style, TScalarStyle::Literal | TScalarStyle::Folded) => {
+                Ok(self.found())
+            }
+            _ => Err(self.unsupported(
+                self.cand
+                    .unsupported
+                    .clone()
+                    .unwrap_or_else(|| "not a scalar".to_owned()),
+            )),
+        }
     }
 
     pub(crate) fn found(&self) -> Found {

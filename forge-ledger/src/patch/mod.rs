@@ -120,8 +120,8 @@ pub enum PatchError {
     },
     /// Several scalars matched.
     #[error(
-        "ambiguous target: {} candidates match: {}; pass --key with one of these paths (or --image NAME) \
-         so the patcher does not guess",
+        "ambiguous target: {} candidates match: {}; pass --key with one of these paths, --image NAME, \
+         or --app NAME in a multi-document file, so the patcher does not guess",
         candidates.len(),
         candidates.join("; ")
     )]
@@ -228,8 +228,7 @@ impl fmt::Display for DisplayList<'_> {
 /// [`PatchError::NoTarget`], [`PatchError::Ambiguous`], [`PatchError::InvalidYaml`], [`PatchError::InvalidKey`],
 /// [`PatchError::DocumentNotFound`], [`PatchError::Unsupported`].
 pub fn read_tag(text: &str, selector: &Selector) -> Result<Found, PatchError> {
-    let target = locate::locate(text, selector)?;
-    Ok(target.found())
+    locate::locate(text, selector)?.read()
 }
 
 /// Sets the tag the selector points at to `new_tag` (`TAG` or `TAG@sha256:<hex>`), changing only that scalar's bytes.
