@@ -1,0 +1,519 @@
+//! Registry credentials: the [`CredentialProvider`] trait, built-in providers (anonymous,
+//! static Basic, Docker's `config.json` with credential helpers) and `WWW-Authenticate` parsing.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use base64::Engine as _;
+use serde::Deserialize;
+
+/// A boxed error from a credential provider or other plug-in.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The future a [`CredentialProvider`] returns.
+pub type CredentialFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Credential>, BoxError>> + Send + 'a>>;
+
+/// A credential for one registry. Secrets are redacted in `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Credential {
+    /// Username and password, sent as HTTP Basic (directly, or to the token realm).
+    Basic {
+        /// User name (ECR: `AWS`).
+        username: String,
+        /// Password or token (secret).
+        password: String,
+    },
+    /// A ready bearer token sent as `Authorization: Bearer`.
+    Bearer {
+        /// The token (secret).
+        token: String,
+    },
+}
+
+impl Credential {
+    /// A Basic credential.
+    pub fn basic(username: impl Into<String>, password: impl Into<String>) -> Self {
+        Credential::Basic {
+            username: username.into(),
+            password: password.into(),
+        }
+    }
+
+    /// A bearer token credential.
+    pub fn bearer(token: impl Into<String>) -> Self {
+        Credential::Bearer {
+            token: token.into(),
+        }
+    }
+
+    /// The `Authorization` header value for a registry that asks for Basic.
+    pub(crate) fn basic_header(&self) -> Option<String> {
+        match self {
+            Credential::Basic { username, password } => Some(format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+            )),
+            Credential::Bearer { .. } => None,
+        }
+    }
+}
+
+impl fmt::Debug for Credential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credential::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credential::Bearer { .. } => f
+                .debug_struct("Bearer")
+                .field("token", &"<redacted>")
+                .finish(),
+        }
+    }
+}
+
+/// Supplies credentials for a registry host (`registry` is the host as written in the
+/// reference, e.g. `123456789012.dkr.ecr.eu-west-1.amazonaws.com` or `127.0.0.1:5000`).
+///
+/// Dyn-compatible and implementable from other crates with an async body:
+///
+/// ```
+/// use forge_registry::{BoxError, Credential, CredentialProvider};
+/// use std::{future::Future, pin::Pin};
+/// struct Ecr;
+/// impl CredentialProvider for Ecr {
+///     fn credential<'a>(
+///         &'a self,
+///         registry: &'a str,
+///     ) -> Pin<Box<dyn Future<Output = Result<Option<Credential>, BoxError>> + Send + 'a>> {
+///         Box::pin(async move {
+///             Ok(registry
+///                 .ends_with(".amazonaws.com")
+///                 .then(|| Credential::basic("AWS", "token-from-ecr")))
+///         })
+///     }
+/// }
+/// ```
+pub trait CredentialProvider: Send + Sync {
+    /// The credential for `registry`, `Ok(None)` when this provider has none for it.
+    fn credential<'a>(
+        &'a self,
+        registry: &'a str,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Credential>, BoxError>> + Send + 'a>>;
+}
+
+/// No credentials: anonymous pulls (and token requests without Basic).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Anonymous;
+
+impl CredentialProvider for Anonymous {
+    fn credential<'a>(&'a self, _registry: &'a str) -> CredentialFuture<'a> {
+        Box::pin(async { Ok(None) })
+    }
+}
+
+/// A fixed credential for one registry host (or every host when `registry` is `None`).
+#[derive(Debug, Clone)]
+pub struct StaticCredential {
+    registry: Option<String>,
+    credential: Credential,
+}
+
+impl StaticCredential {
+    /// `credential` for `registry` only.
+    pub fn for_registry(registry: impl Into<String>, credential: Credential) -> Self {
+        StaticCredential {
+            registry: Some(registry.into()),
+            credential,
+        }
+    }
+
+    /// `credential` for every registry (use with care: only when one registry is involved).
+    pub fn any_registry(credential: Credential) -> Self {
+        StaticCredential {
+            registry: None,
+            credential,
+        }
+    }
+}
+
+impl CredentialProvider for StaticCredential {
+    fn credential<'a>(&'a self, registry: &'a str) -> CredentialFuture<'a> {
+        Box::pin(async move {
+            Ok(match &self.registry {
+                Some(r) if r != registry => None,
+                _ => Some(self.credential.clone()),
+            })
+        })
+    }
+}
+
+/// Why Docker's config could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DockerConfigError {
+    /// The file could not be read.
+    #[error(
+        "cannot read Docker config {path}: check the path or pass another with --docker-config"
+    )]
+    Read {
+        /// The config path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not valid JSON of the expected shape.
+    #[error("Docker config {path} is not valid JSON: fix or remove it")]
+    Parse {
+        /// The config path.
+        path: PathBuf,
+        /// The JSON error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// An `auth` entry is not base64 `user:password`.
+    #[error(
+        "the 'auth' entry for '{registry}' in {path} is not base64 'user:password': run docker login again"
+    )]
+    BadAuth {
+        /// The config path.
+        path: PathBuf,
+        /// The registry key.
+        registry: String,
+    },
+    /// A credential helper failed.
+    #[error("credential helper 'docker-credential-{helper}' failed for '{registry}': {message}")]
+    Helper {
+        /// Helper name.
+        helper: String,
+        /// The registry asked for.
+        registry: String,
+        /// What went wrong (stderr of the helper, never its stdout, which holds secrets).
+        message: String,
+    },
+}
+
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DockerConfigFile {
+    #[serde(default)]
+    auths: BTreeMap<String, AuthEntry>,
+    #[serde(default)]
+    cred_helpers: BTreeMap<String, String>,
+    #[serde(default)]
+    creds_store: Option<String>,
+}
+
+#[derive(Clone, Default, Deserialize)]
+struct AuthEntry {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+    #[serde(default, rename = "identitytoken")]
+    identity_token: Option<String>,
+    #[serde(default, rename = "registrytoken")]
+    registry_token: Option<String>,
+}
+
+impl fmt::Debug for AuthEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("AuthEntry(<redacted>)")
+    }
+}
+
+/// Credentials from Docker's `config.json`: `auths`, `credHelpers` and `credsStore`
+/// (helpers are run as `docker-credential-<name> get`).
+#[derive(Debug, Clone)]
+pub struct DockerConfig {
+    path: PathBuf,
+    file: DockerConfigFile,
+}
+
+impl DockerConfig {
+    /// The default location: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
+    pub fn default_path() -> Option<PathBuf> {
+        if let Some(dir) = std::env::var_os("DOCKER_CONFIG") {
+            return Some(PathBuf::from(dir).join("config.json"));
+        }
+        std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json"))
+    }
+
+    /// Loads the default location; a missing file gives an empty config (anonymous).
+    pub fn load_default() -> Result<Self, DockerConfigError> {
+        match Self::default_path() {
+            Some(p) if p.exists() => Self::load(&p),
+            p => Ok(DockerConfig {
+                path: p.unwrap_or_default(),
+                file: DockerConfigFile::default(),
+            }),
+        }
+    }
+
+    /// Loads an explicit config file (it must exist).
+    pub fn load(path: &Path) -> Result<Self, DockerConfigError> {
+        let text = std::fs::read(path).map_err(|source| DockerConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses config text (`path` is used in messages).
+    pub fn parse(path: &Path, text: &[u8]) -> Result<Self, DockerConfigError> {
+        let file = serde_json::from_slice(text).map_err(|source| DockerConfigError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
+        Ok(DockerConfig {
+            path: path.to_owned(),
+            file,
+        })
+    }
+
+    fn keys(registry: &str) -> Vec<String> {
+        let mut keys = vec![
+            registry.to_owned(),
+            format!("https://{registry}"),
+            format!("http://{registry}"),
+            format!("https://{registry}/v1/"),
+            format!("https://{registry}/v2/"),
+        ];
+        if registry == crate::reference::DOCKER_HUB {
+            keys.push("https://index.docker.io/v1/".to_owned());
+            keys.push("index.docker.io".to_owned());
+            keys.push("registry-1.docker.io".to_owned());
+        }
+        keys
+    }
+
+    /// Looks up `registry` (helpers first, then `auths`, then `credsStore`).
+    pub async fn lookup(&self, registry: &str) -> Result<Option<Credential>, DockerConfigError> {
+        let keys = Self::keys(registry);
+        if let Some(helper) = keys.iter().find_map(|k| self.file.cred_helpers.get(k)) {
+            return run_helper(helper, registry).await;
+        }
+        if let Some((key, entry)) = keys
+            .iter()
+            .find_map(|k| self.file.auths.get(k).map(|e| (k, e)))
+        {
+            if let Some(token) = &entry.registry_token {
+                return Ok(Some(Credential::bearer(token.clone())));
+            }
+            if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
+                return Ok(Some(Credential::basic(u.clone(), p.clone())));
+            }
+            if let Some(auth) = &entry.auth {
+                let bad = || DockerConfigError::BadAuth {
+                    path: self.path.clone(),
+                    registry: key.clone(),
+                };
+                let decoded = base64::engine::general_purpose::STANDARD
+                    .decode(auth.trim())
+                    .map_err(|_| bad())?;
+                let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
+                let (u, p) = decoded.split_once(':').ok_or_else(bad)?;
+                return Ok(Some(Credential::basic(u, p)));
+            }
+            if let Some(t) = &entry.identity_token {
+                // An identity token is a refresh token exchanged at the realm; registries that
+                // accept it take it as the Basic password with the special user name.
+                return Ok(Some(Credential::basic("<token>", t.clone())));
+            }
+        }
+        if let Some(store) = &self.file.creds_store {
+            return run_helper(store, registry).await;
+        }
+        Ok(None)
+    }
+}
+
+#[derive(Deserialize)]
+struct HelperOutput {
+    #[serde(rename = "Username")]
+    username: String,
+    #[serde(rename = "Secret")]
+    secret: String,
+}
+
+async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>, DockerConfigError> {
+    use tokio::io::AsyncWriteExt;
+    let fail = |message: String| DockerConfigError::Helper {
+        helper: helper.to_owned(),
+        registry: registry.to_owned(),
+        message,
+    };
+    let mut child = tokio::process::Command::new(format!("docker-credential-{helper}"))
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| {
+            fail(format!(
+                "cannot run it ({e}); install it or remove it from config.json"
+            ))
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin
+            .write_all(registry.as_bytes())
+            .await
+            .map_err(|e| fail(format!("cannot write to it: {e}")))?;
+    }
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|e| fail(format!("cannot wait for it: {e}")))?;
+    if !out.status.success() {
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        if stdout.contains("credentials not found") {
+            return Ok(None);
+        }
+        return Err(fail(format!(
+            "exit status {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    let parsed: HelperOutput = serde_json::from_slice(&out.stdout)
+        .map_err(|_| fail("its output is not the expected JSON {Username, Secret}".to_owned()))?;
+    if parsed.username == "<token>" {
+        return Ok(Some(Credential::basic("<token>", parsed.secret)));
+    }
+    Ok(Some(Credential::basic(parsed.username, parsed.secret)))
+}
+
+impl CredentialProvider for DockerConfig {
+    fn credential<'a>(&'a self, registry: &'a str) -> CredentialFuture<'a> {
+        Box::pin(async move { self.lookup(registry).await.map_err(Into::into) })
+    }
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Challenge {
+    pub scheme: String,
+    pub params: BTreeMap<String, String>,
+}
+
+/// Parses `Bearer realm="…",service="…",scope="a,b"` (quoted values may contain commas).
+pub(crate) fn parse_challenge(header: &str) -> Option<Challenge> {
+    let header = header.trim();
+    let (scheme, rest) = match header.split_once(char::is_whitespace) {
+        Some((s, r)) => (s, r),
+        None => (header, ""),
+    };
+    let mut params = BTreeMap::new();
+    let mut chars = rest.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace() || *c == ',') {
+            chars.next();
+        }
+        let mut key = String::new();
+        while let Some(&c) = chars.peek() {
+            if c == '=' || c == ',' {
+                break;
+            }
+            key.push(c);
+            chars.next();
+        }
+        if key.is_empty() {
+            break;
+        }
+        if chars.next() != Some('=') {
+            break;
+        }
+        let mut value = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => {
+                        if let Some(n) = chars.next() {
+                            value.push(n);
+                        }
+                    }
+                    '"' => break,
+                    c => value.push(c),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == ',' {
+                    break;
+                }
+                value.push(c);
+                chars.next();
+            }
+        }
+        params.insert(key.trim().to_ascii_lowercase(), value.trim().to_owned());
+    }
+    Some(Challenge {
+        scheme: scheme.to_ascii_lowercase(),
+        params,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_bearer_challenge_with_commas() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example/token",service="reg",scope="repository:a/b:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.params["realm"], "https://auth.example/token");
+        assert_eq!(c.params["scope"], "repository:a/b:pull,push");
+    }
+
+    #[test]
+    fn parses_ecr_basic_challenge() {
+        let c = parse_challenge(
+            r#"Basic realm="https://1.dkr.ecr.eu-west-1.amazonaws.com/",service="ecr.amazonaws.com""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "basic");
+        assert_eq!(c.params["service"], "ecr.amazonaws.com");
+    }
+
+    #[test]
+    fn debug_redacts() {
+        let text = format!("{:?}", Credential::basic("u", "hunter2"));
+        assert!(!text.contains("hunter2"));
+        let text = format!("{:?}", Credential::bearer("tok123"));
+        assert!(!text.contains("tok123"));
+    }
+
+    #[tokio::test]
+    async fn docker_config_auths() {
+        let cfg = DockerConfig::parse(
+            Path::new("config.json"),
+            br#"{"auths":{"https://index.docker.io/v1/":{"auth":"dTpw"},"r.example":{"auth":"YTpi"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.lookup("docker.io").await.unwrap(),
+            Some(Credential::basic("u", "p"))
+        );
+        assert_eq!(
+            cfg.lookup("r.example").await.unwrap(),
+            Some(Credential::basic("a", "b"))
+        );
+        assert_eq!(cfg.lookup("other.example").await.unwrap(), None);
+        assert!(!format!("{cfg:?}").contains("YTpi"));
+    }
+}

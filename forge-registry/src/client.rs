@@ -1,0 +1,694 @@
+//! [`Client`], its builder, the retry policy, and the HTTP transport (auth + retries) for one
+//! repository.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use reqwest::header::{self, HeaderMap, HeaderValue};
+use reqwest::{Method, Response, StatusCode};
+use url::Url;
+
+use crate::auth::{Anonymous, Credential, CredentialProvider, DockerConfig, parse_challenge};
+use crate::error::{Error, ErrorKind};
+use crate::reference::{DOCKER_HUB, Reference};
+
+/// Retries with jittered exponential backoff on connection errors, 5xx, 429/TOOMANYREQUESTS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt (0 disables retrying).
+    pub max_retries: u32,
+    /// Delay before the first retry (doubled each time, jittered to 50–100 %).
+    pub initial_backoff: Duration,
+    /// Upper bound of one backoff delay.
+    pub max_backoff: Duration,
+    /// Upper bound of a server-requested `Retry-After` delay.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 5,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(8),
+            max_retry_after: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// No retries at all.
+    pub fn none() -> Self {
+        RetryPolicy {
+            max_retries: 0,
+            ..Self::default()
+        }
+    }
+
+    /// The jittered delay before retry number `attempt` (1-based).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .initial_backoff
+            .saturating_mul(2u32.saturating_pow(attempt.saturating_sub(1).min(20)));
+        let capped = exp.min(self.max_backoff);
+        capped.mul_f64(rand::random_range(0.5..=1.0))
+    }
+
+    /// The delay a response asks for (`Retry-After` seconds or HTTP date), capped.
+    pub fn retry_after(&self, headers: &HeaderMap) -> Option<Duration> {
+        let value = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+        let delay = if let Ok(secs) = value.parse::<u64>() {
+            Duration::from_secs(secs)
+        } else {
+            let when = httpdate::parse_http_date(value).ok()?;
+            when.duration_since(SystemTime::now())
+                .unwrap_or(Duration::ZERO)
+        };
+        Some(delay.min(self.max_retry_after))
+    }
+}
+
+/// Configures a [`Client`].
+pub struct ClientBuilder {
+    providers: Vec<Arc<dyn CredentialProvider>>,
+    retry: RetryPolicy,
+    jobs: usize,
+    user_agent: String,
+    http_hosts: HashSet<String>,
+    https_hosts: HashSet<String>,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("providers", &self.providers.len())
+            .field("retry", &self.retry)
+            .field("jobs", &self.jobs)
+            .field("user_agent", &self.user_agent)
+            .field("http_hosts", &self.http_hosts)
+            .field("https_hosts", &self.https_hosts)
+            .finish()
+    }
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        ClientBuilder {
+            providers: Vec::new(),
+            retry: RetryPolicy::default(),
+            jobs: DEFAULT_JOBS,
+            user_agent: concat!("forge-registry/", env!("CARGO_PKG_VERSION")).to_owned(),
+            http_hosts: HashSet::new(),
+            https_hosts: HashSet::new(),
+            connect_timeout: Duration::from_secs(15),
+            read_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Parallel blob transfers when neither the client nor the copy options say otherwise.
+pub const DEFAULT_JOBS: usize = 4;
+
+impl ClientBuilder {
+    /// Adds a credential provider; providers are asked in the order added, the first
+    /// `Some` wins. Without any, requests are anonymous.
+    pub fn credential_provider(mut self, provider: impl CredentialProvider + 'static) -> Self {
+        self.providers.push(Arc::new(provider));
+        self
+    }
+
+    /// Adds a shared credential provider.
+    pub fn credential_provider_arc(mut self, provider: Arc<dyn CredentialProvider>) -> Self {
+        self.providers.push(provider);
+        self
+    }
+
+    /// Adds Docker's config (`auths`, `credHelpers`, `credsStore`) as a credential provider.
+    pub fn docker_config(self, config: DockerConfig) -> Self {
+        self.credential_provider(config)
+    }
+
+    /// Sets the retry policy.
+    pub fn retry_policy(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Default parallel blob transfers (at least 1).
+    pub fn jobs(mut self, jobs: usize) -> Self {
+        self.jobs = jobs.max(1);
+        self
+    }
+
+    /// The `User-Agent` header.
+    pub fn user_agent(mut self, user_agent: impl Into<String>) -> Self {
+        self.user_agent = user_agent.into();
+        self
+    }
+
+    /// Talk plain HTTP to `host` (`host[:port]` as written in references). Loopback hosts
+    /// (`localhost`, `127.0.0.1`, `[::1]`) use plain HTTP without this.
+    pub fn insecure_http_host(mut self, host: impl Into<String>) -> Self {
+        self.http_hosts.insert(host.into());
+        self
+    }
+
+    /// Force HTTPS for `host`, even a loopback one.
+    pub fn https_host(mut self, host: impl Into<String>) -> Self {
+        self.https_hosts.insert(host.into());
+        self
+    }
+
+    /// TCP connect timeout (default 15 s).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Timeout between two reads of a response (default 120 s): a stalled transfer fails and
+    /// is retried instead of hanging.
+    pub fn read_timeout(mut self, timeout: Duration) -> Self {
+        self.read_timeout = timeout;
+        self
+    }
+
+    /// Builds the client.
+    pub fn build(self) -> Result<Client, Error> {
+        let http = reqwest::Client::builder()
+            .user_agent(self.user_agent.clone())
+            .connect_timeout(self.connect_timeout)
+            .read_timeout(self.read_timeout)
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| {
+                Error::new(ErrorKind::Transport {
+                    context: "building the HTTP client".to_owned(),
+                    source: Box::new(e),
+                })
+            })?;
+        let providers = if self.providers.is_empty() {
+            vec![Arc::new(Anonymous) as Arc<dyn CredentialProvider>]
+        } else {
+            self.providers
+        };
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http,
+                providers,
+                retry: self.retry,
+                jobs: self.jobs,
+                http_hosts: self.http_hosts,
+                https_hosts: self.https_hosts,
+                auth: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+/// An OCI distribution client. Cheap to clone (shared connection pool and token cache).
+///
+/// See the crate docs for [`Client::copy`].
+#[derive(Clone)]
+pub struct Client {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("retry", &self.inner.retry)
+            .field("jobs", &self.inner.jobs)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// A builder.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// An anonymous client with defaults.
+    pub fn new() -> Result<Self, Error> {
+        Self::builder().build()
+    }
+
+    /// The retry policy in use.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.inner.retry
+    }
+
+    /// Default parallel blob transfers.
+    pub fn jobs(&self) -> usize {
+        self.inner.jobs
+    }
+
+    pub(crate) fn repo(
+        &self,
+        reference: &Reference,
+        scopes: Vec<String>,
+        retries: Arc<AtomicU32>,
+    ) -> Result<Repo, Error> {
+        let registry = reference.registry().to_owned();
+        let scheme = self.inner.scheme(&registry);
+        let api_host = if registry == DOCKER_HUB {
+            "registry-1.docker.io"
+        } else {
+            &registry
+        };
+        let base = Url::parse(&format!("{scheme}://{api_host}/")).map_err(|e| {
+            Error::new(ErrorKind::InvalidInput {
+                message: format!("registry host '{registry}' does not form a URL: {e}"),
+            })
+        })?;
+        Ok(Repo {
+            inner: self.inner.clone(),
+            registry,
+            base,
+            repository: reference.repository().to_owned(),
+            scopes,
+            retries,
+        })
+    }
+}
+
+pub(crate) struct Inner {
+    http: reqwest::Client,
+    providers: Vec<Arc<dyn CredentialProvider>>,
+    pub(crate) retry: RetryPolicy,
+    pub(crate) jobs: usize,
+    http_hosts: HashSet<String>,
+    https_hosts: HashSet<String>,
+    /// (api host, scope key) → Authorization header value. Scope key `""` holds Basic.
+    auth: Mutex<HashMap<(String, String), HeaderValue>>,
+}
+
+fn is_loopback(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.split(':').next().unwrap_or("")
+    };
+    matches!(name, "localhost" | "::1") || name.starts_with("127.")
+}
+
+impl Inner {
+    fn scheme(&self, registry: &str) -> &'static str {
+        if self.https_hosts.contains(registry) {
+            "https"
+        } else if self.http_hosts.contains(registry) || is_loopback(registry) {
+            "http"
+        } else {
+            "https"
+        }
+    }
+
+    async fn credential(&self, registry: &str) -> Result<Option<Credential>, Error> {
+        for p in &self.providers {
+            match p.credential(registry).await {
+                Ok(Some(c)) => return Ok(Some(c)),
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(Error::new(ErrorKind::Credential {
+                        registry: registry.to_owned(),
+                        source,
+                    }));
+                }
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// One repository on one registry, with the scopes its token must carry.
+#[derive(Clone)]
+pub(crate) struct Repo {
+    inner: Arc<Inner>,
+    pub(crate) registry: String,
+    base: Url,
+    pub(crate) repository: String,
+    scopes: Vec<String>,
+    retries: Arc<AtomicU32>,
+}
+
+fn host_key(url: &Url) -> String {
+    format!(
+        "{}://{}:{}",
+        url.scheme(),
+        url.host_str().unwrap_or(""),
+        url.port_or_known_default().unwrap_or(0)
+    )
+}
+
+fn transport(context: String, e: reqwest::Error) -> ErrorKind {
+    ErrorKind::Transport {
+        context,
+        source: Box::new(e),
+    }
+}
+
+impl Repo {
+    pub(crate) fn url(&self, path: &str) -> Url {
+        let mut url = self.base.clone();
+        url.set_path(&format!("/v2/{}/{path}", self.repository));
+        url
+    }
+
+    pub(crate) fn count_retry(&self) {
+        self.retries.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn scope_key(&self) -> String {
+        self.scopes.join(" ")
+    }
+
+    fn cached_auth(&self, url: &Url) -> Option<HeaderValue> {
+        // Credentials go only to the registry host that challenged for them.
+        if host_key(url) != host_key(&self.base) {
+            return None;
+        }
+        let host = host_key(&self.base);
+        let cache = self.inner.auth.lock().ok()?;
+        cache
+            .get(&(host.clone(), self.scope_key()))
+            .or_else(|| cache.get(&(host, String::new())))
+            .cloned()
+    }
+
+    fn store_auth(&self, key: String, value: String) -> Result<(), Error> {
+        let value = HeaderValue::from_str(&value).map_err(|_| {
+            Error::new(ErrorKind::Unauthorized {
+                registry: self.registry.clone(),
+                message: "the token contains characters not allowed in a header".to_owned(),
+            })
+        })?;
+        let mut value = value;
+        value.set_sensitive(true);
+        if let Ok(mut cache) = self.inner.auth.lock() {
+            cache.insert((host_key(&self.base), key), value);
+        }
+        Ok(())
+    }
+
+    /// Answers a 401 challenge: caches a Basic header or fetches a bearer token.
+    async fn authenticate(&self, response: &Response) -> Result<(), Error> {
+        let unauthorized = |message: String| {
+            Error::new(ErrorKind::Unauthorized {
+                registry: self.registry.clone(),
+                message,
+            })
+        };
+        let Some(challenge) = response
+            .headers()
+            .get(header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_challenge)
+        else {
+            return Err(unauthorized(
+                "HTTP 401 without a WWW-Authenticate challenge".to_owned(),
+            ));
+        };
+        let credential = self.inner.credential(&self.registry).await?;
+        match challenge.scheme.as_str() {
+            "basic" => {
+                let Some(header) = credential.as_ref().and_then(Credential::basic_header) else {
+                    return Err(unauthorized(
+                        "the registry requires a user name and password and none is configured"
+                            .to_owned(),
+                    ));
+                };
+                self.store_auth(String::new(), header)
+            }
+            "bearer" => {
+                if let Some(Credential::Bearer { token }) = &credential {
+                    return self.store_auth(self.scope_key(), format!("Bearer {token}"));
+                }
+                let Some(realm) = challenge.params.get("realm") else {
+                    return Err(unauthorized("bearer challenge without a realm".to_owned()));
+                };
+                let mut url = Url::parse(realm)
+                    .map_err(|_| unauthorized(format!("bearer realm '{realm}' is not a URL")))?;
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(service) = challenge.params.get("service") {
+                        q.append_pair("service", service);
+                    }
+                    if self.scopes.is_empty() {
+                        if let Some(scope) = challenge.params.get("scope") {
+                            q.append_pair("scope", scope);
+                        }
+                    } else {
+                        for scope in &self.scopes {
+                            q.append_pair("scope", scope);
+                        }
+                    }
+                }
+                let mut req = self.inner.http.get(url.clone());
+                if let Some(basic) = credential.as_ref().and_then(Credential::basic_header) {
+                    req = req.header(header::AUTHORIZATION, basic);
+                }
+                let resp = req
+                    .send()
+                    .await
+                    .map_err(|e| Error::new(transport(format!("GET token from {realm}"), e)))?;
+                if !resp.status().is_success() {
+                    return Err(unauthorized(format!(
+                        "the token service {realm} answered HTTP {}",
+                        resp.status().as_u16()
+                    )));
+                }
+                #[derive(serde::Deserialize)]
+                struct Token {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let body = resp
+                    .bytes()
+                    .await
+                    .map_err(|e| Error::new(transport(format!("GET token from {realm}"), e)))?;
+                let token: Token = serde_json::from_slice(&body).map_err(|_| {
+                    unauthorized(format!("the token service {realm} answered without JSON"))
+                })?;
+                let Some(token) = token.token.or(token.access_token) else {
+                    return Err(unauthorized(format!(
+                        "the token service {realm} answered without a token"
+                    )));
+                };
+                self.store_auth(self.scope_key(), format!("Bearer {token}"))
+            }
+            other => Err(unauthorized(format!(
+                "unsupported authentication scheme '{other}'"
+            ))),
+        }
+    }
+
+    /// Sends a request with auth and retries (5xx, 429, connection errors). Returns whatever
+    /// response came last; callers check the status.
+    pub(crate) async fn send(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+    ) -> Result<Response, Error> {
+        let start = Instant::now();
+        let policy = self.inner.retry;
+        let mut attempt = 0u32;
+        let mut authenticated = false;
+        loop {
+            let mut req = self
+                .inner
+                .http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone());
+            if let Some(b) = &body {
+                req = req.body(b.clone());
+            }
+            if let Some(auth) = self.cached_auth(&url) {
+                req = req.header(header::AUTHORIZATION, auth);
+            }
+            let delay = match req.send().await {
+                Err(e) => {
+                    if attempt >= policy.max_retries || e.is_builder() || e.is_redirect() {
+                        return Err(Error {
+                            kind: transport(format!("{method} {url}"), e),
+                            retries: attempt,
+                            elapsed: start.elapsed(),
+                        });
+                    }
+                    tracing::debug!(%method, %url, error = %e, "connection error, retrying");
+                    policy.backoff(attempt + 1)
+                }
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status == StatusCode::UNAUTHORIZED && !authenticated {
+                        authenticated = true;
+                        self.authenticate(&resp).await.map_err(|mut e| {
+                            e.retries = attempt;
+                            e.elapsed = start.elapsed();
+                            e
+                        })?;
+                        continue;
+                    }
+                    let retryable = status == StatusCode::TOO_MANY_REQUESTS
+                        || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED);
+                    if !retryable || attempt >= policy.max_retries {
+                        return Ok(resp);
+                    }
+                    tracing::debug!(%method, %url, status = status.as_u16(), "retrying");
+                    policy
+                        .retry_after(resp.headers())
+                        .unwrap_or_else(|| policy.backoff(attempt + 1))
+                }
+            };
+            attempt += 1;
+            self.count_retry();
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Sends once (streamed bodies cannot be replayed): auth from the cache only.
+    pub(crate) async fn send_once(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: reqwest::Body,
+    ) -> Result<Response, reqwest::Error> {
+        let mut req = self
+            .inner
+            .http
+            .request(method, url.clone())
+            .headers(headers)
+            .body(body);
+        if let Some(auth) = self.cached_auth(&url) {
+            req = req.header(header::AUTHORIZATION, auth);
+        }
+        req.send().await
+    }
+
+    /// Turns an unexpected response into an error, reading the OCI error body.
+    pub(crate) async fn error_from(&self, method: &Method, url: &Url, resp: Response) -> Error {
+        let status = resp.status().as_u16();
+        let body = resp.bytes().await.unwrap_or_default();
+        let (code, message) = parse_error_body(&body);
+        let kind = match (status, code.as_deref()) {
+            (401, _) | (_, Some("UNAUTHORIZED")) => ErrorKind::Unauthorized {
+                registry: self.registry.clone(),
+                message: if message.is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    message
+                },
+            },
+            (403, _) | (_, Some("DENIED")) => ErrorKind::Denied {
+                registry: self.registry.clone(),
+                repository: self.repository.clone(),
+                message: if message.is_empty() {
+                    format!("HTTP {status}")
+                } else {
+                    message
+                },
+            },
+            _ => ErrorKind::Registry {
+                method: method.to_string(),
+                url: url.to_string(),
+                status,
+                code,
+                message,
+            },
+        };
+        Error::new(kind)
+    }
+}
+
+/// Resolves a `Location` header (absolute or relative) against the request URL.
+pub(crate) fn resolve_location(request: &Url, resp: &Response) -> Option<Url> {
+    let loc = resp.headers().get(header::LOCATION)?.to_str().ok()?;
+    request.join(loc).ok()
+}
+
+/// Reads `{"errors":[{"code":…,"message":…}]}`; falls back to the body text.
+pub(crate) fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
+    #[derive(serde::Deserialize)]
+    struct Errors {
+        errors: Vec<ErrorEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ErrorEntry {
+        code: Option<String>,
+        message: Option<String>,
+    }
+    if let Ok(e) = serde_json::from_slice::<Errors>(body)
+        && let Some(first) = e.errors.into_iter().next()
+    {
+        return (first.code, first.message.unwrap_or_default());
+    }
+    let text = String::from_utf8_lossy(body);
+    let text: String = text.trim().chars().take(300).collect();
+    (None, text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts() {
+        for h in [
+            "localhost",
+            "localhost:5000",
+            "127.0.0.1:1",
+            "[::1]:5000",
+            "[::1]",
+        ] {
+            assert!(is_loopback(h), "{h}");
+        }
+        for h in ["example.com", "10.0.0.1:5000", "localhost.example.com"] {
+            assert!(!is_loopback(h), "{h}");
+        }
+    }
+
+    #[test]
+    fn retry_after_seconds_and_cap() {
+        let p = RetryPolicy::default();
+        let mut h = HeaderMap::new();
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("3"));
+        assert_eq!(p.retry_after(&h), Some(Duration::from_secs(3)));
+        h.insert(header::RETRY_AFTER, HeaderValue::from_static("100000"));
+        assert_eq!(p.retry_after(&h), Some(p.max_retry_after));
+        let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(30));
+        h.insert(header::RETRY_AFTER, HeaderValue::from_str(&date).unwrap());
+        let d = p.retry_after(&h).unwrap();
+        assert!(
+            d <= Duration::from_secs(30) && d >= Duration::from_secs(28),
+            "{d:?}"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let p = RetryPolicy::default();
+        assert!(p.backoff(1) <= p.initial_backoff);
+        assert!(p.backoff(1) >= p.initial_backoff / 2);
+        assert!(p.backoff(30) <= p.max_backoff);
+    }
+
+    #[test]
+    fn error_bodies() {
+        let (code, msg) = parse_error_body(
+            br#"{"errors":[{"code":"NAME_UNKNOWN","message":"The repository with name 'x' does not exist in the registry with id '1'"}]}"#,
+        );
+        assert_eq!(code.as_deref(), Some("NAME_UNKNOWN"));
+        assert!(msg.contains("'x'"));
+        assert_eq!(
+            parse_error_body(b"404 page not found\n"),
+            (None, "404 page not found".to_owned())
+        );
+    }
+}

@@ -1,0 +1,823 @@
+//! `Client::copy`, `resolve`, `verify`, `repository_exists`: options, progress events and
+//! reports.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt};
+use serde::Serialize;
+
+use crate::client::Client;
+use crate::digest::{Descriptor, Digest, MediaType};
+use crate::error::{Error, ErrorKind};
+use crate::layout::Layout;
+use crate::reference::Reference;
+use crate::transfer::{BlobOutcome, Endpoint, Fetched, copy_blob_once};
+
+/// The default text of [`CopyOptions::support_hint`].
+pub const DEFAULT_SUPPORT_HINT: &str =
+    "repositories are provisioned by the Platform team via Blueprint — ask in #platform-support";
+
+/// How blobs are uploaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum UploadMode {
+    /// One streamed `PUT` with `Content-Length` per blob (fastest; works on ECR for any size).
+    #[default]
+    Monolithic,
+    /// `PATCH` chunks with `Content-Range`, then `PUT ?digest=`. Each chunk is buffered.
+    Chunked {
+        /// Bytes per `PATCH`.
+        chunk_size: usize,
+    },
+}
+
+/// Progress events, so a caller can draw progress bars. The library never prints.
+/// Every method has an empty default.
+pub trait Progress: Send + Sync {
+    /// A blob transfer starts (`size` bytes).
+    fn blob_started(&self, digest: &Digest, size: u64) {
+        let _ = (digest, size);
+    }
+    /// `bytes` more bytes of a blob were sent.
+    fn bytes_transferred(&self, digest: &Digest, bytes: u64) {
+        let _ = (digest, bytes);
+    }
+    /// A blob was committed at the destination.
+    fn blob_finished(&self, digest: &Digest, size: u64) {
+        let _ = (digest, size);
+    }
+    /// A blob was already present at the destination.
+    fn blob_skipped(&self, digest: &Digest, size: u64) {
+        let _ = (digest, size);
+    }
+    /// A blob was mounted from another repository of the same registry.
+    fn blob_mounted(&self, digest: &Digest, size: u64) {
+        let _ = (digest, size);
+    }
+    /// A blob transfer failed and will be retried after `delay`.
+    fn blob_retrying(&self, digest: &Digest, attempt: u32, delay: Duration, error: &Error) {
+        let _ = (digest, attempt, delay, error);
+    }
+    /// A manifest was pushed.
+    fn manifest_pushed(&self, digest: &Digest, media_type: &str) {
+        let _ = (digest, media_type);
+    }
+}
+
+/// Options of [`Client::copy`].
+#[derive(Clone)]
+pub struct CopyOptions {
+    /// Parallel blob transfers; `None` uses the client's default.
+    pub jobs: Option<usize>,
+    /// Copy OCI 1.1 referrers (signatures, SBOMs) of the image digest (default true).
+    pub referrers: bool,
+    /// The destination tag must match this pattern in full.
+    pub tag_pattern: Option<regex::Regex>,
+    /// Who to ask when the destination repository is missing.
+    pub support_hint: String,
+    /// Upload mode.
+    pub upload_mode: UploadMode,
+    /// Progress observer.
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl Default for CopyOptions {
+    fn default() -> Self {
+        CopyOptions {
+            jobs: None,
+            referrers: true,
+            tag_pattern: None,
+            support_hint: DEFAULT_SUPPORT_HINT.to_owned(),
+            upload_mode: UploadMode::Monolithic,
+            progress: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for CopyOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CopyOptions")
+            .field("jobs", &self.jobs)
+            .field("referrers", &self.referrers)
+            .field(
+                "tag_pattern",
+                &self.tag_pattern.as_ref().map(|r| r.as_str()),
+            )
+            .field("support_hint", &self.support_hint)
+            .field("upload_mode", &self.upload_mode)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
+}
+
+/// What a copy did. Serializable for `forge copy --output json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CopyReport {
+    /// Source reference as given.
+    pub source: String,
+    /// Destination reference as given.
+    pub destination: String,
+    /// The image digest (the same at both ends).
+    pub digest: Digest,
+    /// Media type of the top-level manifest.
+    pub media_type: String,
+    /// True only when the destination was proven to hold the digest and everything it references.
+    pub verified: bool,
+    /// Blobs uploaded.
+    pub blobs_copied: u32,
+    /// Blobs already present at the destination.
+    pub blobs_skipped: u32,
+    /// Blobs mounted from another repository of the same registry.
+    pub blobs_mounted: u32,
+    /// Bytes uploaded.
+    pub bytes_copied: u64,
+    /// Manifests pushed (children, referrers, referrers fallback index, top-level).
+    pub manifests_pushed: u32,
+    /// Referrer manifests copied.
+    pub referrers_copied: u32,
+    /// The destination tag already held this digest: nothing was uploaded.
+    pub already_present: bool,
+    /// Retries spent on transient failures.
+    pub retries: u32,
+    /// Wall time in milliseconds.
+    pub duration_ms: u64,
+}
+
+/// What a reference resolves to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Resolved {
+    /// Digest of the manifest bytes.
+    pub digest: Digest,
+    /// Media type of the manifest.
+    pub media_type: String,
+    /// Size of the manifest in bytes.
+    pub size: u64,
+}
+
+/// What [`Client::verify`] proved.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    /// The reference checked.
+    pub reference: String,
+    /// The digest proven.
+    pub digest: Digest,
+    /// Media type of the top-level manifest.
+    pub media_type: String,
+    /// Manifests fetched and hashed.
+    pub manifests_checked: u32,
+    /// Blobs confirmed present.
+    pub blobs_checked: u32,
+    /// Always true in a returned report (failures are errors).
+    pub verified: bool,
+}
+
+#[derive(Default)]
+struct Counters {
+    blobs_copied: AtomicU32,
+    blobs_skipped: AtomicU32,
+    blobs_mounted: AtomicU32,
+    bytes_copied: AtomicU64,
+    manifests_pushed: AtomicU32,
+}
+
+/// An image tree: manifests in push order (children first) and the unique blobs.
+#[derive(Default)]
+struct Tree {
+    manifests: Vec<Fetched>,
+    blobs: Vec<Descriptor>,
+}
+
+/// Aborts a spawned task when dropped (first error ends the copy without stray uploads).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl Client {
+    fn endpoint(
+        &self,
+        r: &Reference,
+        scopes: Vec<String>,
+        retries: &Arc<AtomicU32>,
+    ) -> Result<Endpoint, Error> {
+        match r.layout_path() {
+            Some(p) => Ok(Endpoint::Layout(Layout::new(p))),
+            None => Ok(Endpoint::Registry(self.repo(r, scopes, retries.clone())?)),
+        }
+    }
+
+    fn pull_scope(r: &Reference) -> Vec<String> {
+        if r.is_oci_layout() {
+            Vec::new()
+        } else {
+            vec![format!("repository:{}:pull", r.repository())]
+        }
+    }
+
+    /// Copies `src` to `dst` (registry or `oci:` layout at either end), enforcing the
+    /// promotion policies, and verifies the result. See the crate docs.
+    pub async fn copy(
+        &self,
+        src: &Reference,
+        dst: &Reference,
+        options: &CopyOptions,
+    ) -> Result<CopyReport, Error> {
+        let start = Instant::now();
+        let retries = Arc::new(AtomicU32::new(0));
+        let result = self.copy_inner(src, dst, options, start, &retries).await;
+        result.map_err(|mut e| {
+            e.retries = e.retries.max(retries.load(Ordering::Relaxed));
+            e.elapsed = start.elapsed();
+            e
+        })
+    }
+
+    fn check_destination_policy(dst: &Reference, options: &CopyOptions) -> Result<(), Error> {
+        let Some(tag) = dst.tag() else {
+            if dst.digest().is_some() {
+                return Ok(());
+            }
+            return Err(Error::new(ErrorKind::InvalidInput {
+                message: format!(
+                    "destination '{dst}' has no tag: give an explicit immutable tag (e.g. {dst}:1.2.3)"
+                ),
+            }));
+        };
+        if tag == "latest" {
+            return Err(Error::new(ErrorKind::MutableTagRefused {
+                destination: dst.to_string(),
+                tag: tag.to_owned(),
+            }));
+        }
+        if let Some(pattern) = &options.tag_pattern {
+            let anchored = regex::Regex::new(&format!("^(?:{})$", pattern.as_str()));
+            let matches = match anchored {
+                Ok(re) => re.is_match(tag),
+                Err(_) => pattern
+                    .find(tag)
+                    .is_some_and(|m| m.start() == 0 && m.end() == tag.len()),
+            };
+            if !matches {
+                return Err(Error::new(ErrorKind::TagPatternMismatch {
+                    tag: tag.to_owned(),
+                    pattern: pattern.as_str().to_owned(),
+                }));
+            }
+        }
+        Ok(())
+    }
+
+    async fn copy_inner(
+        &self,
+        src: &Reference,
+        dst: &Reference,
+        options: &CopyOptions,
+        start: Instant,
+        retries: &Arc<AtomicU32>,
+    ) -> Result<CopyReport, Error> {
+        Self::check_destination_policy(dst, options)?;
+        let same_registry =
+            !src.is_oci_layout() && !dst.is_oci_layout() && src.registry() == dst.registry();
+        let mut dst_scopes = Vec::new();
+        if !dst.is_oci_layout() {
+            dst_scopes.push(format!("repository:{}:push,pull", dst.repository()));
+            if same_registry && src.repository() != dst.repository() {
+                dst_scopes.push(format!("repository:{}:pull", src.repository()));
+            }
+        }
+        let src_ep = self.endpoint(src, Self::pull_scope(src), retries)?;
+        let dst_ep = self.endpoint(dst, dst_scopes, retries)?;
+
+        // 1. The destination must exist: nothing is created implicitly.
+        if let Endpoint::Layout(l) = &dst_ep {
+            l.require()?;
+        } else if !dst_ep.exists().await? {
+            return Err(Error::new(ErrorKind::RepositoryMissing {
+                repository: dst.repository().to_owned(),
+                registry: dst.registry().to_owned(),
+                hint: options.support_hint.clone(),
+            }));
+        }
+        if let Endpoint::Layout(l) = &src_ep {
+            l.require()?;
+        }
+
+        // 2. The source manifest, raw bytes.
+        let top = self.fetch_source_top(&src_ep, src).await?;
+        tracing::info!(source = %src, digest = %top.digest, media_type = %top.media_type, "resolved source");
+        if let Some(want) = dst.digest()
+            && *want != top.digest
+        {
+            return Err(Error::new(ErrorKind::InvalidInput {
+                message: format!(
+                    "destination '{dst}' pins digest {want} but the source is {}: drop the digest from the destination or fix the source",
+                    top.digest
+                ),
+            }));
+        }
+
+        // 3. Immutable tags: checked before anything is pushed.
+        if let Some(tag) = dst.tag()
+            && let Some(existing) = dst_ep.get_manifest(tag).await?
+        {
+            if existing.digest == top.digest {
+                tracing::info!(destination = %dst, "destination tag already holds the digest");
+                let check = verify_tree(&dst_ep, dst, tag, &top.digest).await?;
+                return Ok(CopyReport {
+                    source: src.to_string(),
+                    destination: dst.to_string(),
+                    digest: top.digest.clone(),
+                    media_type: top.media_type.clone(),
+                    verified: check.verified,
+                    blobs_copied: 0,
+                    blobs_skipped: 0,
+                    blobs_mounted: 0,
+                    bytes_copied: 0,
+                    manifests_pushed: 0,
+                    referrers_copied: 0,
+                    already_present: true,
+                    retries: retries.load(Ordering::Relaxed),
+                    duration_ms: duration_ms(start),
+                });
+            }
+            return Err(Error::new(ErrorKind::TagConflict {
+                destination: dst.to_string(),
+                existing: existing.digest,
+                source: top.digest.clone(),
+            }));
+        }
+
+        // 4. Walk the tree and the referrers.
+        let mut tree = Tree::default();
+        let mut seen_blobs = HashSet::new();
+        let mut seen_manifests = HashSet::new();
+        collect_tree(
+            &src_ep,
+            top.clone(),
+            &mut tree,
+            &mut seen_blobs,
+            &mut seen_manifests,
+            0,
+        )
+        .await?;
+        let top_manifest = tree
+            .manifests
+            .pop()
+            .expect("collect_tree pushes the top manifest last");
+
+        let copy_referrers = options.referrers
+            && matches!(src_ep, Endpoint::Registry(_))
+            && matches!(dst_ep, Endpoint::Registry(_));
+        let mut referrer_descs = Vec::new();
+        let mut referrer_tree = Tree::default();
+        if copy_referrers {
+            referrer_descs = src_ep.referrers(&top.digest).await?;
+            for d in &referrer_descs {
+                let m = src_ep.get_manifest_verified(&d.digest).await?;
+                collect_tree(
+                    &src_ep,
+                    m,
+                    &mut referrer_tree,
+                    &mut seen_blobs,
+                    &mut seen_manifests,
+                    0,
+                )
+                .await?;
+            }
+        }
+
+        // 5. Blobs, in parallel.
+        let counters = Arc::new(Counters::default());
+        let jobs = options.jobs.unwrap_or(self.inner.jobs).max(1);
+        let all_blobs: Vec<Descriptor> = tree
+            .blobs
+            .iter()
+            .chain(referrer_tree.blobs.iter())
+            .cloned()
+            .collect();
+        self.copy_blobs(&src_ep, &dst_ep, all_blobs, jobs, options, &counters)
+            .await?;
+
+        // 6. Child manifests by digest, then referrers, then the top manifest by tag.
+        for m in &tree.manifests {
+            push_if_missing(&dst_ep, m, options, &counters).await?;
+        }
+        let mut referrers_copied = 0;
+        if copy_referrers && !referrer_descs.is_empty() {
+            let mut subject_acknowledged = true;
+            for m in &referrer_tree.manifests {
+                if dst_ep.has_manifest(&m.digest).await? {
+                    continue;
+                }
+                let ack = dst_ep.put_manifest(m, None, false).await?;
+                subject_acknowledged &= ack;
+                counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+                if referrer_descs.iter().any(|d| d.digest == m.digest) {
+                    referrers_copied += 1;
+                }
+                if let Some(p) = &options.progress {
+                    p.manifest_pushed(&m.digest, &m.media_type);
+                }
+            }
+            let api = dst_ep.referrers_api(&top.digest).await?.is_some();
+            if !(api && subject_acknowledged) {
+                update_fallback_index(&dst_ep, &top.digest, &referrer_descs, &counters).await?;
+            }
+        }
+        let tag = dst.tag();
+        dst_ep.put_manifest(&top_manifest, tag, true).await?;
+        counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &options.progress {
+            p.manifest_pushed(&top_manifest.digest, &top_manifest.media_type);
+        }
+
+        // 7. Prove it.
+        let reference = tag.map_or_else(|| top.digest.to_string(), str::to_owned);
+        let check = verify_tree(&dst_ep, dst, &reference, &top.digest).await?;
+        Ok(CopyReport {
+            source: src.to_string(),
+            destination: dst.to_string(),
+            digest: top.digest.clone(),
+            media_type: top.media_type.clone(),
+            verified: check.verified,
+            blobs_copied: counters.blobs_copied.load(Ordering::Relaxed),
+            blobs_skipped: counters.blobs_skipped.load(Ordering::Relaxed),
+            blobs_mounted: counters.blobs_mounted.load(Ordering::Relaxed),
+            bytes_copied: counters.bytes_copied.load(Ordering::Relaxed),
+            manifests_pushed: counters.manifests_pushed.load(Ordering::Relaxed),
+            referrers_copied,
+            already_present: false,
+            retries: retries.load(Ordering::Relaxed),
+            duration_ms: duration_ms(start),
+        })
+    }
+
+    async fn fetch_source_top(&self, src_ep: &Endpoint, src: &Reference) -> Result<Fetched, Error> {
+        let reference = src.manifest_reference();
+        let Some(top) = src_ep.get_manifest(&reference).await? else {
+            return Err(Error::new(ErrorKind::ManifestNotFound {
+                reference: src.to_string(),
+            }));
+        };
+        if let Some(want) = src.digest()
+            && *want != top.digest
+        {
+            return Err(Error::new(ErrorKind::DigestMismatch {
+                what: format!("source manifest {src}"),
+                expected: want.clone(),
+                actual: top.digest,
+            }));
+        }
+        if let Some(h) = &top.header_digest
+            && *h != top.digest
+        {
+            return Err(Error::new(ErrorKind::DigestMismatch {
+                what: format!("source manifest {src} (its Docker-Content-Digest header)"),
+                expected: h.clone(),
+                actual: top.digest,
+            }));
+        }
+        if !MediaType::is_index(&top.media_type) && !MediaType::is_manifest(&top.media_type) {
+            return Err(Error::new(ErrorKind::UnsupportedManifest {
+                reference: src.to_string(),
+                reason: format!("unsupported manifest media type '{}'", top.media_type),
+            }));
+        }
+        Ok(top)
+    }
+
+    async fn copy_blobs(
+        &self,
+        src: &Endpoint,
+        dst: &Endpoint,
+        blobs: Vec<Descriptor>,
+        jobs: usize,
+        options: &CopyOptions,
+        counters: &Arc<Counters>,
+    ) -> Result<(), Error> {
+        let policy = self.inner.retry;
+        let tasks = blobs.into_iter().map(|desc| {
+            let src = src.clone();
+            let dst = dst.clone();
+            let progress = options.progress.clone();
+            let mode = options.upload_mode;
+            let counters = counters.clone();
+            let handle = tokio::spawn(async move {
+                copy_blob(&src, &dst, &desc, mode, progress, policy, &counters).await
+            });
+            let guard = AbortOnDrop(handle);
+            async move {
+                let mut guard = guard;
+                match (&mut guard.0).await {
+                    Ok(r) => r,
+                    Err(e) => Err(Error::new(ErrorKind::Transport {
+                        context: "blob transfer task".to_owned(),
+                        source: Box::new(e),
+                    })),
+                }
+            }
+        });
+        // `buffer_unordered` only polls (and so only spawns) `jobs` tasks at a time.
+        futures_util::stream::iter(tasks)
+            .buffer_unordered(jobs)
+            .try_collect::<Vec<()>>()
+            .await?;
+        Ok(())
+    }
+
+    /// Resolves a reference to the digest, media type and size of its manifest.
+    pub async fn resolve(&self, r: &Reference) -> Result<Resolved, Error> {
+        let retries = Arc::new(AtomicU32::new(0));
+        let ep = self.endpoint(r, Self::pull_scope(r), &retries)?;
+        if let Endpoint::Layout(l) = &ep {
+            l.require()?;
+        }
+        let top = self.fetch_source_top(&ep, r).await?;
+        Ok(Resolved {
+            size: top.bytes.len() as u64,
+            digest: top.digest,
+            media_type: top.media_type,
+        })
+    }
+
+    /// Proves that `r` resolves to `expected` and that every manifest and blob it references
+    /// is present.
+    pub async fn verify(&self, r: &Reference, expected: &Digest) -> Result<VerifyReport, Error> {
+        let start = Instant::now();
+        let retries = Arc::new(AtomicU32::new(0));
+        let ep = self.endpoint(r, Self::pull_scope(r), &retries)?;
+        if let Endpoint::Layout(l) = &ep {
+            l.require()?;
+        }
+        verify_tree(&ep, r, &r.manifest_reference(), expected)
+            .await
+            .map_err(|mut e| {
+                e.retries = retries.load(Ordering::Relaxed);
+                e.elapsed = start.elapsed();
+                e
+            })
+    }
+
+    /// Whether the repository of `r` exists (`GET /v2/<repo>/tags/list` is not 404); for an
+    /// `oci:` reference, whether the directory is an OCI layout.
+    pub async fn repository_exists(&self, r: &Reference) -> Result<bool, Error> {
+        let retries = Arc::new(AtomicU32::new(0));
+        let ep = self.endpoint(r, Self::pull_scope(r), &retries)?;
+        ep.exists().await
+    }
+}
+
+fn duration_ms(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+async fn copy_blob(
+    src: &Endpoint,
+    dst: &Endpoint,
+    desc: &Descriptor,
+    mode: crate::copy::UploadMode,
+    progress: Option<Arc<dyn Progress>>,
+    policy: crate::client::RetryPolicy,
+    counters: &Counters,
+) -> Result<(), Error> {
+    let start = Instant::now();
+    if dst.has_blob(desc).await? {
+        counters.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &progress {
+            p.blob_skipped(&desc.digest, desc.size);
+        }
+        return Ok(());
+    }
+    let mut attempt = 0;
+    loop {
+        if let Some(p) = &progress {
+            p.blob_started(&desc.digest, desc.size);
+        }
+        match copy_blob_once(src, dst, desc, mode, progress.clone()).await {
+            Ok(BlobOutcome::Mounted) => {
+                counters.blobs_mounted.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = &progress {
+                    p.blob_mounted(&desc.digest, desc.size);
+                }
+                return Ok(());
+            }
+            Ok(BlobOutcome::Copied(n)) => {
+                counters.blobs_copied.fetch_add(1, Ordering::Relaxed);
+                counters.bytes_copied.fetch_add(n, Ordering::Relaxed);
+                if let Some(p) = &progress {
+                    p.blob_finished(&desc.digest, desc.size);
+                }
+                return Ok(());
+            }
+            Err(e) if e.kind.is_retryable() && attempt < policy.max_retries => {
+                attempt += 1;
+                let delay = policy.backoff(attempt);
+                tracing::warn!(digest = %desc.digest, attempt, error = %e, "blob transfer failed, retrying with a fresh upload session");
+                if let Some(p) = &progress {
+                    p.blob_retrying(&desc.digest, attempt, delay, &e);
+                }
+                if let Endpoint::Registry(r) = dst {
+                    r.count_retry();
+                } else if let Endpoint::Registry(r) = src {
+                    r.count_retry();
+                }
+                tokio::time::sleep(delay).await;
+            }
+            Err(mut e) => {
+                e.elapsed = start.elapsed();
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Fetches children recursively (depth-limited), collecting manifests (children first) and
+/// unique blobs.
+fn collect_tree<'a>(
+    src: &'a Endpoint,
+    manifest: Fetched,
+    tree: &'a mut Tree,
+    seen_blobs: &'a mut HashSet<Digest>,
+    seen_manifests: &'a mut HashSet<Digest>,
+    depth: u32,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), Error>> + Send + 'a>> {
+    Box::pin(async move {
+        if depth > 4 {
+            return Err(Error::new(ErrorKind::UnsupportedManifest {
+                reference: manifest.digest.to_string(),
+                reason: "indexes nested deeper than 4 levels".to_owned(),
+            }));
+        }
+        if !seen_manifests.insert(manifest.digest.clone()) {
+            return Ok(());
+        }
+        let refs = manifest.refs(manifest.digest.as_str())?;
+        if manifest.is_index() {
+            for child in &refs.manifests {
+                let m = src.get_manifest_verified(&child.digest).await?;
+                collect_tree(src, m, tree, seen_blobs, seen_manifests, depth + 1).await?;
+            }
+        } else {
+            for b in refs.blobs() {
+                if seen_blobs.insert(b.digest.clone()) {
+                    tree.blobs.push(b.clone());
+                }
+            }
+        }
+        tree.manifests.push(manifest);
+        Ok(())
+    })
+}
+
+async fn push_if_missing(
+    dst: &Endpoint,
+    m: &Fetched,
+    options: &CopyOptions,
+    counters: &Counters,
+) -> Result<(), Error> {
+    if dst.has_manifest(&m.digest).await? {
+        return Ok(());
+    }
+    dst.put_manifest(m, None, false).await?;
+    counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+    if let Some(p) = &options.progress {
+        p.manifest_pushed(&m.digest, &m.media_type);
+    }
+    Ok(())
+}
+
+/// Maintains the referrers fallback index (tag `sha256-<hex>`) at a destination without the
+/// referrers API: existing entries are kept, new ones appended.
+async fn update_fallback_index(
+    dst: &Endpoint,
+    subject: &Digest,
+    referrers: &[Descriptor],
+    counters: &Counters,
+) -> Result<(), Error> {
+    let tag = subject.referrers_tag();
+    let mut entries: Vec<Descriptor> = match dst.get_manifest(&tag).await? {
+        Some(existing) => crate::digest::ManifestRefs::parse(&existing.bytes)
+            .map(|r| r.manifests)
+            .unwrap_or_default(),
+        None => Vec::new(),
+    };
+    let before = entries.len();
+    for d in referrers {
+        if !entries.iter().any(|e| e.digest == d.digest) {
+            entries.push(d.clone());
+        }
+    }
+    if entries.len() == before && before > 0 {
+        return Ok(());
+    }
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Index<'a> {
+        schema_version: u32,
+        media_type: &'a str,
+        manifests: &'a [Descriptor],
+    }
+    let bytes = serde_json::to_vec(&Index {
+        schema_version: 2,
+        media_type: MediaType::OCI_INDEX,
+        manifests: &entries,
+    })
+    .map_err(|e| {
+        Error::new(ErrorKind::InvalidInput {
+            message: format!("cannot serialize the referrers index: {e}"),
+        })
+    })?;
+    let index = Fetched::new(Bytes::from(bytes), MediaType::OCI_INDEX.to_owned(), None);
+    dst.put_manifest(&index, Some(&tag), false).await?;
+    counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+/// Fetches `reference` at `ep`, proves it hashes to `expected` (and matches
+/// `Docker-Content-Digest`), and confirms every child manifest and blob is present.
+async fn verify_tree(
+    ep: &Endpoint,
+    r: &Reference,
+    reference: &str,
+    expected: &Digest,
+) -> Result<VerifyReport, Error> {
+    let fail = |reason: String| {
+        Error::new(ErrorKind::VerificationFailed {
+            reference: r.to_string(),
+            reason,
+        })
+    };
+    let Some(top) = ep.get_manifest(reference).await? else {
+        return Err(fail(format!("the manifest '{reference}' is not there")));
+    };
+    if top.digest != *expected {
+        return Err(fail(format!(
+            "it resolves to {} instead of {expected}",
+            top.digest
+        )));
+    }
+    if let Some(h) = &top.header_digest
+        && h != expected
+    {
+        return Err(fail(format!(
+            "the registry's Docker-Content-Digest header says {h} instead of {expected}"
+        )));
+    }
+    let mut manifests_checked = 1u32;
+    let mut blobs_checked = 0u32;
+    let mut stack = vec![top.clone()];
+    let mut seen_blobs: BTreeMap<Digest, ()> = BTreeMap::new();
+    let mut seen_manifests = HashSet::new();
+    while let Some(m) = stack.pop() {
+        if !seen_manifests.insert(m.digest.clone()) {
+            continue;
+        }
+        let refs = m.refs(m.digest.as_str())?;
+        if m.is_index() {
+            for child in &refs.manifests {
+                let c = match ep.get_manifest(child.digest.as_str()).await? {
+                    Some(c) => c,
+                    None => {
+                        return Err(fail(format!("child manifest {} is missing", child.digest)));
+                    }
+                };
+                if c.digest != child.digest {
+                    return Err(fail(format!(
+                        "child manifest {} hashes to {}",
+                        child.digest, c.digest
+                    )));
+                }
+                manifests_checked += 1;
+                stack.push(c);
+            }
+        } else {
+            for b in refs.blobs() {
+                if seen_blobs.insert(b.digest.clone(), ()).is_some() {
+                    continue;
+                }
+                if !ep.has_blob(b).await? {
+                    return Err(fail(format!(
+                        "blob {} ({} bytes) is missing",
+                        b.digest, b.size
+                    )));
+                }
+                blobs_checked += 1;
+            }
+        }
+    }
+    Ok(VerifyReport {
+        reference: r.to_string(),
+        digest: top.digest,
+        media_type: top.media_type,
+        manifests_checked,
+        blobs_checked,
+        verified: true,
+    })
+}

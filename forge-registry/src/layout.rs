@@ -1,0 +1,300 @@
+//! OCI image layout directories (`oci-layout`, `index.json`, `blobs/sha256/…`), written
+//! atomically: every file is written to a temporary name in the same directory and renamed.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde_json::{Map, Value};
+use tokio::io::AsyncWriteExt;
+
+use crate::digest::{Descriptor, Digest, ManifestRefs, MediaType};
+use crate::error::{Error, ErrorKind};
+use crate::transfer::{BlobStream, Fetched};
+
+/// The annotation naming a tag in `index.json`.
+pub const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+#[derive(Debug, Clone)]
+pub(crate) struct Layout {
+    pub(crate) path: PathBuf,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+    move |source| {
+        Error::new(ErrorKind::Io {
+            path: path.to_owned(),
+            source,
+        })
+    }
+}
+
+fn tmp_name(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()))
+}
+
+impl Layout {
+    pub(crate) fn new(path: &Path) -> Self {
+        Layout {
+            path: path.to_owned(),
+        }
+    }
+
+    fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.path.join("blobs").join("sha256").join(digest.hex())
+    }
+
+    pub(crate) fn exists(&self) -> bool {
+        self.path.join("oci-layout").is_file()
+    }
+
+    pub(crate) fn require(&self) -> Result<(), Error> {
+        if self.exists() {
+            Ok(())
+        } else {
+            Err(Error::new(ErrorKind::OciLayout {
+                path: self.path.clone(),
+                reason: "is not an OCI image layout (no 'oci-layout' file); create the layout first (for an empty one: mkdir -p DIR/blobs/sha256 && echo '{\"imageLayoutVersion\":\"1.0.0\"}' > DIR/oci-layout && echo '{\"schemaVersion\":2,\"manifests\":[]}' > DIR/index.json)".to_owned(),
+            }))
+        }
+    }
+
+    async fn read_index(&self) -> Result<Map<String, Value>, Error> {
+        let path = self.path.join("index.json");
+        let text = match tokio::fs::read(&path).await {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut m = Map::new();
+                m.insert("schemaVersion".to_owned(), Value::from(2));
+                m.insert("manifests".to_owned(), Value::Array(Vec::new()));
+                return Ok(m);
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        match serde_json::from_slice::<Value>(&text) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(Error::new(ErrorKind::OciLayout {
+                path: self.path.clone(),
+                reason: "index.json is not a JSON object; repair or recreate the layout".to_owned(),
+            })),
+        }
+    }
+
+    fn entries(index: &Map<String, Value>) -> Vec<Descriptor> {
+        index
+            .get("manifests")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| serde_json::from_value(v.clone()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    async fn find(&self, reference: &str) -> Result<Option<Descriptor>, Error> {
+        let index = self.read_index().await?;
+        let entries = Self::entries(&index);
+        if let Ok(d) = reference.parse::<Digest>() {
+            return Ok(entries.into_iter().find(|e| e.digest == d));
+        }
+        Ok(entries.into_iter().find(|e| {
+            e.annotations
+                .as_ref()
+                .and_then(|a| a.get(REF_NAME))
+                .is_some_and(|n| n == reference)
+        }))
+    }
+
+    /// The manifest for a tag or digest; a digest not in `index.json` is read from `blobs/`.
+    pub(crate) async fn get_manifest(&self, reference: &str) -> Result<Option<Fetched>, Error> {
+        let entry = self.find(reference).await?;
+        let digest = match (&entry, reference.parse::<Digest>()) {
+            (Some(e), _) => e.digest.clone(),
+            (None, Ok(d)) => d,
+            (None, Err(_)) => return Ok(None),
+        };
+        let path = self.blob_path(&digest);
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(b) => Bytes::from(b),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let refs = ManifestRefs::parse(&bytes).unwrap_or_default();
+        let media_type = entry
+            .map(|e| e.media_type)
+            .unwrap_or_else(|| refs.effective_media_type(None));
+        Ok(Some(Fetched::new(bytes, media_type, None)))
+    }
+
+    pub(crate) fn has_blob(&self, desc: &Descriptor) -> bool {
+        std::fs::metadata(self.blob_path(&desc.digest)).is_ok_and(|m| m.len() == desc.size)
+    }
+
+    pub(crate) async fn open_blob(&self, desc: &Descriptor) -> Result<BlobStream, Error> {
+        let path = self.blob_path(&desc.digest);
+        let file = tokio::fs::File::open(&path).await.map_err(io(&path))?;
+        let stream = futures_util::stream::unfold(file, |mut file| async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; 256 * 1024];
+            match file.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(Bytes::from(buf)), file))
+                }
+                Err(e) => Some((Err(Box::new(e) as crate::BoxError), file)),
+            }
+        });
+        Ok(Box::pin(stream))
+    }
+
+    /// Writes a blob from a (verifying) stream: temp file, then rename.
+    pub(crate) async fn write_blob(
+        &self,
+        digest: &Digest,
+        mut stream: BlobStream,
+    ) -> Result<u64, Error> {
+        let dir = self.path.join("blobs").join("sha256");
+        tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
+        let tmp = tmp_name(&dir, digest.hex());
+        let result: Result<u64, Error> = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+            let mut total = 0u64;
+            while let Some(chunk) = stream.next().await {
+                let chunk = chunk.map_err(|source| {
+                    Error::new(ErrorKind::Transport {
+                        context: format!("reading blob {digest}"),
+                        source,
+                    })
+                })?;
+                total += chunk.len() as u64;
+                file.write_all(&chunk).await.map_err(io(&tmp))?;
+            }
+            file.sync_all().await.map_err(io(&tmp))?;
+            drop(file);
+            let dest = self.blob_path(digest);
+            tokio::fs::rename(&tmp, &dest).await.map_err(io(&dest))?;
+            Ok(total)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    async fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), Error> {
+        let dir = path.parent().unwrap_or(&self.path);
+        tokio::fs::create_dir_all(dir).await.map_err(io(dir))?;
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let tmp = tmp_name(dir, &name);
+        let result = async {
+            let mut file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+            file.write_all(bytes).await.map_err(io(&tmp))?;
+            file.sync_all().await.map_err(io(&tmp))?;
+            drop(file);
+            tokio::fs::rename(&tmp, path).await.map_err(io(path))
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    /// Stores a manifest blob; with `tag`, (re)points the tag in `index.json` at it; with
+    /// `top` and no tag, lists it in `index.json` untagged.
+    pub(crate) async fn put_manifest(
+        &self,
+        manifest: &Fetched,
+        tag: Option<&str>,
+        top: bool,
+    ) -> Result<(), Error> {
+        let blob = self.blob_path(&manifest.digest);
+        if !blob.is_file() {
+            self.write_atomic(&blob, &manifest.bytes).await?;
+        }
+        if !top && tag.is_none() {
+            return Ok(());
+        }
+        let mut index = self.read_index().await?;
+        let mut manifests = index
+            .remove("manifests")
+            .and_then(|v| match v {
+                Value::Array(a) => Some(a),
+                _ => None,
+            })
+            .unwrap_or_default();
+        if let Some(tag) = tag {
+            manifests.retain(|m| {
+                m.get("annotations")
+                    .and_then(|a| a.get(REF_NAME))
+                    .and_then(Value::as_str)
+                    != Some(tag)
+            });
+        } else if manifests
+            .iter()
+            .any(|m| m.get("digest").and_then(Value::as_str) == Some(manifest.digest.as_str()))
+        {
+            index.insert("manifests".to_owned(), Value::Array(manifests));
+            return Ok(());
+        }
+        let mut entry = serde_json::json!({
+            "mediaType": manifest.media_type,
+            "digest": manifest.digest,
+            "size": manifest.bytes.len(),
+        });
+        if let Some(tag) = tag {
+            entry["annotations"] = serde_json::json!({ REF_NAME: tag });
+        }
+        manifests.push(entry);
+        index.insert("manifests".to_owned(), Value::Array(manifests));
+        index
+            .entry("schemaVersion")
+            .or_insert_with(|| Value::from(2));
+        index
+            .entry("mediaType")
+            .or_insert_with(|| Value::from(MediaType::OCI_INDEX));
+        let bytes = serde_json::to_vec_pretty(&Value::Object(index)).map_err(|e| {
+            Error::new(ErrorKind::OciLayout {
+                path: self.path.clone(),
+                reason: format!("cannot serialize index.json: {e}"),
+            })
+        })?;
+        self.write_atomic(&self.path.join("index.json"), &bytes)
+            .await
+    }
+
+    /// Creates an empty layout (`oci-layout`, `index.json`, `blobs/sha256`) at `path`.
+    pub(crate) async fn init(path: &Path) -> Result<(), Error> {
+        let layout = Layout::new(path);
+        tokio::fs::create_dir_all(path.join("blobs/sha256"))
+            .await
+            .map_err(io(path))?;
+        layout
+            .write_atomic(
+                &path.join("oci-layout"),
+                br#"{"imageLayoutVersion":"1.0.0"}"#,
+            )
+            .await?;
+        if !path.join("index.json").exists() {
+            layout
+                .write_atomic(
+                    &path.join("index.json"),
+                    br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#,
+                )
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// Creates an empty OCI image layout directory (the explicit step Forge requires before it
+/// copies into a layout: destinations are never created implicitly).
+pub async fn init_oci_layout(path: &Path) -> Result<(), Error> {
+    Layout::init(path).await
+}
