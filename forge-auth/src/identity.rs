@@ -48,3 +48,10 @@ pub async fn caller_identity(sdk: &aws_types::SdkConfig) -> Result<CallerIdentit
         user_id: out.user_id().unwrap_or_default().to_owned(),
     })
 }
+
+/// Formats `time` as RFC 3339 UTC (`2026-11-26T10:00:00Z`), as `credential_process` expects.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    aws_smithy_types::DateTime::from(time)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_default()
+}

@@ -1,27 +1,249 @@
 //! The AWS glue shared by every command that talks to AWS (`auth`, `ec2`, `promote`): one
 //! [`aws_config::SdkConfig`] per environment whose credentials come from Forge's refreshing role
 //! chain (forge-auth), or from the default AWS chain when `[auth] token = "none"`.
+//!
+//! This is the binary, so it is where the process environment is read: CI variables for token
+//! detection, `AWS_*` for the policy check; `AWS_ENDPOINT_URL` is honoured by aws-config itself.
 
+use std::io::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
 use aws_config::{BehaviorVersion, Region};
+use forge_auth::ci::{self, Ci};
+use forge_auth::token::{DetectOptions, TokenSetting};
+use forge_auth::{Hop, RoleArn, RoleChain, RoleChainProvider, SessionName, TokenSource};
 
 use crate::config::Loaded;
+use crate::output::InvalidInput;
+
+/// Command-line / environment overrides of `[auth]` (`None` = take the config file's value).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// Token source: auto | azure-devops | github | file:PATH | env:VAR | none.
+    #[arg(long, env = "FORGE_TOKEN")]
+    pub token: Option<String>,
+    /// ARN of the hub role assumed with the OIDC token.
+    #[arg(long, env = "FORGE_HUB_ROLE")]
+    pub hub_role: Option<String>,
+    /// ARN of the environment role (default `[environments.<env>] role`; `{env}` is expanded).
+    #[arg(long, env = "FORGE_ROLE")]
+    pub role: Option<String>,
+    /// AWS region (default: `[environments.<env>] region`, `[auth] region`, then AWS_REGION).
+    #[arg(long, env = "FORGE_REGION")]
+    pub region: Option<String>,
+    /// OIDC audience for GitHub Actions (default sts.amazonaws.com).
+    #[arg(long, env = "FORGE_AUDIENCE")]
+    pub audience: Option<String>,
+    /// Azure DevOps service connection id.
+    #[arg(long, env = "FORGE_SERVICE_CONNECTION")]
+    pub service_connection: Option<String>,
+    /// External id for the environment role.
+    #[arg(long, env = "FORGE_EXTERNAL_ID")]
+    pub external_id: Option<String>,
+    /// Session length in seconds (900..=3600: AWS caps chained role sessions at one hour).
+    #[arg(long, env = "FORGE_SESSION_DURATION")]
+    pub session_duration: Option<u64>,
+    /// Session name (default `forge-<env>-<build id>`), sanitized to STS's rules.
+    #[arg(long, env = "FORGE_SESSION_NAME")]
+    pub session_name: Option<String>,
+}
+
+/// Credentials for one environment, with the chain when one is used.
+#[derive(Debug, Clone)]
+pub struct EnvAuth {
+    /// Clients built from this refresh credentials transparently.
+    pub sdk: aws_config::SdkConfig,
+    /// The role chain (`None` with `token = "none"`: the default AWS chain).
+    pub chain: Option<RoleChainProvider>,
+}
+
+fn lookup(key: &str) -> Option<String> {
+    std::env::var(key).ok()
+}
+
+/// Prints the CI's mask command for every secret the chain obtains, on stderr (both Azure
+/// DevOps and GitHub Actions read logging commands there; stdout stays clean for JSON and
+/// `credential_process`).
+pub fn mask_hook(ci: Ci) -> Option<forge_auth::chain::SecretHook> {
+    if ci == Ci::None {
+        return None;
+    }
+    Some(Arc::new(move |secret: &forge_auth::Secret| {
+        if let Some(line) = ci.mask_line(secret) {
+            let mut err = std::io::stderr().lock();
+            let _ = writeln!(err, "{line}");
+        }
+    }))
+}
 
 /// SdkConfig whose credentials are Forge's refreshing role chain for `env` (or the default AWS
 /// chain when `[auth] token = "none"`), region from config/env. Honors `AWS_ENDPOINT_URL` (tests
 /// point it at moto).
-#[allow(dead_code, reason = "called by the auth, ec2 and promote commands")]
+#[allow(dead_code, reason = "called by the ec2 and promote commands")]
 pub async fn sdk_config_for_env(
     config: &Loaded,
     env: &str,
 ) -> anyhow::Result<aws_config::SdkConfig> {
+    let ci = Ci::detect(&lookup);
+    Ok(resolve(config, env, &Overrides::default(), mask_hook(ci))
+        .await?
+        .sdk)
+}
+
+/// The full resolution behind [`sdk_config_for_env`], with overrides and a secret hook.
+pub async fn resolve(
+    config: &Loaded,
+    env: &str,
+    overrides: &Overrides,
+    hook: Option<forge_auth::chain::SecretHook>,
+) -> anyhow::Result<EnvAuth> {
+    let auth = &config.config.auth;
     let environment = config.config.environment(env)?;
-    let region = environment
+    ci::check_static_credentials(&lookup, auth.allow_static_credentials)
+        .map_err(|e| InvalidInput(e.to_string()))?;
+    let region = overrides
         .region
         .clone()
-        .or_else(|| config.config.auth.region.clone());
-    let mut loader = aws_config::defaults(BehaviorVersion::latest());
-    if let Some(region) = region {
-        loader = loader.region(Region::new(region));
+        .or_else(|| environment.region.clone())
+        .or_else(|| auth.region.clone());
+    let loader = || {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        loader
+    };
+    let token = overrides
+        .token
+        .clone()
+        .or_else(|| auth.token.clone())
+        .unwrap_or_else(|| "auto".to_owned());
+    if token == "none" {
+        return Ok(EnvAuth {
+            sdk: loader().load().await,
+            chain: None,
+        });
     }
-    Ok(loader.load().await)
+    let setting: TokenSetting = token
+        .parse()
+        .map_err(|e: forge_auth::TokenError| InvalidInput(format!("auth.token / --token: {e}")))?;
+    let hub = overrides
+        .hub_role
+        .clone()
+        .or_else(|| auth.hub_role.clone())
+        .ok_or_else(|| {
+            InvalidInput(
+                "no hub role: set `[auth] hub_role` (or --hub-role / FORGE_HUB_ROLE), or `[auth] token = \"none\"` to use the default AWS credentials".to_owned(),
+            )
+        })?;
+    let hub = RoleArn::parse(&hub).map_err(|e| InvalidInput(format!("hub role: {e}")))?;
+    let role = overrides
+        .role
+        .clone()
+        .or_else(|| environment.role.clone())
+        .ok_or_else(|| {
+            InvalidInput(format!(
+                "environment `{env}` has no role: set `[environments.{env}] role` to the ARN of ConveyorDeployRole-{env} (or pass --role)"
+            ))
+        })?;
+    let role = RoleArn::from_template(&role, env, None)
+        .map_err(|e| InvalidInput(format!("environments.{env}.role: {e}")))?;
+    let source = TokenSource::detect(
+        &setting,
+        &lookup,
+        &DetectOptions {
+            audience: overrides.audience.clone().or_else(|| auth.audience.clone()),
+            service_connection: overrides
+                .service_connection
+                .clone()
+                .or_else(|| auth.service_connection.clone()),
+        },
+    )
+    .map_err(|e| InvalidInput(e.to_string()))?;
+    let ci = Ci::detect(&lookup);
+    let build_id = ci.build_id(&lookup);
+    let session_name = match &overrides.session_name {
+        Some(name) => SessionName::sanitize(name),
+        None => SessionName::for_pipeline(env, build_id.as_deref()),
+    };
+    let mut hop = Hop::new(role);
+    hop.external_id = overrides
+        .external_id
+        .clone()
+        .or_else(|| auth.external_id.clone());
+    if auth.session_tags {
+        hop.tags.push(("forge:env".to_owned(), env.to_owned()));
+        if let Some(id) = &build_id {
+            hop.tags.push(("forge:build".to_owned(), id.clone()));
+        }
+        let ci_name = match ci {
+            Ci::AzureDevOps => "azure-devops",
+            Ci::GitHubActions => "github-actions",
+            _ => "none",
+        };
+        hop.tags.push(("forge:ci".to_owned(), ci_name.to_owned()));
+    }
+    let mut chain = RoleChain::new(source, hub, hop, session_name);
+    if let Some(secs) = overrides.session_duration.or(auth.session_duration) {
+        chain.duration = Duration::from_secs(secs);
+    }
+    let base = loader().no_credentials().load().await;
+    if base.region().is_none() {
+        return Err(InvalidInput(
+            "no AWS region: set `[auth] region` (or `[environments.<env>] region`, --region, AWS_REGION)".to_owned(),
+        )
+        .into());
+    }
+    let mut provider = RoleChainProvider::new(chain, &base).map_err(|e| {
+        if e.is_invalid_input() {
+            anyhow::Error::from(InvalidInput(e.to_string()))
+        } else {
+            anyhow::Error::from(e)
+        }
+    })?;
+    if let Some(hook) = hook {
+        provider = provider.with_secret_hook(hook);
+    }
+    let sdk = loader().credentials_provider(provider.clone()).load().await;
+    Ok(EnvAuth {
+        sdk,
+        chain: Some(provider),
+    })
+}
+
+/// Maps a role-chain failure to the CLI's error: bad input exits 2, the world exits 1.
+pub fn chain_error(err: forge_auth::ChainError, env: &str) -> anyhow::Error {
+    if err.is_invalid_input() {
+        anyhow::Error::from(InvalidInput(format!("credentials for `{env}`: {err}")))
+    } else {
+        anyhow::Error::from(err).context(format!(
+            "cannot get AWS credentials for environment `{env}`"
+        ))
+    }
+}
+
+/// The current credentials of `auth` (walking the chain once, or asking the default chain).
+pub async fn current_credentials(
+    auth: &EnvAuth,
+    env: &str,
+) -> anyhow::Result<aws_credential_types::Credentials> {
+    use aws_credential_types::provider::ProvideCredentials as _;
+    match &auth.chain {
+        Some(chain) => Ok(chain
+            .assume()
+            .await
+            .map_err(|e| chain_error(e, env))?
+            .credentials),
+        None => {
+            let provider = auth.sdk.credentials_provider().ok_or_else(|| {
+                InvalidInput("no AWS credentials provider is configured".to_owned())
+            })?;
+            provider
+                .provide_credentials()
+                .await
+                .with_context(|| format!("the default AWS credential chain found no credentials for `{env}` (token = \"none\")"))
+        }
+    }
 }

@@ -88,6 +88,10 @@ pub struct AuthConfig {
     /// Refuse-by-default override: allow static AWS keys when running in CI.
     #[serde(default)]
     pub allow_static_credentials: bool,
+    /// Send audit session tags (`forge:env`, `forge:build`, `forge:ci`) when assuming the
+    /// environment role; its trust policy must then allow `sts:TagSession`. Default off.
+    #[serde(default)]
+    pub session_tags: bool,
 }
 
 /// `[policy]`.

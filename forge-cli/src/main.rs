@@ -31,6 +31,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// AWS credentials from the pipeline's OIDC token through the role chain.
+    #[command(subcommand)]
+    Auth(cmd::auth::Command),
     /// Validate a Forge config file (forge.toml).
     #[command(subcommand)]
     Config(cmd::config::Command),
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_tracing(cli.verbose);
     let result = match cli.command {
+        Command::Auth(c) => cmd::auth::run(c),
         Command::Config(c) => cmd::config::run(c),
         Command::Ledger(c) => cmd::ledger::run(c),
     };

@@ -1,5 +1,6 @@
 //! One module per top-level subcommand. Each exposes its clap arguments and a `run` function
 //! that calls a library and returns the process exit code.
 
+pub mod auth;
 pub mod config;
 pub mod ledger;
