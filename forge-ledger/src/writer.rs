@@ -285,7 +285,6 @@ pub struct Revert {
 /// assert_eq!(outcome.new, "1234");
 /// # Ok::<(), forge_ledger::LedgerError>(())
 /// ```
-#[derive(Debug)]
 pub struct Ledger {
     repo: String,
     branch: String,
@@ -297,6 +296,19 @@ pub struct Ledger {
     identity: Option<(String, String)>,
     git_program: PathBuf,
     state: Mutex<Option<WorkRepo>>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The repository URL may carry credentials: only the redacted form is shown.
+        f.debug_struct("Ledger")
+            .field("repo", &self.repo_display())
+            .field("branch", &self.branch)
+            .field("workdir", &self.workdir)
+            .field("max_attempts", &self.max_attempts)
+            .field("max_duration", &self.max_duration)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug)]
@@ -816,7 +828,7 @@ impl Ledger {
 
     fn push(&self, git: &Git, commit: &str) -> Result<PushResult, LedgerError> {
         let refspec = format!("{commit}:refs/heads/{}", self.branch);
-        match git.run(&["push", "--porcelain", "--quiet", &self.repo, &refspec]) {
+        match git.run(&["push", "--quiet", &self.repo, &refspec]) {
             Ok(_) => Ok(PushResult::Landed),
             Err(err) => {
                 let text = err.stderr().to_owned();
