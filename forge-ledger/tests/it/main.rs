@@ -2,3 +2,7 @@
 
 mod patch;
 mod corpus;
+mod contention;
+mod history;
+mod writer;
+mod proptests;
