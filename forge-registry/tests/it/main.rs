@@ -1,2 +1,4 @@
 //! Integration tests.
+mod ecr;
+mod faults;
 mod proxy;

@@ -11,9 +11,6 @@
 //! Tests assert on the state of the real registry directly (bypassing the proxy) with skopeo and
 //! plain HTTP, so the proxy never decides whether a copy "worked".
 
-// Helpers shared by ecr.rs and faults.rs; not every helper is used by every module yet.
-#![allow(dead_code)]
-
 use std::collections::VecDeque;
 use std::future::Future as _;
 use std::net::SocketAddr;
@@ -163,12 +160,15 @@ pub enum Fault {
     DropRequestAfter(u64),
 }
 
-/// Inject `fault` into the next `times` requests of kind `route` (`None` = forever).
+/// Inject `fault` into the next `times` requests of kind `route` (`None` = forever), optionally
+/// only those whose path and query contain a string (e.g. one blob's digest). A body fault at an offset
+/// past the end of the body changes nothing, so target blobs larger than the offset.
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub route: Route,
     pub fault: Fault,
     pub times: Option<u32>,
+    pub path_contains: Option<String>,
 }
 
 impl Rule {
@@ -177,7 +177,15 @@ impl Rule {
             route,
             fault,
             times,
+            path_contains: None,
         }
+    }
+
+    /// Only requests whose path and query contain `needle` (an upload PUT names its digest in
+    /// the query).
+    pub fn matching(mut self, needle: &str) -> Self {
+        self.path_contains = Some(needle.to_owned());
+        self
     }
 }
 
@@ -186,6 +194,7 @@ impl Rule {
 /// - every request without `Authorization: Basic base64("AWS:<password>")` gets
 ///   `401` + `WWW-Authenticate: Basic realm="https://<acct>.dkr.ecr.<region>.amazonaws.com/",service="ecr.amazonaws.com"`
 ///   and the body `Not Authorized\n`;
+/// - a provisioned repository without images lists no tags (`200`, `"tags": []`);
 /// - a repository not provisioned → `404` `NAME_UNKNOWN` "The repository with name '<repo>' does not
 ///   exist in the registry with id '<acct>'" (the real registry would create it on push);
 /// - manifest PUT to an existing tag → `400` `TAG_INVALID` (immutable repository), even when the
@@ -225,6 +234,8 @@ pub struct Logged {
     pub status: u16,
     /// True when a fault rule fired for this request.
     pub faulted: bool,
+    /// True when the request carried an `Authorization` header.
+    pub authorization: bool,
 }
 
 #[derive(Debug, Default)]
@@ -337,24 +348,27 @@ impl Proxy {
 }
 
 impl Shared {
-    fn record(&self, method: &Method, path: &str, route: Route, status: u16, faulted: bool) {
+    fn record(&self, req: &RequestInfo, status: u16, faulted: bool) {
         self.state
             .lock()
             .expect("proxy state lock")
             .log
             .push(Logged {
-                method: method.to_string(),
-                path: path.to_owned(),
-                route,
+                method: req.method.to_string(),
+                path: req.path.clone(),
+                route: req.route,
                 status,
                 faulted,
+                authorization: req.authorization,
             });
     }
 
     /// Takes the first rule for `route` that still has shots left.
-    fn take_fault(&self, route: Route) -> Option<Fault> {
+    fn take_fault(&self, route: Route, path: &str) -> Option<Fault> {
         let mut state = self.state.lock().expect("proxy state lock");
-        let index = state.rules.iter().position(|r| r.route == route)?;
+        let index = state.rules.iter().position(|r| {
+            r.route == route && r.path_contains.as_deref().is_none_or(|n| path.contains(n))
+        })?;
         let rule = &mut state.rules[index];
         let fault = rule.fault.clone();
         match &mut rule.times {
@@ -368,6 +382,13 @@ impl Shared {
     }
 }
 
+struct RequestInfo {
+    method: Method,
+    path: String,
+    route: Route,
+    authorization: bool,
+}
+
 async fn handle(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -375,6 +396,12 @@ async fn handle(
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let (route, repo, reference) = classify(&method, &path);
+    let info = RequestInfo {
+        method: method.clone(),
+        path: path.clone(),
+        route,
+        authorization: req.headers().contains_key(header::AUTHORIZATION),
+    };
 
     if let Some(ecr) = &shared.ecr {
         let authorized = req
@@ -392,7 +419,7 @@ async fn handle(
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_str(&challenge).expect("ascii challenge"),
             );
-            shared.record(&method, &path, route, 401, false);
+            shared.record(&info, 401, false);
             return Ok(resp);
         }
         if let Some(repo) = &repo
@@ -402,12 +429,16 @@ async fn handle(
                 "The repository with name '{repo}' does not exist in the registry with id '{}'",
                 ecr.account
             );
-            shared.record(&method, &path, route, 404, false);
+            shared.record(&info, 404, false);
             return Ok(json_error(StatusCode::NOT_FOUND, "NAME_UNKNOWN", &message));
         }
     }
 
-    let fault = shared.take_fault(route);
+    let path_and_query = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.clone(), |pq| pq.as_str().to_owned());
+    let fault = shared.take_fault(route, &path_and_query);
     let faulted = fault.is_some();
     match &fault {
         Some(Fault::Status {
@@ -421,7 +452,7 @@ async fn handle(
                 resp.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static(after));
             }
-            shared.record(&method, &path, route, status.as_u16(), true);
+            shared.record(&info, status.as_u16(), true);
             return Ok(resp);
         }
         Some(Fault::DropRequestAfter(n)) => {
@@ -437,7 +468,7 @@ async fn handle(
                     _ => break,
                 }
             }
-            shared.record(&method, &path, route, 0, true);
+            shared.record(&info, 0, true);
             return Err(ProxyError(format!(
                 "injected: connection dropped after {seen} request bytes"
             )));
@@ -454,19 +485,31 @@ async fn handle(
             "The image tag '{tag}' already exists in the '{repo}' repository and cannot be \
              overwritten because the repository is immutable."
         );
-        shared.record(&method, &path, route, 400, faulted);
+        shared.record(&info, 400, faulted);
         return Ok(json_error(StatusCode::BAD_REQUEST, "TAG_INVALID", &message));
     }
 
     let (mut parts, body) = match forward(&shared, req).await {
         Ok(resp) => resp.into_parts(),
         Err(e) => {
-            shared.record(&method, &path, route, 502, faulted);
+            shared.record(&info, 502, faulted);
             return Err(e);
         }
     };
 
     if shared.ecr.is_some() {
+        if let (Route::TagsList, StatusCode::NOT_FOUND, Some(repo)) = (route, parts.status, &repo) {
+            // Provisioned (it passed the allowlist) but never pushed to: ECR lists no tags,
+            // whereas the registry behind the fake does not know the repository yet.
+            let body = serde_json::json!({"name": repo, "tags": []}).to_string();
+            let mut resp = Response::new(full(body));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            );
+            shared.record(&info, 200, faulted);
+            return Ok(resp);
+        }
         match route {
             Route::UploadPatch if parts.status == StatusCode::ACCEPTED => {
                 parts.status = StatusCode::CREATED;
@@ -488,7 +531,7 @@ async fn handle(
         Some(Fault::FlipByte(n)) => tamper(body, Tamper::Flip(n)),
         _ => body,
     };
-    shared.record(&method, &path, route, parts.status.as_u16(), faulted);
+    shared.record(&info, parts.status.as_u16(), faulted);
     Ok(Response::from_parts(parts, body))
 }
 
@@ -708,8 +751,27 @@ pub struct Pushed {
 /// HTTP (monolithic uploads). The manifest is deliberately NOT canonical JSON (odd key order,
 /// extra spaces), so a client that re-serializes would change the digest.
 pub async fn push_image(host: &str, repo: &str, tag: &str, layers: &[Vec<u8>]) -> Pushed {
+    push_image_as(host, repo, tag, layers, None).await
+}
+
+/// [`push_image`] sending `authorization` (an `Authorization` header value) on every request.
+pub async fn push_image_as(
+    host: &str,
+    repo: &str,
+    tag: &str,
+    layers: &[Vec<u8>],
+    authorization: Option<&str>,
+) -> Pushed {
+    let mut headers = HeaderMap::new();
+    if let Some(auth) = authorization {
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(auth).expect("ascii authorization"),
+        );
+    }
     let client = reqwest::Client::builder()
         .no_proxy()
+        .default_headers(headers)
         .build()
         .expect("client");
     let config = format!(

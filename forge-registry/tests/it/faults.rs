@@ -1,0 +1,284 @@
+//! Fault injection: proxies from `proxy.rs` in front of two REAL registries inject connection
+//! drops, 5xx, 429, truncated and corrupted bodies. Every test asserts the invariant the issue
+//! demands — the copy either succeeds AND is verified (checked with skopeo on the real
+//! destination, bypassing the proxy), or fails AND the destination tag was not created — and
+//! then the specific outcome expected for that fault.
+
+use std::time::Duration;
+
+use forge_registry::{Client, CopyOptions, CopyReport, Error, ErrorKind, Reference, RetryPolicy};
+use forge_testkit::Registry;
+
+use crate::proxy::{
+    Fault, Proxy, Pushed, Route, Rule, blob_exists, manifest_digest, push_image, random_bytes,
+    skopeo_digest,
+};
+
+const RETRIES: u32 = 3;
+
+struct Setup {
+    _source: Registry,
+    dest: Registry,
+    /// In front of the source: faults on GETs.
+    src_proxy: Proxy,
+    /// In front of the destination: faults on uploads.
+    dst_proxy: Proxy,
+    image: Pushed,
+}
+
+/// `team/app:1` (two layers: 256 KiB and 64 KiB) at the source; the destination repository is
+/// provisioned (holds an unrelated `seed` tag) because Forge never creates repositories.
+async fn setup() -> Option<Setup> {
+    let source = Registry::start()?;
+    let dest = Registry::start()?;
+    forge_testkit::skopeo()?;
+    let image = push_image(
+        &source.host(),
+        "team/app",
+        "1",
+        &[random_bytes(61, 256 * 1024), random_bytes(62, 64 * 1024)],
+    )
+    .await;
+    push_image(&dest.host(), "team/app", "seed", &[random_bytes(63, 100)]).await;
+    let src_proxy = Proxy::start(&source.host()).await;
+    let dst_proxy = Proxy::start(&dest.host()).await;
+    Some(Setup {
+        _source: source,
+        dest,
+        src_proxy,
+        dst_proxy,
+        image,
+    })
+}
+
+impl Setup {
+    /// The 256 KiB layer (blobs are config, layer 1, layer 2).
+    fn big_layer(&self) -> &str {
+        &self.image.blobs[1]
+    }
+
+    /// Its hex part, which matches the blob GET path and the upload PUT query (`digest=` may be
+    /// percent-encoded there).
+    fn big_layer_hex(&self) -> &str {
+        self.big_layer().trim_start_matches("sha256:")
+    }
+
+    async fn copy(&self) -> Result<CopyReport, Error> {
+        let client = Client::builder()
+            .retry_policy(RetryPolicy {
+                max_retries: RETRIES,
+                initial_backoff: Duration::from_millis(20),
+                max_backoff: Duration::from_millis(200),
+                max_retry_after: Duration::from_secs(2),
+            })
+            .build()
+            .expect("client builds");
+        let src: Reference = format!("{}/team/app:1", self.src_proxy.host())
+            .parse()
+            .expect("valid reference");
+        let dst: Reference = format!("{}/team/app:1", self.dst_proxy.host())
+            .parse()
+            .expect("valid reference");
+        client.copy(&src, &dst, &CopyOptions::default()).await
+    }
+
+    /// The invariant: success ⇒ verified and skopeo sees the source digest at the destination;
+    /// failure ⇒ no destination tag.
+    async fn check_invariant(&self, result: &Result<CopyReport, Error>) {
+        match result {
+            Ok(report) => {
+                assert!(report.verified, "{report:?}");
+                assert_eq!(report.digest.to_string(), self.image.digest);
+                assert_eq!(
+                    skopeo_digest(&self.dest.host(), "team/app", "1"),
+                    self.image.digest
+                );
+            }
+            Err(err) => assert_eq!(
+                manifest_digest(&self.dest.host(), "team/app", "1").await,
+                None,
+                "the copy failed ({err}) but the destination tag exists"
+            ),
+        }
+    }
+
+    /// Copies with `rule` installed on `proxy` and checks the invariant.
+    async fn run(&self, proxy: &Proxy, rule: Rule) -> Result<CopyReport, Error> {
+        proxy.add_rule(rule);
+        let result = self.copy().await;
+        self.check_invariant(&result).await;
+        result
+    }
+}
+
+/// The error says it retried (at least the policy's count: blobs are retried independently) and
+/// how long it tried: "… (failed after N retries in X.Ys)".
+fn assert_gave_up(err: &Error) {
+    let message = err.to_string();
+    assert!(err.retries >= RETRIES, "{err:?}");
+    assert!(err.elapsed > Duration::ZERO, "{err:?}");
+    let expected = format!(
+        "(failed after {} retries in {:.1}s)",
+        err.retries,
+        err.elapsed.as_secs_f64()
+    );
+    assert!(
+        message.ends_with(&expected),
+        "{message:?} should end with {expected:?}"
+    );
+}
+
+fn status(status: u16, code: &'static str, retry_after: Option<&'static str>) -> Fault {
+    Fault::Status {
+        status,
+        code,
+        retry_after,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_dropped_mid_blob_download_is_retried() {
+    let Some(s) = setup().await else { return };
+    let rule = Rule::new(Route::BlobGet, Fault::DropResponseAfter(100_000), Some(1))
+        .matching(s.big_layer_hex());
+    let report = s.run(&s.src_proxy, rule).await.unwrap();
+    assert_eq!(s.src_proxy.faults_injected(), 1);
+    assert!(report.retries >= 1, "{report:?}\n{:#?}", s.src_proxy.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_reset_mid_blob_upload_restarts_the_upload() {
+    let Some(s) = setup().await else { return };
+    // The layer's upload PUT names it in the query (`?digest=…`).
+    let rule = Rule::new(Route::UploadPut, Fault::DropRequestAfter(100_000), Some(1))
+        .matching(s.big_layer_hex());
+    let report = s.run(&s.dst_proxy, rule).await.unwrap();
+    assert_eq!(s.dst_proxy.faults_injected(), 1);
+    assert!(report.retries >= 1, "{report:?}");
+    // A retried upload starts from a fresh session: one more POST than blobs uploaded.
+    assert!(
+        s.dst_proxy.count(Route::UploadStart) > report.blobs_copied as usize,
+        "{:?}",
+        s.dst_proxy.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_then_success_are_retried_and_counted() {
+    let Some(s) = setup().await else { return };
+    s.src_proxy.add_rule(Rule::new(
+        Route::BlobGet,
+        status(500, "UNKNOWN", None),
+        Some(2),
+    ));
+    let rule = Rule::new(
+        Route::UploadStart,
+        status(503, "UNAVAILABLE", None),
+        Some(2),
+    );
+    let report = s.run(&s.dst_proxy, rule).await.unwrap();
+    assert_eq!(
+        s.src_proxy.faults_injected() + s.dst_proxy.faults_injected(),
+        4
+    );
+    assert!(report.retries >= 4, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_requests_with_retry_after_is_honoured_and_reported() {
+    let Some(s) = setup().await else { return };
+    let rule = Rule::new(
+        Route::ManifestPut,
+        status(429, "TOOMANYREQUESTS", Some("1")),
+        Some(1),
+    );
+    let report = s.run(&s.dst_proxy, rule).await.unwrap();
+    assert_eq!(s.dst_proxy.faults_injected(), 1);
+    assert!(report.retries >= 1, "{report:?}");
+    let puts: Vec<u16> = s
+        .dst_proxy
+        .log()
+        .iter()
+        .filter(|l| l.route == Route::ManifestPut)
+        .map(|l| l.status)
+        .collect();
+    assert_eq!(puts, vec![429, 201]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_blob_body_is_retried() {
+    let Some(s) = setup().await else { return };
+    let rule =
+        Rule::new(Route::BlobGet, Fault::Truncate(50_000), Some(1)).matching(s.big_layer_hex());
+    let report = s.run(&s.src_proxy, rule).await.unwrap();
+    assert_eq!(s.src_proxy.faults_injected(), 1);
+    assert!(report.retries >= 1, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_bodies_forever_fail_without_a_destination_tag() {
+    let Some(s) = setup().await else { return };
+    let rule = Rule::new(Route::BlobGet, Fault::Truncate(50_000), None).matching(s.big_layer_hex());
+    let err = s.run(&s.src_proxy, rule).await.unwrap_err();
+    assert_gave_up(&err);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_blob_byte_fails_with_a_digest_error_and_no_tag() {
+    let Some(s) = setup().await else { return };
+    // Every read of every blob is corrupted: no retry can succeed.
+    let rule =
+        Rule::new(Route::BlobGet, Fault::FlipByte(100_000), None).matching(s.big_layer_hex());
+    let err = s.run(&s.src_proxy, rule).await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::DigestMismatch { .. }),
+        "expected a digest error, got {err:?}"
+    );
+    let message = err.to_string();
+    assert!(message.contains("sha256:"), "{message}");
+    // The corrupted layer was never committed (the config blob, untouched, may have been).
+    assert!(!blob_exists(&s.dest.host(), "team/app", s.big_layer()).await);
+    let committed_puts: Vec<_> = s
+        .dst_proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.route == Route::UploadPut && l.status == 201)
+        .collect();
+    assert!(committed_puts.len() <= 2, "{committed_puts:#?}");
+    assert_eq!(s.dst_proxy.count(Route::ManifestPut), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_blob_byte_once_is_detected_and_retried() {
+    let Some(s) = setup().await else { return };
+    let rule =
+        Rule::new(Route::BlobGet, Fault::FlipByte(100_000), Some(1)).matching(s.big_layer_hex());
+    let report = s.run(&s.src_proxy, rule).await.unwrap();
+    assert!(report.retries >= 1, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_source_manifest_is_refused() {
+    let Some(s) = setup().await else { return };
+    // The bytes no longer hash to the registry's Docker-Content-Digest.
+    let rule = Rule::new(Route::ManifestGet, Fault::FlipByte(40), None);
+    let err = s.run(&s.src_proxy, rule).await.unwrap_err();
+    assert!(
+        matches!(
+            err.kind(),
+            ErrorKind::DigestMismatch { .. } | ErrorKind::UnsupportedManifest { .. }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(s.dst_proxy.count(Route::ManifestPut), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_forever_fail_with_retries_and_elapsed_time() {
+    let Some(s) = setup().await else { return };
+    let rule = Rule::new(Route::UploadStart, status(500, "UNKNOWN", None), None);
+    let err = s.run(&s.dst_proxy, rule).await.unwrap_err();
+    assert_gave_up(&err);
+    assert!(err.to_string().contains("500"), "{err}");
+    assert_eq!(s.dst_proxy.count(Route::ManifestPut), 0);
+}
