@@ -17,8 +17,8 @@ use hyper::StatusCode;
 use hyper::header;
 
 use crate::proxy::{
-    Ecr, MANIFEST_ACCEPT, Proxy, Pushed, Route, blob_exists, manifest_digest, push_image,
-    push_image_as, random_bytes, skopeo_digest,
+    Ecr, Fault, MANIFEST_ACCEPT, Proxy, Pushed, Route, Rule, blob_exists, manifest_digest,
+    push_image, push_image_as, random_bytes, skopeo_digest,
 };
 
 const ACCOUNT: &str = "123456789012";
@@ -410,6 +410,49 @@ async fn immutable_ecr_tag_with_another_digest_is_a_conflict_and_nothing_changes
     for blob in &s.image.blobs {
         assert!(!blob_exists(&s.dest.host(), "team/app", blob).await);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_race_for_an_immutable_tag_fails_and_keeps_the_winner() {
+    let Some(s) = setup(&["team/app"], &[random_bytes(35, 20_000)]).await else {
+        return;
+    };
+    // Another pipeline's image is in the repository (under another tag) and claims tag 1 right
+    // between Forge's tag check and its manifest PUT, which ECR then answers with TAG_INVALID.
+    let winner = push_image_as(
+        &s.ecr.host(),
+        "team/app",
+        "other",
+        &[random_bytes(36, 20_000)],
+        Some(&basic(PASSWORD)),
+    )
+    .await;
+    s.ecr.add_rule(
+        Rule::new(
+            Route::ManifestPut,
+            Fault::ConcurrentPut(winner.manifest.clone()),
+            Some(1),
+        )
+        .matching("/manifests/1"),
+    );
+    let (client, _) = s.client(PASSWORD);
+    let err = client
+        .copy(&s.src(), &s.dst("team/app", "1"), &CopyOptions::default())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("TAG_INVALID") || matches!(err.kind(), ErrorKind::TagConflict { .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains("immutable") || message.contains(&winner.digest),
+        "{message}"
+    );
+    assert_eq!(
+        manifest_digest(&s.dest.host(), "team/app", "1").await,
+        Some(winner.digest)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

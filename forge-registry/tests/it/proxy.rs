@@ -158,6 +158,9 @@ pub enum Fault {
     /// Read `n` bytes of the request body, then drop the connection without answering
     /// (the kernel resets it because the rest of the upload is unread).
     DropRequestAfter(u64),
+    /// Before forwarding a manifest PUT, PUT these OCI manifest bytes to the same URL on the real
+    /// registry: a concurrent pipeline winning the race for the tag.
+    ConcurrentPut(Vec<u8>),
 }
 
 /// Inject `fault` into the next `times` requests of kind `route` (`None` = forever), optionally
@@ -472,6 +475,24 @@ async fn handle(
             return Err(ProxyError(format!(
                 "injected: connection dropped after {seen} request bytes"
             )));
+        }
+        Some(Fault::ConcurrentPut(manifest)) => {
+            let resp = shared
+                .client
+                .put(format!("http://{}{path}", shared.upstream))
+                .header(
+                    header::CONTENT_TYPE,
+                    "application/vnd.oci.image.manifest.v1+json",
+                )
+                .body(manifest.clone())
+                .send()
+                .await?;
+            if resp.status() != StatusCode::CREATED {
+                return Err(ProxyError(format!(
+                    "the concurrent PUT failed: {}",
+                    resp.status()
+                )));
+            }
         }
         _ => {}
     }
