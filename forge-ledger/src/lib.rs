@@ -38,7 +38,7 @@ pub mod lint;
 pub mod patch;
 pub mod writer;
 
-pub use lint::{Finding, LintError, LintOptions, lint_dir};
+pub use lint::{Finding, LintError, LintOptions, lint_dir, lint_text};
 pub use patch::{
     Found, PatchError, Patched, Selector, patch_image, patch_tag, read_tag, validate_digest,
     validate_tag,

@@ -44,8 +44,8 @@
 mod keypath;
 mod locate;
 mod scalar;
-mod select;
-mod tree;
+pub(crate) mod select;
+pub(crate) mod tree;
 mod verify;
 
 use std::fmt;

@@ -62,6 +62,20 @@ impl Node {
         }
     }
 
+    /// The `(key, value)` entry of `key` when it occurs exactly once.
+    pub(crate) fn entry(&self, key: &str) -> Option<(&Node, &Node)> {
+        match &self.kind {
+            Kind::Map(entries) => {
+                let mut hits = entries.iter().filter(|(k, _)| k.str() == Some(key));
+                match (hits.next(), hits.next()) {
+                    (Some((k, v)), None) => Some((k, v)),
+                    _ => None,
+                }
+            }
+            _ => None,
+        }
+    }
+
     /// The value of `key` when it occurs exactly once.
     pub(crate) fn get(&self, key: &str) -> Option<&Node> {
         match self.get_all(key).as_slice() {

@@ -6,3 +6,4 @@ mod contention;
 mod history;
 mod writer;
 mod proptests;
+mod lint;
