@@ -1,0 +1,490 @@
+//! The shell script sent through `AWS-RunShellScript`, and the checks on every value that goes
+//! into it.
+//!
+//! The script is bash (`set -Eeuo pipefail`, re-executing itself under bash when the SSM agent
+//! starts it with `sh`). Every value is single-quoted, so even an unvalidated value cannot
+//! break out of its assignment; validation ([`check_image_tag`], [`check_service_dir`],
+//! [`check_parameters_path`]) still refuses bad input before anything is sent. Steps, each
+//! announced by a `forge-step: NAME` line on stdout:
+//!
+//! 1. `prepare`: create and enter the service directory, pick `docker compose` or `docker-compose`.
+//! 2. `read-previous-tag` (rollback without a named tag): the tag recorded in `.env.previous`.
+//! 3. `write-compose`: decode the base64 compose file into a temp file, verify its sha256 (a
+//!    mismatch is refused and nothing changes), rename it to `docker-compose.yml`.
+//! 4. `refresh-env` (when a parameters path is set): `forge-refresh-env` rewrites `.env` from
+//!    Parameter Store, keeping `IMAGE_TAG`.
+//! 5. `set-image-tag`: `IMAGE_TAG=<tag>` in `.env` (atomically, mode 0600); the tag it replaces
+//!    goes to `.env.previous` (unless it is the same tag), which is what a rollback reads.
+//! 6. `pull`: `docker compose pull --quiet`.
+//! 7. `up`: `docker compose up -d`.
+//! 8. `check-running` (optional): every service of the compose file is running (retried for
+//!    about 30 s while containers start).
+//!
+//! A failing command prints `forge-step-failed: NAME (exit N)` on stderr (ERR trap); a refused
+//! check prints `forge-step-failed: NAME: reason`. On success the last lines are
+//! `forge-step: done` and `forge-deployed-tag: TAG`, which [`crate::DeployReport`] reads back.
+
+use std::fmt::Write as _;
+
+use base64::Engine as _;
+use sha2::Digest as _;
+
+/// A value refused before anything is sent.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ValidationError {
+    /// The image tag is not a valid OCI tag, or is `latest`.
+    #[error("image tag `{tag}` is not allowed: {reason}")]
+    ImageTag {
+        /// The tag as given.
+        tag: String,
+        /// Why, and what to pass instead.
+        reason: String,
+    },
+    /// The service directory is not an absolute, plain path.
+    #[error("service directory `{dir}` is not allowed: {reason}")]
+    ServiceDir {
+        /// The directory as given.
+        dir: String,
+        /// Why, and what to pass instead.
+        reason: String,
+    },
+    /// The Parameter Store path is malformed.
+    #[error("parameters path `{path}` is not allowed: {reason}")]
+    ParametersPath {
+        /// The path as given.
+        path: String,
+        /// Why, and what to pass instead.
+        reason: String,
+    },
+    /// A numeric or rate option is out of range.
+    #[error("option {name} = `{value}` is not allowed: {reason}")]
+    Option {
+        /// The option's name.
+        name: &'static str,
+        /// The value as given.
+        value: String,
+        /// Why, and the accepted range.
+        reason: String,
+    },
+    /// The compose file is empty or too large to send.
+    #[error("compose file is not usable: {reason}")]
+    Compose {
+        /// Why, and what to do.
+        reason: String,
+    },
+}
+
+/// The largest compose file sent inline. SSM caps a command's parameters; 32 KiB of YAML
+/// (about 43 KiB once base64-encoded) keeps well under that.
+pub const MAX_COMPOSE_BYTES: usize = 32 * 1024;
+
+/// Checks an OCI tag (`[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`) and refuses `latest`, which would
+/// make the deploy unreproducible.
+pub fn check_image_tag(tag: &str) -> Result<(), ValidationError> {
+    let err = |reason: &str| ValidationError::ImageTag {
+        tag: tag.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if tag.is_empty() {
+        return Err(err("it is empty; pass the build's tag"));
+    }
+    if tag == "latest" {
+        return Err(err(
+            "`latest` is mutable, so the deployed image could not be proven; pass the immutable build tag",
+        ));
+    }
+    if tag.len() > 128 {
+        return Err(err("OCI tags are at most 128 characters"));
+    }
+    let mut bytes = tag.bytes();
+    let first_ok = bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if !first_ok || !bytes.all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)) {
+        return Err(err(
+            "an OCI tag is [A-Za-z0-9_] followed by [A-Za-z0-9._-] (no `/`, `:`, spaces or quotes)",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the service directory: absolute, no `..`, no control characters, not `/`.
+pub fn check_service_dir(dir: &str) -> Result<(), ValidationError> {
+    let err = |reason: &str| ValidationError::ServiceDir {
+        dir: dir.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if !dir.starts_with('/') {
+        return Err(err(
+            "it must be an absolute path on the instance, e.g. /opt/dagster",
+        ));
+    }
+    if dir.trim_end_matches('/').is_empty() {
+        return Err(err(
+            "`/` cannot be a service directory; use e.g. /opt/<service>",
+        ));
+    }
+    if dir.split('/').any(|c| c == "..") {
+        return Err(err(
+            "`..` components are not allowed; give the plain absolute path",
+        ));
+    }
+    if dir.chars().any(char::is_control) {
+        return Err(err("it contains a control character"));
+    }
+    Ok(())
+}
+
+/// Checks a Parameter Store path: starts with `/`, only `[A-Za-z0-9_.-/]`, at most 2048
+/// characters.
+pub fn check_parameters_path(path: &str) -> Result<(), ValidationError> {
+    let err = |reason: &str| ValidationError::ParametersPath {
+        path: path.to_owned(),
+        reason: reason.to_owned(),
+    };
+    if !path.starts_with('/') {
+        return Err(err(
+            "a Parameter Store path starts with `/`, e.g. /forge/dagster",
+        ));
+    }
+    if path.len() > 2048 {
+        return Err(err("Parameter Store paths are at most 2048 characters"));
+    }
+    if !path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"_.-/".contains(&b))
+    {
+        return Err(err(
+            "Parameter Store names use only letters, digits and `_ . - /`",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the compose file's size.
+pub fn check_compose(compose: &[u8]) -> Result<(), ValidationError> {
+    if compose.is_empty() {
+        return Err(ValidationError::Compose {
+            reason: "it is empty".to_owned(),
+        });
+    }
+    if compose.len() > MAX_COMPOSE_BYTES {
+        return Err(ValidationError::Compose {
+            reason: format!(
+                "{} bytes is more than the {MAX_COMPOSE_BYTES} bytes sent inline through SSM; move large parts (configs) to files baked into the AMI or to Parameter Store",
+                compose.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Quotes `value` for bash: single quotes, each `'` written as `'\''`.
+pub fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// sha256 of `bytes` as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Which tag the script sets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TagChoice {
+    /// Deploy this tag.
+    Deploy(String),
+    /// Roll back to this tag.
+    RollbackTo(String),
+    /// Roll back to the tag recorded in `.env.previous` on each instance.
+    RollbackToPrevious,
+}
+
+/// Everything the script needs; built by [`crate::render_script`] and
+/// [`crate::render_rollback_script`].
+#[derive(Debug, Clone)]
+pub struct ScriptSpec<'a> {
+    /// The tag to set.
+    pub tag: TagChoice,
+    /// The compose file to install (None: keep the one on the instance).
+    pub compose: Option<&'a [u8]>,
+    /// Directory on the instance.
+    pub service_dir: &'a str,
+    /// Parameter Store path for `forge-refresh-env`.
+    pub parameters_path: Option<&'a str>,
+    /// Region passed to `forge-refresh-env` (None: the instance's default).
+    pub region: Option<&'a str>,
+    /// Check that every service runs after `up -d`.
+    pub check_running: bool,
+}
+
+/// Renders the script for `spec`.
+pub fn render(spec: &ScriptSpec<'_>) -> String {
+    let mode = match spec.tag {
+        TagChoice::Deploy(_) => "deploy",
+        TagChoice::RollbackTo(_) | TagChoice::RollbackToPrevious => "rollback",
+    };
+    let mut s = String::new();
+    s.push_str("#!/bin/bash\n");
+    let _ = writeln!(
+        s,
+        "# Generated by forge-ec2 {} (mode: {mode}); runs through SSM AWS-RunShellScript.",
+        env!("CARGO_PKG_VERSION")
+    );
+    s.push_str(
+        "# Each step prints `forge-step: NAME`; a failure prints `forge-step-failed: NAME` on stderr.\n",
+    );
+    s.push_str(HEADER);
+    let _ = writeln!(s, "SERVICE_DIR={}", shell_quote(spec.service_dir));
+    match &spec.tag {
+        TagChoice::Deploy(tag) | TagChoice::RollbackTo(tag) => {
+            let _ = writeln!(s, "IMAGE_TAG_WANTED={}", shell_quote(tag));
+        }
+        TagChoice::RollbackToPrevious => s.push_str("IMAGE_TAG_WANTED=''\n"),
+    }
+    s.push_str(PREPARE);
+    if spec.tag == TagChoice::RollbackToPrevious {
+        s.push_str(READ_PREVIOUS);
+    }
+    match spec.compose {
+        Some(compose) => {
+            let _ = writeln!(
+                s,
+                "\nstep write-compose\nCOMPOSE_SHA256={}",
+                shell_quote(&sha256_hex(compose))
+            );
+            s.push_str(WRITE_COMPOSE_HEAD);
+            let b64 = base64::engine::general_purpose::STANDARD.encode(compose);
+            for chunk in b64.as_bytes().chunks(76) {
+                s.push_str(std::str::from_utf8(chunk).unwrap_or_default());
+                s.push('\n');
+            }
+            s.push_str(WRITE_COMPOSE_TAIL);
+        }
+        None => s.push_str(KEEP_COMPOSE),
+    }
+    if let Some(path) = spec.parameters_path {
+        let _ = writeln!(
+            s,
+            "\nstep refresh-env\nPARAMETERS_PATH={}",
+            shell_quote(path)
+        );
+        s.push_str(REFRESH_CHECK);
+        match spec.region {
+            Some(region) => {
+                let _ = writeln!(
+                    s,
+                    "forge-refresh-env --path \"$PARAMETERS_PATH\" --file \"$SERVICE_DIR/.env\" --region {}",
+                    shell_quote(region)
+                );
+            }
+            None => s.push_str(
+                "forge-refresh-env --path \"$PARAMETERS_PATH\" --file \"$SERVICE_DIR/.env\"\n",
+            ),
+        }
+    }
+    s.push_str(SET_TAG);
+    s.push_str(PULL_UP);
+    if spec.check_running {
+        s.push_str(CHECK_RUNNING);
+    }
+    s.push_str(DONE);
+    s
+}
+
+const HEADER: &str = r#"if [ -z "${BASH_VERSION:-}" ]; then exec /bin/bash "$0" "$@"; fi
+set -Eeuo pipefail
+umask 077
+export PATH="${PATH:-/usr/bin:/bin}:/usr/local/bin"
+FORGE_STEP=start
+trap 'rc=$?; echo "forge-step-failed: ${FORGE_STEP} (exit ${rc})" >&2; exit "${rc}"' ERR
+step() { FORGE_STEP="$1"; echo "forge-step: $1"; }
+fail() { echo "forge-step-failed: ${FORGE_STEP}: $*" >&2; exit 1; }
+tag_ok() { [[ "$1" =~ ^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$ ]] && [ "$1" != latest ]; }
+read_tag() { sed -n 's/^IMAGE_TAG=//p' "$1" | tail -n 1 | tr -d "\"'"; }
+
+"#;
+
+const PREPARE: &str = r#"
+step prepare
+tag_ok "$IMAGE_TAG_WANTED" || [ -z "$IMAGE_TAG_WANTED" ] || fail "image tag '$IMAGE_TAG_WANTED' is not a valid OCI tag"
+mkdir -p -- "$SERVICE_DIR"
+cd -- "$SERVICE_DIR"
+if docker compose version >/dev/null 2>&1; then
+  compose() { docker compose "$@"; }
+elif command -v docker-compose >/dev/null 2>&1; then
+  compose() { docker-compose "$@"; }
+else
+  fail "neither 'docker compose' nor 'docker-compose' works on this instance; install the Docker Compose plugin"
+fi
+"#;
+
+const READ_PREVIOUS: &str = r#"
+step read-previous-tag
+[ -f .env.previous ] || fail "no previous deploy is recorded in $SERVICE_DIR/.env.previous; roll back to a named tag instead (--to-tag TAG)"
+IMAGE_TAG_WANTED="$(read_tag .env.previous)"
+tag_ok "$IMAGE_TAG_WANTED" || fail "$SERVICE_DIR/.env.previous holds no valid IMAGE_TAG ('$IMAGE_TAG_WANTED'); roll back to a named tag instead (--to-tag TAG)"
+echo "forge-rollback-to: $IMAGE_TAG_WANTED"
+"#;
+
+const WRITE_COMPOSE_HEAD: &str = r#"compose_tmp="$(mktemp .forge-compose.XXXXXX)"
+if ! base64 -d > "$compose_tmp" <<'FORGE_COMPOSE_B64'
+"#;
+
+const WRITE_COMPOSE_TAIL: &str = r#"FORGE_COMPOSE_B64
+then
+  rm -f -- "$compose_tmp"
+  fail "the compose file did not decode (corrupted in transit?); docker-compose.yml was not changed"
+fi
+compose_actual="$(sha256sum "$compose_tmp" | cut -d ' ' -f 1)"
+if [ "$compose_actual" != "$COMPOSE_SHA256" ]; then
+  rm -f -- "$compose_tmp"
+  fail "compose file checksum mismatch (expected $COMPOSE_SHA256, got $compose_actual): refusing to deploy; docker-compose.yml was not changed"
+fi
+chmod 0644 "$compose_tmp"
+mv -f -- "$compose_tmp" docker-compose.yml
+"#;
+
+const KEEP_COMPOSE: &str = r#"
+step check-compose
+[ -f docker-compose.yml ] || fail "no docker-compose.yml in $SERVICE_DIR; deploy with a compose file first"
+"#;
+
+const REFRESH_CHECK: &str = r#"command -v forge-refresh-env >/dev/null 2>&1 || fail "forge-refresh-env is not installed on this instance (put it in /usr/local/bin); .env was not changed"
+"#;
+
+const SET_TAG: &str = r#"
+step set-image-tag
+previous_tag=""
+if [ -f .env ]; then previous_tag="$(read_tag .env)"; fi
+env_tmp="$(mktemp .forge-env.XXXXXX)"
+if [ -f .env ]; then grep -v '^IMAGE_TAG=' .env > "$env_tmp" || [ "$?" -eq 1 ]; fi
+printf 'IMAGE_TAG=%s\n' "$IMAGE_TAG_WANTED" >> "$env_tmp"
+chmod 0600 "$env_tmp"
+if [ -n "$previous_tag" ] && [ "$previous_tag" != "$IMAGE_TAG_WANTED" ]; then
+  printf 'IMAGE_TAG=%s\n' "$previous_tag" > .env.previous.forge-tmp
+  mv -f -- .env.previous.forge-tmp .env.previous
+fi
+mv -f -- "$env_tmp" .env
+echo "forge-image-tag: ${previous_tag:-(none)} -> $IMAGE_TAG_WANTED"
+"#;
+
+const PULL_UP: &str = r#"
+step pull
+compose -f docker-compose.yml pull --quiet
+
+step up
+compose -f docker-compose.yml up -d
+"#;
+
+const CHECK_RUNNING: &str = r#"
+step check-running
+expected="$(compose -f docker-compose.yml config --services | sort)"
+attempt=0
+while :; do
+  attempt=$((attempt + 1))
+  running="$(compose -f docker-compose.yml ps --services --status running | sort)"
+  missing="$(comm -23 <(printf '%s\n' "$expected") <(printf '%s\n' "$running"))"
+  if [ -z "$missing" ]; then break; fi
+  if [ "$attempt" -ge 6 ]; then
+    fail "services not running after 'up -d': ${missing//$'\n'/ }; see 'docker compose ps' and 'docker compose logs' in $SERVICE_DIR"
+  fi
+  sleep 5
+done
+"#;
+
+const DONE: &str = r#"
+step done
+echo "forge-deployed-tag: $IMAGE_TAG_WANTED"
+"#;
+
+/// The step a failed script reported (`forge-step-failed: NAME…`), searched in stderr then
+/// stdout.
+pub fn failed_step(stdout: &str, stderr: &str) -> Option<String> {
+    [stderr, stdout].iter().find_map(|text| {
+        text.lines().rev().find_map(|line| {
+            let rest = line.strip_prefix("forge-step-failed: ")?;
+            let end = rest.find([':', ' ']).unwrap_or(rest.len());
+            Some(rest[..end].to_owned())
+        })
+    })
+}
+
+/// The tag a successful script reported (`forge-deployed-tag: TAG`).
+pub fn deployed_tag(stdout: &str) -> Option<String> {
+    stdout.lines().rev().find_map(|line| {
+        line.strip_prefix("forge-deployed-tag: ")
+            .map(|t| t.trim().to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags() {
+        for ok in ["1234", "v1.2.3", "build_77-rc.1", "_x", "A"] {
+            check_image_tag(ok).unwrap();
+        }
+        for (bad, needle) in [
+            ("", "empty"),
+            ("latest", "mutable"),
+            ("-x", "OCI tag is"),
+            (".x", "OCI tag is"),
+            ("a/b", "OCI tag is"),
+            ("a b", "OCI tag is"),
+            ("a'b", "OCI tag is"),
+            ("a:b", "OCI tag is"),
+            (&"a".repeat(129), "128"),
+        ] {
+            let e = check_image_tag(bad).unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn dirs_and_paths() {
+        check_service_dir("/opt/dagster").unwrap();
+        check_service_dir("/srv/my app/").unwrap();
+        for bad in ["opt/x", "/", "//", "/opt/../etc", "/opt/\nx"] {
+            assert!(check_service_dir(bad).is_err(), "{bad:?}");
+        }
+        check_parameters_path("/forge/dagster").unwrap();
+        for bad in ["forge", "/forge dagster", "/forge/$x"] {
+            assert!(check_parameters_path(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn quoting_survives_single_quotes() {
+        assert_eq!(shell_quote("it's"), r"'it'\''s'");
+    }
+
+    #[test]
+    fn markers_are_read_back() {
+        assert_eq!(
+            failed_step(
+                "forge-step: pull\n",
+                "x\nforge-step-failed: pull (exit 1)\n"
+            )
+            .as_deref(),
+            Some("pull")
+        );
+        assert_eq!(
+            failed_step(
+                "",
+                "forge-step-failed: write-compose: compose file checksum mismatch"
+            )
+            .as_deref(),
+            Some("write-compose")
+        );
+        assert_eq!(failed_step("forge-step: up\n", ""), None);
+        assert_eq!(
+            deployed_tag("forge-step: done\nforge-deployed-tag: 42\n").as_deref(),
+            Some("42")
+        );
+    }
+}
