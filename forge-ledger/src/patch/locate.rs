@@ -130,6 +130,18 @@ impl Target {
         let Kind::Scalar(s) = &self.cand.node.kind else {
             return Err(self.unsupported("not a scalar"));
         };
+        let anchored = match &self.cand.embedded {
+            None => verify::inside_anchored(&self.events, self.cand.node.event),
+            Some(emb) => {
+                verify::inside_anchored(&self.events, emb.block.event)
+                    || verify::inside_anchored(&emb.stream.events, self.cand.node.event)
+            }
+        };
+        if anchored {
+            return Err(self.unsupported(
+                "the value lies inside an anchored collection (`&name`): its aliases elsewhere would change too",
+            ));
+        }
         let raw = scalar::render(&new_value, s.style, s.tagged).map_err(|e| self.unsupported(e))?;
         let (bom, body) = split_bom(text);
         let new_body = match &self.cand.embedded {
@@ -267,6 +279,9 @@ pub(crate) fn locate(text: &str, selector: &Selector) -> Result<Target, PatchErr
                 all.join("; ")
             ));
         }
+    }
+    if stream.docs.is_empty() {
+        searched.push("the file holds no YAML document".to_owned());
     }
     match cands.len() {
         0 => Err(PatchError::NoTarget {

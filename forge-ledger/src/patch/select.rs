@@ -62,13 +62,9 @@ impl Cand {
     }
 
     fn matches_image(&self, image: &str) -> bool {
-        self.names.iter().any(|n| {
-            n == image
-                || n.strip_suffix(image).is_some_and(|p| p.ends_with('/'))
-                || image.rsplit('/').next() == n.rsplit('/').next()
-                    && !image.contains('/')
-                    && !n.contains('/')
-        })
+        self.names
+            .iter()
+            .any(|n| n == image || n.strip_suffix(image).is_some_and(|p| p.ends_with('/')))
     }
 }
 
@@ -510,9 +506,6 @@ pub(crate) fn by_key(
                 )));
             }
         };
-        if i + 1 < key.0.len() && next.anchor != 0 && !matches!(next.kind, Kind::Scalar(_)) {
-            tracing::debug!(path = %walked, "anchored collection on the key path");
-        }
         walked = walked.push(seg.clone());
         node = next;
     }

@@ -48,3 +48,19 @@ pub(crate) fn verify(
     }
     Ok(())
 }
+
+/// Whether event `index` lies inside a collection that carries an anchor (`&name`): aliases of that collection
+/// elsewhere would change with the target.
+pub(crate) fn inside_anchored(events: &[Event], index: usize) -> bool {
+    let mut stack = Vec::new();
+    for event in events.iter().take(index) {
+        match event {
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => stack.push(*anchor),
+            Event::SequenceEnd | Event::MappingEnd => {
+                stack.pop();
+            }
+            _ => {}
+        }
+    }
+    stack.iter().any(|&anchor| anchor != 0)
+}

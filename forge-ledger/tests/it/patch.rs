@@ -517,6 +517,14 @@ fn unsupported_shapes_are_refused() {
             other => panic!("{file}: expected Unsupported, got {other:?}"),
         }
     }
+    // A value inside an anchored collection changes with every alias of it.
+    let shared = "base: &base\n  image:\n    tag: 1.0.0\nother: *base\n";
+    match patch_tag(shared, &sel(None, Some("base.image.tag"), None), "1.0.1") {
+        Err(PatchError::Unsupported { reason, .. }) => {
+            assert!(reason.contains("anchored collection"), "{reason}")
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
     // Reading an anchored scalar is harmless; only writing it is refused.
     let found = read_tag(&fixture("shapes/anchored-target.yaml"), &none).expect("read anchored");
     assert_eq!(found.value, "1.0.0");
@@ -664,6 +672,44 @@ fn bad_inputs_name_the_problem() {
             assert!(searched.contains("frontend") && searched.contains("worker"))
         }
         other => panic!("expected NoTarget, got {other:?}"),
+    }
+}
+
+#[test]
+fn values_block_variants_and_line_breaks() {
+    let base = "spec:\n  source:\n    helm:\n      values: HEADER\n\n        # leading blank line above\n        image:\n          tag: v1 # c\n      releaseName: x\n";
+    for header in ["|", "|-", "|+", "|2", "|-2", "| # comment é"] {
+        let text = base.replace("HEADER", header);
+        let text = if header == "|2" || header == "|-2" {
+            text.replace(
+                "        image:\n          tag",
+                "          image:\n            tag",
+            )
+        } else {
+            text
+        };
+        for line_break in ["\n", "\r\n", "\r"] {
+            let source = format!("kind: Application\n{text}").replace('\n', line_break);
+            let patched = patch_tag(&source, &Selector::default(), "v2")
+                .unwrap_or_else(|e| panic!("{header} {line_break:?}: {e}"));
+            assert_eq!(patched.path, "spec.source.helm.values.image.tag");
+            assert_eq!(patched.line, 9, "{header}");
+            assert_eq!(
+                patched.text,
+                source.replacen("tag: v1", "tag: v2", 1),
+                "{header} {line_break:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn empty_files_say_so() {
+    for text in ["", "# only a comment\n", "---\n"] {
+        match read_tag(text, &Selector::default()) {
+            Err(PatchError::NoTarget { searched }) => assert!(!searched.is_empty(), "{text:?}"),
+            other => panic!("{text:?}: expected NoTarget, got {other:?}"),
+        }
     }
 }
 
