@@ -417,7 +417,7 @@ pub(crate) fn by_key(
     let mut node = root.clone();
     let mut emb: Option<Rc<Embedded>> = None;
     let mut walked = KeyPath::default();
-    for (i, seg) in key.0.iter().enumerate() {
+    for seg in &key.0 {
         if let Kind::Scalar(s) = &node.kind
             && s.style == TScalarStyle::Literal
             && emb.is_none()
