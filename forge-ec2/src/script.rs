@@ -22,7 +22,7 @@
 //!
 //! A failing command prints `forge-step-failed: NAME (exit N)` on stderr (ERR trap); a refused
 //! check prints `forge-step-failed: NAME: reason`. On success the last lines are
-//! `forge-step: done` and `forge-deployed-tag: TAG`, which [`crate::DeployReport`] reads back.
+//! `forge-step: finished` and `forge-deployed-tag: TAG`, which [`crate::DeployReport`] reads back.
 
 use std::fmt::Write as _;
 
@@ -299,7 +299,8 @@ set -Eeuo pipefail
 umask 077
 export PATH="${PATH:-/usr/bin:/bin}:/usr/local/bin"
 FORGE_STEP=start
-trap 'rc=$?; echo "forge-step-failed: ${FORGE_STEP} (exit ${rc})" >&2; exit "${rc}"' ERR
+on_err() { local rc=$?; echo "forge-step-failed: ${FORGE_STEP} (exit ${rc})" >&2; exit "${rc}"; }
+trap on_err ERR
 step() { FORGE_STEP="$1"; echo "forge-step: $1"; }
 fail() { echo "forge-step-failed: ${FORGE_STEP}: $*" >&2; exit 1; }
 tag_ok() { [[ "$1" =~ ^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$ ]] && [ "$1" != latest ]; }
@@ -396,7 +397,7 @@ done
 "#;
 
 const DONE: &str = r#"
-step done
+step finished
 echo "forge-deployed-tag: $IMAGE_TAG_WANTED"
 "#;
 
@@ -483,7 +484,7 @@ mod tests {
         );
         assert_eq!(failed_step("forge-step: up\n", ""), None);
         assert_eq!(
-            deployed_tag("forge-step: done\nforge-deployed-tag: 42\n").as_deref(),
+            deployed_tag("forge-step: finished\nforge-deployed-tag: 42\n").as_deref(),
             Some("42")
         );
     }

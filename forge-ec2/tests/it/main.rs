@@ -1,1 +1,5 @@
-//! Integration tests.
+//! Integration tests for forge-ec2: the generated script under real bash, the `.env` format,
+//! SSM deploys against moto and against an in-process fake of the SSM API (for statuses moto
+//! cannot produce).
+
+mod script_run;
