@@ -17,7 +17,7 @@
 //!   source:
 //!     helm:
 //!       parameters:
-//!       # set by forge
+//!       ## set by forge
 //!       - name: image.tag
 //!         value: \"1.19\"
 //! ";
