@@ -2,4 +2,5 @@
 //! SSM deploys against moto and against an in-process fake of the SSM API (for statuses moto
 //! cannot produce).
 
+mod env_file;
 mod script_run;
