@@ -34,6 +34,12 @@ enum Command {
     /// AWS credentials from the pipeline's OIDC token through the role chain.
     #[command(subcommand)]
     Auth(cmd::auth::Command),
+    /// Copy an image registry-to-registry (or OCI layout) with the digest proven at the destination.
+    Copy(cmd::copy::CopyArgs),
+    /// Print the digest a reference resolves to.
+    Digest(cmd::copy::DigestArgs),
+    /// Exit 0 only if REF resolves to --digest and everything it references is present.
+    Verify(cmd::copy::VerifyArgs),
     /// Validate a Forge config file (forge.toml).
     #[command(subcommand)]
     Config(cmd::config::Command),
@@ -47,6 +53,9 @@ fn main() -> ExitCode {
     output::init_tracing(cli.verbose);
     let result = match cli.command {
         Command::Auth(c) => cmd::auth::run(c),
+        Command::Copy(a) => cmd::copy::run_copy(a),
+        Command::Digest(a) => cmd::copy::run_digest(a),
+        Command::Verify(a) => cmd::copy::run_verify(a),
         Command::Config(c) => cmd::config::run(c),
         Command::Ledger(c) => cmd::ledger::run(c),
     };
