@@ -3,4 +3,5 @@
 //! cannot produce).
 
 mod env_file;
+mod fake_ssm;
 mod script_run;
