@@ -605,7 +605,10 @@ impl RoleChainProvider {
             let (code, message, transport) = match &err {
                 SdkError::ServiceError(_) => (
                     err.code().unwrap_or("UnknownError").to_owned(),
-                    err.message().unwrap_or("(no message)").to_owned(),
+                    err.message()
+                        .unwrap_or("(no message)")
+                        .trim_end_matches('.')
+                        .to_owned(),
                     false,
                 ),
                 SdkError::TimeoutError(_) => (
