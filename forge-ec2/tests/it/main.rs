@@ -4,4 +4,5 @@
 
 mod env_file;
 mod fake_ssm;
+mod moto;
 mod script_run;
