@@ -399,7 +399,6 @@ fn check_patch(text: &str, leaves: &[Leaf], pick: Index, tag: &str) -> Result<()
 proptest! {
     // Regressions live in forge-ledger/proptest-regressions/ (cargo runs tests from the package root).
     #![proptest_config(ProptestConfig {
-        cases: 256,
         failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/proptests.txt"))),
         ..ProptestConfig::default()
     })]
@@ -412,5 +411,102 @@ proptest! {
     #[test]
     fn patching_inside_a_values_block_changes_only_its_bytes((text, leaves) in embedded(), pick in any::<Index>(), tag in new_tag()) {
         check_patch(&text, &leaves, pick, &tag)?;
+    }
+}
+
+const FIXTURES: [&str; 8] = [
+    "shapes/helm-params-block.yaml",
+    "shapes/helm-params-flow.yaml",
+    "shapes/values-block.yaml",
+    "shapes/crlf.yaml",
+    "shapes/bom.yaml",
+    "shapes/multi-doc.yaml",
+    "shapes/kustomize-digest.yaml",
+    "corpus/argo-cd-operator-manual-application.yaml",
+];
+
+/// Random edits of real fixtures: insert YAML-significant snippets or delete ranges.
+fn mutated() -> impl Strategy<Value = String> {
+    let snippet = prop::sample::select(vec![
+        ":",
+        ": ",
+        " ",
+        "\n",
+        "\r\n",
+        "\r",
+        "#",
+        " # x",
+        "'",
+        "\"",
+        "é",
+        "日",
+        "- ",
+        "[",
+        "]",
+        "{",
+        "}",
+        "&a ",
+        "*a",
+        "|",
+        "|\n  x\n",
+        ">",
+        "\t",
+        "---\n",
+        "...\n",
+        "!!str ",
+        "\u{feff}",
+        ",",
+        "image:\n  tag: 1\n",
+    ]);
+    let edit = (any::<Index>(), prop::option::of(snippet), 0usize..8);
+    (
+        prop::sample::select(FIXTURES.to_vec()),
+        prop::collection::vec(edit, 1..4),
+    )
+        .prop_map(|(file, edits)| {
+            let mut text = crate::patch::fixture(file);
+            for (at, insert, delete) in edits {
+                let boundaries: Vec<usize> = text
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .chain([text.len()])
+                    .collect();
+                let start = *at.get(&boundaries);
+                match insert {
+                    Some(s) => text.insert_str(start, s),
+                    None => {
+                        let end = boundaries
+                            .iter()
+                            .copied()
+                            .find(|&b| b >= start + delete)
+                            .unwrap_or(text.len());
+                        text.replace_range(start..end, "");
+                    }
+                }
+            }
+            text
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/proptests.txt"))),
+        ..ProptestConfig::default()
+    })]
+
+    /// Mangled input never panics; whenever a patch succeeds, one contiguous region on the reported line changed
+    /// and the new value reads back.
+    #[test]
+    fn mangled_manifests_never_half_patch(text in mutated(), tag in new_tag()) {
+        let _ = read_tag(&text, &Selector::default());
+        if let Ok(patched) = patch_tag(&text, &Selector::default(), &tag) {
+            prop_assert_eq!(read_tag(&patched.text, &Selector::default()).map_err(|e| TestCaseError::fail(e.to_string()))?.value, tag.clone());
+            if let Some((offset, old, new)) = changed_region(&text, &patched.text) {
+                prop_assert!(!old.contains(&b'\n') && !new.contains(&b'\n'), "one line changed");
+                let line = text[..offset].matches('\n').count() + 1;
+                let crs = text[..offset].matches('\r').count() - text[..offset].matches("\r\n").count();
+                prop_assert_eq!(line + crs, patched.line, "the change is on the reported line");
+            }
+        }
     }
 }
