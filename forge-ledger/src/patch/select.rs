@@ -439,9 +439,14 @@ pub(crate) fn by_key(
             (Kind::Alias, _) => return Err(unsupported("an alias (`*name`) lies on the key path")),
             (Kind::Map(_), Seg::Key(k)) => match node.get_all(k).as_slice() {
                 [] => {
+                    let keys: Vec<&str> = match &node.kind {
+                        Kind::Map(entries) => entries.iter().filter_map(|(k, _)| k.str()).collect(),
+                        _ => Vec::new(),
+                    };
                     return Ok(Err(format!(
-                        "no key `{k}` under {}",
-                        display_or_root(&walked)
+                        "no key `{k}` under {} (keys there: {})",
+                        display_or_root(&walked),
+                        keys.join(", ")
                     )));
                 }
                 [one] => (*one).clone(),

@@ -760,3 +760,66 @@ fn snapshots_of_patched_manifests() {
         insta::assert_snapshot!(name, patched.text);
     }
 }
+
+#[test]
+fn error_messages_say_what_and_what_to_do() {
+    let none = Selector::default();
+    let digest_pinned = fixture("shapes/kustomize-digest.yaml");
+    let cases: Vec<(&str, PatchError)> = vec![
+        (
+            "no target",
+            read_tag("service:\n  port: 80\n", &none).expect_err("no target"),
+        ),
+        (
+            "ambiguous layers",
+            err("shapes/ambiguous-layers.yaml", &none, Some("3")),
+        ),
+        (
+            "ambiguous documents",
+            err("shapes/multi-doc.yaml", &none, None),
+        ),
+        (
+            "unknown app",
+            err(
+                "shapes/multi-doc.yaml",
+                &sel(None, None, Some("api-qa")),
+                None,
+            ),
+        ),
+        ("alias", err("shapes/anchor.yaml", &none, Some("1.0.1"))),
+        (
+            "folded",
+            err("shapes/folded-values.yaml", &none, Some("1.0.1")),
+        ),
+        (
+            "digest pinned",
+            patch_tag(&digest_pinned, &none, "1.25.4").expect_err("pinned"),
+        ),
+        (
+            "latest",
+            patch_tag(&digest_pinned, &none, "latest").expect_err("latest"),
+        ),
+        (
+            "bad tag",
+            patch_tag(&digest_pinned, &none, "1.0:beta").expect_err("bad"),
+        ),
+        (
+            "bad yaml",
+            read_tag("a: [unclosed\n", &none).expect_err("yaml"),
+        ),
+        (
+            "bad key",
+            read_tag("a: b\n", &sel(None, Some("a..b"), None)).expect_err("key"),
+        ),
+        (
+            "missing key",
+            read_tag("image:\n  tag: v1\n", &sel(None, Some("image.tags"), None))
+                .expect_err("missing"),
+        ),
+    ];
+    let rendered: Vec<String> = cases
+        .iter()
+        .map(|(name, e)| format!("{name}: {e}"))
+        .collect();
+    insta::assert_snapshot!("error_messages", rendered.join("\n\n"));
+}
