@@ -19,12 +19,13 @@ use crate::patch::tree::{self, Kind, Node};
 /// Lint policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LintOptions {
-    /// Directory names that mark a Prod path (any path component equal to one of these, case-insensitive).
+    /// Environment names that mark a Prod path, compared case-insensitively: a directory named like one
+    /// (`apps/prod/api.yaml`) or a file whose stem is one or ends with `-<env>` / `_<env>` (`apps/api-prod.yaml`).
     pub prod_envs: Vec<String>,
     /// Optional regular expression matched against the path relative to the root (with `/` separators); a match
     /// also marks a Prod path.
     pub prod_path_pattern: Option<String>,
-    /// Require every kustomize image entry to be pinned to a digest.
+    /// Require every kustomize image entry and container `image:` reference to be pinned to a digest.
     pub require_digests: bool,
     /// Tags considered mutable (compared case-insensitively), in addition to a missing tag.
     pub mutable_tags: Vec<String>,
@@ -199,7 +200,7 @@ fn is_prod(rel: &Path, options: &LintOptions, pattern: Option<&Regex>) -> bool {
                 let (stem, env) = (stem.to_ascii_lowercase(), env.to_ascii_lowercase());
                 stem == env
                     || stem.ends_with(&format!("-{env}"))
-                    || stem.starts_with(&format!("{env}-"))
+                    || stem.ends_with(&format!("_{env}"))
             })
         });
     by_dir || by_stem || pattern.is_some_and(|p| p.is_match(&unix.join("/")))
