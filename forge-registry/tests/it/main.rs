@@ -2,3 +2,6 @@
 mod ecr;
 mod faults;
 mod proxy;
+mod fixtures;
+mod props;
+mod registry;

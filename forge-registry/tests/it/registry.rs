@@ -1,0 +1,542 @@
+//! Copies between two real `docker-registry` (CNCF Distribution) instances, with skopeo and raw
+//! HTTP as the oracles.
+
+use forge_registry::{Client, CopyOptions, ErrorKind, Reference, RetryPolicy, UploadMode};
+
+use crate::fixtures::{self, Image};
+
+fn client() -> Client {
+    Client::builder()
+        .retry_policy(RetryPolicy {
+            max_retries: 2,
+            initial_backoff: std::time::Duration::from_millis(50),
+            ..RetryPolicy::default()
+        })
+        .build()
+        .expect("client builds")
+}
+
+fn r(s: &str) -> Reference {
+    s.parse().expect("test references are valid")
+}
+
+struct Pair {
+    a: forge_testkit::Registry,
+    b: forge_testkit::Registry,
+}
+
+fn pair() -> Option<Pair> {
+    forge_testkit::skopeo()?;
+    Some(Pair {
+        a: forge_testkit::Registry::start()?,
+        b: forge_testkit::Registry::start()?,
+    })
+}
+
+async fn assert_image_at(host: &str, repo: &str, tag: &str, image: &Image) {
+    assert_eq!(
+        fixtures::manifest_digest(host, repo, tag).await.as_deref(),
+        Some(image.digest.as_str()),
+        "{host}/{repo}:{tag}"
+    );
+    assert_eq!(
+        fixtures::skopeo_digest(&format!("docker://{host}/{repo}:{tag}")),
+        image.digest,
+        "skopeo disagrees about {host}/{repo}:{tag}"
+    );
+    for child in &image.children {
+        assert_eq!(
+            fixtures::manifest_digest(host, repo, &child.digest)
+                .await
+                .as_deref(),
+            Some(child.digest.as_str())
+        );
+    }
+    for blob in image.blob_digests() {
+        assert!(
+            fixtures::blob_exists(host, repo, &blob).await,
+            "blob {blob} missing"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_arch_copy_is_verified_and_a_recopy_is_a_no_op() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let image = fixtures::oci_image(1, 3, 300_000);
+    fixtures::push(&a, "ci/app", "41", &image).await;
+    fixtures::provision(&b, "prod/app").await;
+
+    let src = r(&format!("{a}/ci/app:41"));
+    let dst = r(&format!("{b}/prod/app:41"));
+    let report = client()
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .unwrap();
+    assert!(report.verified);
+    assert!(!report.already_present);
+    assert_eq!(report.digest.to_string(), image.digest);
+    assert_eq!(report.media_type, fixtures::OCI_MANIFEST);
+    assert_eq!(report.blobs_copied, 4);
+    assert_eq!(report.blobs_skipped, 0);
+    assert_eq!(report.blobs_mounted, 0);
+    assert_eq!(
+        report.bytes_copied,
+        image.blobs.iter().map(|b| b.len() as u64).sum::<u64>()
+    );
+    assert_eq!(report.manifests_pushed, 1);
+    assert_eq!(report.source, src.to_string());
+    assert_eq!(report.destination, dst.to_string());
+    assert_image_at(&b, "prod/app", "41", &image).await;
+
+    // The same promotion again: nothing uploaded, no manifest PUT, still verified.
+    let again = client()
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .unwrap();
+    assert!(again.already_present);
+    assert!(again.verified);
+    assert_eq!(
+        (
+            again.blobs_copied,
+            again.bytes_copied,
+            again.manifests_pushed
+        ),
+        (0, 0, 0)
+    );
+
+    // The same digest under a new tag: every blob is already there.
+    let dst2 = r(&format!("{b}/prod/app:42"));
+    let third = client()
+        .copy(&src, &dst2, &CopyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!((third.blobs_copied, third.blobs_skipped), (0, 4));
+    assert!(third.verified);
+
+    // resolve/verify agree with the oracle.
+    let c = client();
+    assert_eq!(
+        c.resolve(&dst).await.unwrap().digest.to_string(),
+        image.digest
+    );
+    let v = c.verify(&dst, &report.digest).await.unwrap();
+    assert_eq!((v.manifests_checked, v.blobs_checked), (1, 4));
+    let other: forge_registry::Digest = fixtures::sha256(b"other").parse().unwrap();
+    let err = c.verify(&dst, &other).await.unwrap_err();
+    assert!(
+        matches!(err.kind, ErrorKind::VerificationFailed { .. }),
+        "{err}"
+    );
+    assert!(!err.is_invalid_input());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_arch_index_is_copied_whole_with_children_by_digest() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let image = fixtures::multi_arch(2, 100_000);
+    fixtures::push(&a, "ci/multi", "7", &image).await;
+    fixtures::provision(&b, "prod/multi").await;
+
+    let src = r(&format!("{a}/ci/multi:7"));
+    let dst = r(&format!("{b}/prod/multi:7"));
+    let report = client()
+        .copy(
+            &src,
+            &dst,
+            &CopyOptions {
+                jobs: Some(2),
+                ..CopyOptions::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(report.verified);
+    assert_eq!(report.digest.to_string(), image.digest);
+    assert_eq!(report.media_type, fixtures::DOCKER_LIST);
+    assert_eq!(report.blobs_copied, 4);
+    assert_eq!(report.manifests_pushed, 3);
+    assert_image_at(&b, "prod/multi", "7", &image).await;
+
+    // Source pinned by digest works too, and verify() walks the children.
+    let by_digest = r(&format!("{a}/ci/multi@{}", image.digest));
+    let v = client().verify(&by_digest, &report.digest).await.unwrap();
+    assert_eq!((v.manifests_checked, v.blobs_checked), (3, 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_upload_mode_copies_the_same_bytes() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let image = fixtures::oci_image(3, 2, 250_000);
+    fixtures::push(&a, "ci/app", "1", &image).await;
+    fixtures::provision(&b, "prod/app").await;
+    let options = CopyOptions {
+        upload_mode: UploadMode::Chunked {
+            chunk_size: 64 * 1024,
+        },
+        ..CopyOptions::default()
+    };
+    let report = client()
+        .copy(
+            &r(&format!("{a}/ci/app:1")),
+            &r(&format!("{b}/prod/app:1")),
+            &options,
+        )
+        .await
+        .unwrap();
+    assert!(report.verified);
+    assert_eq!(report.blobs_copied, 3);
+    assert_image_at(&b, "prod/app", "1", &image).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tag_conflict_names_both_digests_and_changes_nothing() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let image = fixtures::oci_image(4, 1, 50_000);
+    let other = fixtures::oci_image(5, 1, 50_000);
+    fixtures::push(&a, "ci/app", "9", &image).await;
+    fixtures::push(&b, "prod/app", "9", &other).await;
+
+    let err = client()
+        .copy(
+            &r(&format!("{a}/ci/app:9")),
+            &r(&format!("{b}/prod/app:9")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_input());
+    match &err.kind {
+        ErrorKind::TagConflict {
+            existing, source, ..
+        } => {
+            assert_eq!(existing.to_string(), other.digest);
+            assert_eq!(source.to_string(), image.digest);
+        }
+        k => panic!("expected a tag conflict, got {k:?}"),
+    }
+    let text = err.to_string();
+    assert!(
+        text.contains(&image.digest) && text.contains(&other.digest),
+        "{text}"
+    );
+    assert_eq!(
+        fixtures::manifest_digest(&b, "prod/app", "9")
+            .await
+            .as_deref(),
+        Some(other.digest.as_str())
+    );
+    for blob in image.blob_digests() {
+        assert!(
+            !fixtures::blob_exists(&b, "prod/app", &blob).await,
+            "{blob} was uploaded"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latest_pattern_and_missing_repository_are_refused_before_any_upload() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let image = fixtures::oci_image(6, 1, 10_000);
+    fixtures::push(&a, "ci/app", "3", &image).await;
+    fixtures::provision(&b, "prod/app").await;
+    let before = p.b.repositories();
+    let src = r(&format!("{a}/ci/app:3"));
+
+    let err = client()
+        .copy(
+            &src,
+            &r(&format!("{b}/prod/app:latest")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind, ErrorKind::MutableTagRefused { .. }),
+        "{err}"
+    );
+    assert!(err.is_invalid_input());
+
+    let err = client()
+        .copy(&src, &r(&format!("{b}/prod/app")), &CopyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::InvalidInput { .. }), "{err}");
+
+    let options = CopyOptions {
+        tag_pattern: Some(regex::Regex::new("[0-9]+").unwrap()),
+        ..CopyOptions::default()
+    };
+    for bad in ["3a", "v3", "a3"] {
+        let err = client()
+            .copy(&src, &r(&format!("{b}/prod/app:{bad}")), &options)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.kind, ErrorKind::TagPatternMismatch { .. }),
+            "{bad}: {err}"
+        );
+    }
+
+    let err = client()
+        .copy(
+            &src,
+            &r(&format!("{b}/team/missing:3")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_input());
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "repository 'team/missing' does not exist in registry '{b}': repositories are provisioned by the Platform team via Blueprint — ask in #platform-support. Nothing was uploaded."
+        )
+    );
+    let custom = CopyOptions {
+        support_hint: "open a ticket".to_owned(),
+        ..CopyOptions::default()
+    };
+    let err = client()
+        .copy(&src, &r(&format!("{b}/team/missing:3")), &custom)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains(": open a ticket. Nothing was uploaded."),
+        "{err}"
+    );
+
+    assert_eq!(
+        p.b.repositories(),
+        before,
+        "a refused copy created something"
+    );
+    assert_eq!(fixtures::manifest_digest(&b, "prod/app", "3").await, None);
+    assert!(
+        !client()
+            .repository_exists(&r(&format!("{b}/team/missing")))
+            .await
+            .unwrap()
+    );
+    assert!(
+        client()
+            .repository_exists(&r(&format!("{b}/prod/app")))
+            .await
+            .unwrap()
+    );
+
+    // The pattern accepts a conforming tag.
+    let ok = client()
+        .copy(&src, &r(&format!("{b}/prod/app:3")), &options)
+        .await
+        .unwrap();
+    assert!(ok.verified);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_source_is_reported_by_name() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    fixtures::provision(&a, "ci/app").await;
+    fixtures::provision(&b, "prod/app").await;
+    let err = client()
+        .copy(
+            &r(&format!("{a}/ci/app:404")),
+            &r(&format!("{b}/prod/app:1")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind, ErrorKind::ManifestNotFound { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!("{a}/ci/app:404")),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_registry_copies_mount_blobs_across_repositories() {
+    let Some(registry) = forge_testkit::Registry::start() else {
+        return;
+    };
+    let h = registry.host();
+    let image = fixtures::oci_image(7, 2, 100_000);
+    fixtures::push(&h, "ci/app", "5", &image).await;
+    fixtures::provision(&h, "prod/app").await;
+    let report = client()
+        .copy(
+            &r(&format!("{h}/ci/app:5")),
+            &r(&format!("{h}/prod/app:5")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(report.verified);
+    assert_eq!(
+        (
+            report.blobs_mounted,
+            report.blobs_copied,
+            report.bytes_copied
+        ),
+        (3, 0, 0)
+    );
+    for blob in image.blob_digests() {
+        assert!(fixtures::blob_exists(&h, "prod/app", &blob).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_are_copied_through_the_fallback_tag_unless_switched_off() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let image = fixtures::oci_image(8, 1, 20_000);
+    let sbom = fixtures::referrer(1, &image);
+    fixtures::push(&a, "ci/app", "8", &image).await;
+    fixtures::push(&a, "ci/app", &sbom.digest, &sbom).await;
+    let fallback_tag = format!("sha256-{}", image.digest.trim_start_matches("sha256:"));
+    fixtures::put_manifest(
+        &a,
+        "ci/app",
+        &fallback_tag,
+        fixtures::OCI_INDEX,
+        &fixtures::fallback_index(&[&sbom]),
+    )
+    .await;
+    fixtures::provision(&b, "prod/app").await;
+    fixtures::provision(&b, "prod/bare").await;
+
+    let src = r(&format!("{a}/ci/app:8"));
+    let report = client()
+        .copy(
+            &src,
+            &r(&format!("{b}/prod/app:8")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(report.verified);
+    assert_eq!(report.referrers_copied, 1);
+    assert_eq!(
+        report.blobs_copied, 4,
+        "image config + layer, empty config + sbom"
+    );
+    assert_eq!(
+        fixtures::manifest_digest(&b, "prod/app", &sbom.digest)
+            .await
+            .as_deref(),
+        Some(sbom.digest.as_str())
+    );
+    let index = fixtures::manifest_bytes(&b, "prod/app", &fallback_tag)
+        .await
+        .expect("fallback index");
+    let index: serde_json::Value = serde_json::from_slice(&index).unwrap();
+    assert_eq!(index["manifests"][0]["digest"], sbom.digest.as_str());
+    assert_eq!(
+        index["manifests"][0]["artifactType"],
+        "application/spdx+json"
+    );
+
+    let off = CopyOptions {
+        referrers: false,
+        ..CopyOptions::default()
+    };
+    let report = client()
+        .copy(&src, &r(&format!("{b}/prod/bare:8")), &off)
+        .await
+        .unwrap();
+    assert_eq!(report.referrers_copied, 0);
+    assert_eq!(
+        fixtures::manifest_digest(&b, "prod/bare", &fallback_tag).await,
+        None
+    );
+    assert_eq!(
+        fixtures::manifest_digest(&b, "prod/bare", &sbom.digest).await,
+        None
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oci_layout_to_registry_and_back() {
+    let Some(p) = pair() else { return };
+    let b = p.b.host();
+    let dir = tempfile::tempdir().unwrap();
+    let src_layout = dir.path().join("src");
+    let digest = forge_testkit::oci::write_image(&src_layout, "100").unwrap();
+    fixtures::provision(&b, "prod/app").await;
+
+    let src = r(&format!("oci:{}:100", src_layout.display()));
+    let report = client()
+        .copy(
+            &src,
+            &r(&format!("{b}/prod/app:100")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(report.verified);
+    assert_eq!(report.digest.to_string(), digest);
+    assert_eq!(
+        fixtures::skopeo_digest(&format!("docker://{b}/prod/app:100")),
+        digest
+    );
+
+    // Registry → a layout that does not exist yet: refused, nothing created.
+    let out = dir.path().join("out");
+    let dst = r(&format!("oci:{}:100", out.display()));
+    let reg = r(&format!("{b}/prod/app:100"));
+    let err = client()
+        .copy(&reg, &dst, &CopyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::OciLayout { .. }), "{err}");
+    assert!(err.is_invalid_input());
+    assert!(!out.exists());
+
+    // Once provisioned, the copy lands with the tag in index.json.
+    forge_registry::init_oci_layout(&out).await.unwrap();
+    let report = client()
+        .copy(&reg, &dst, &CopyOptions::default())
+        .await
+        .unwrap();
+    assert!(report.verified);
+    assert_eq!(report.blobs_copied, 2);
+    assert_eq!(
+        fixtures::skopeo_digest(&format!("oci:{}:100", out.display())),
+        digest
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "100"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(out.join("blobs/sha256"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+
+    // Re-copy into the layout is a no-op; a different image under the same tag conflicts.
+    let again = client()
+        .copy(&reg, &dst, &CopyOptions::default())
+        .await
+        .unwrap();
+    assert!(again.already_present);
+    forge_testkit::oci::write_image(&src_layout, "101").unwrap();
+    let other = r(&format!("oci:{}:101", src_layout.display()));
+    let err = client()
+        .copy(&other, &dst, &CopyOptions::default())
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::TagConflict { .. }), "{err}");
+}
