@@ -74,6 +74,27 @@ pub(crate) fn header_line0(block: &Node, value: &str) -> usize {
     block.line.saturating_sub(2 + leading)
 }
 
+/// An error inside a literal block, with its line moved to the file's numbering.
+fn block_error(block: &Node, err: PatchError) -> PatchError {
+    match err {
+        PatchError::InvalidYaml {
+            line,
+            col,
+            message,
+            source,
+        } => PatchError::InvalidYaml {
+            line: header_line0(block, block.str().unwrap_or_default()) + line + 1,
+            col,
+            message: format!(
+                "inside the literal block starting at line {}: {message}",
+                block.line
+            ),
+            source,
+        },
+        other => other,
+    }
+}
+
 /// A document label: `Kind/metadata.name`, or `document N`.
 pub(crate) fn doc_label(root: &Node, index: usize) -> String {
     let kind = root.get("kind").and_then(Node::str);
@@ -233,10 +254,28 @@ impl Collector<'_> {
             if let Some(values) = helm.get("values") {
                 let vpath = hpath.key("values");
                 match embed(values) {
-                    Some(emb) => {
-                        let emb = emb?;
+                    Some(Ok(emb)) => {
                         if let Some(root) = emb.stream.docs.first().cloned() {
                             values_walk(self, &root, &vpath, Some(&emb));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        // Template syntax and the like: the block is not YAML. If it may hold the tag, the patcher
+                        // cannot tell, so it refuses instead of picking another layer.
+                        if values.str().is_some_and(|v| v.contains("tag")) {
+                            self.out.push(Cand {
+                                path: vpath,
+                                node: values.clone(),
+                                embedded: None,
+                                image_ref: false,
+                                names: Vec::new(),
+                                doc: self.doc.to_owned(),
+                                unsupported: Some(format!(
+                                    "helm.values mentions `tag` but does not parse as YAML ({}), so whether it \
+                                     sets the image tag is unknown; name the tag's scalar with --key",
+                                    block_error(values, e)
+                                )),
+                            });
                         }
                     }
                     None => {
@@ -423,7 +462,7 @@ pub(crate) fn by_key(
             && emb.is_none()
             && let Some(e) = embed(&node)
         {
-            let e = e?;
+            let e = e.map_err(|err| block_error(&node, err))?;
             match e.stream.docs.first() {
                 Some(r) => node = r.clone(),
                 None => return Ok(Err(format!("{walked} is an empty block"))),

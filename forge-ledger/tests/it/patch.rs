@@ -823,3 +823,34 @@ fn error_messages_say_what_and_what_to_do() {
         .collect();
     insta::assert_snapshot!("error_messages", rendered.join("\n\n"));
 }
+
+#[test]
+fn values_blocks_that_are_not_yaml() {
+    let base = "kind: Application\nspec:\n  source:\n    helm:\n      values: |\n        BLOCK\n    kustomize:\n      images:\n      - team/api:1.0.0\n";
+    // A template block that cannot hold the tag does not stop the kustomize image from being patched.
+    let text = base.replace("BLOCK", "replicas: {{ .replicas }\n        x: [");
+    let patched = patch_tag(&text, &Selector::default(), "1.0.1").expect("kustomize patched");
+    assert_only_scalar_changed(&text, &patched.text, 10, "api:1.0.0", "api:1.0.1");
+    // One that mentions a tag is refused: the patcher cannot tell which layer wins.
+    let text = base.replace("BLOCK", "image:\n          tag: {{ .tag }\n        x: [");
+    match patch_tag(&text, &Selector::default(), "1.0.1") {
+        Err(PatchError::Ambiguous { candidates }) => {
+            assert_eq!(candidates.len(), 2, "{candidates:?}")
+        }
+        other => panic!("expected Ambiguous, got {other:?}"),
+    }
+    // An explicit key into it reports the parse error on the file's own line numbers.
+    match read_tag(
+        &text,
+        &sel(None, Some("spec.source.helm.values.image.tag"), None),
+    ) {
+        Err(PatchError::InvalidYaml { line, message, .. }) => {
+            assert!((6..=9).contains(&line), "line {line}: {message}");
+            assert!(
+                message.contains("literal block starting at line 6"),
+                "{message}"
+            );
+        }
+        other => panic!("expected InvalidYaml, got {other:?}"),
+    }
+}
