@@ -108,11 +108,27 @@ pub(crate) fn parse(text: &str) -> Result<Stream, PatchError> {
     let mut events = Vec::new();
     let mut marks = Vec::new();
     loop {
-        let (event, mark) = parser.next_token().map_err(|e| PatchError::InvalidYaml {
-            line: e.marker().line(),
-            col: e.marker().col() + 1,
-            message: e.info().to_owned(),
-            source: Some(e.clone()),
+        let (event, mark) = parser.next_token().map_err(|e| {
+            let mut message = e.info().to_owned();
+            let index = LineIndex::new(text);
+            let tab_follows = index
+                .offset(e.marker().line(), e.marker().col())
+                .is_some_and(|at| {
+                    text.get(at..).is_some_and(|rest| rest.starts_with('\t'))
+                        || text.get(..at).is_some_and(|before| before.ends_with('\t'))
+                });
+            if tab_follows {
+                message.push_str(
+                    " (a tab is next to this position; Forge's YAML parser accepts only spaces after `key:` — replace the tab \
+                     with a space)",
+                );
+            }
+            PatchError::InvalidYaml {
+                line: e.marker().line(),
+                col: e.marker().col() + 1,
+                message,
+                source: Some(e.clone()),
+            }
         })?;
         let end = event == Event::StreamEnd;
         events.push(event);

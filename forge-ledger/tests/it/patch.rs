@@ -650,6 +650,13 @@ fn bad_inputs_name_the_problem() {
         patch_tag("image:\n  tag: x\0y\n", &none, "1.0.0"),
         Err(PatchError::InvalidYaml { .. })
     ));
+    match read_tag("image:\n  tag:\tv1\n", &none) {
+        Err(PatchError::InvalidYaml { line, col, message, .. }) => {
+            assert_eq!((line, col), (2, 8));
+            assert!(message.contains("replace the tab"), "{message}");
+        }
+        other => panic!("expected InvalidYaml, got {other:?}"),
+    }
     for key in ["a..b", "a[", "a[x]", ".a", "a.", "a[0]b"] {
         match read_tag("a: b\n", &sel(None, Some(key), None)) {
             Err(PatchError::InvalidKey { key: k, .. }) => assert_eq!(k, key),
