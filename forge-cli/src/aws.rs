@@ -206,7 +206,17 @@ pub async fn resolve(
     if let Some(hook) = hook {
         provider = provider.with_secret_hook(hook);
     }
-    let sdk = loader().credentials_provider(provider.clone()).load().await;
+    // Refresh five minutes before expiry (a request signed at minute 59 must not outlive its
+    // credentials), and give a chain walk with its classified retries time to finish.
+    let cache = aws_config::identity::IdentityCache::lazy()
+        .buffer_time(Duration::from_secs(300))
+        .load_timeout(Duration::from_secs(120))
+        .build();
+    let sdk = loader()
+        .identity_cache(cache)
+        .credentials_provider(provider.clone())
+        .load()
+        .await;
     Ok(EnvAuth {
         sdk,
         chain: Some(provider),

@@ -1,3 +1,4 @@
 //! Integration tests for the `forge` binary.
 
+mod auth;
 mod support;
