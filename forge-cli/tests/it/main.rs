@@ -1,4 +1,5 @@
 //! Integration tests for the `forge` binary.
 
 mod auth;
+mod pipelines;
 mod support;
