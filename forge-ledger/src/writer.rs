@@ -696,9 +696,22 @@ impl Ledger {
         if !work.path.join("HEAD").exists() {
             git.run(&["init", "--quiet", "--bare"])
                 .map_err(|e| self.git_err(e))?;
-            // No background gc racing our short-lived work repo.
-            git.run(&["config", "gc.auto", "0"])
-                .map_err(|e| self.git_err(e))?;
+            // No auto gc / maintenance processes after every fetch of a short-lived work repo
+            // (appended directly: one process fewer than `git config`).
+            let config = work.path.join("config");
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&config)
+                .and_then(|mut f| {
+                    std::io::Write::write_all(
+                        &mut f,
+                        b"[gc]\n\tauto = 0\n[maintenance]\n\tauto = false\n",
+                    )
+                })
+                .map_err(|source| LedgerError::Workdir {
+                    path: config,
+                    source,
+                })?;
         }
         work.committer = match &self.identity {
             Some((name, email)) => format!("{name} <{email}>"),

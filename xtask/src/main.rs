@@ -8,6 +8,7 @@
 use std::process::ExitCode;
 
 mod bench_copy;
+mod bench_ledger;
 mod ci;
 mod demo;
 mod release;
@@ -18,6 +19,7 @@ const USAGE: &str = "usage: cargo xtask <task>
 
 tasks:
   bench copy  forge copy vs skopeo on two local registries; writes BENCHMARKS.md (--help for options)
+  bench ledger  32 concurrent forge ledger set-tag vs a naive update-ledger.sh loop; writes BENCHMARKS.md
   ci          fmt check, clippy -D warnings, all tests, cargo deny (installs test components first)
   demo        the release flow end to end in a sandbox (OCI-layout registries, local Ledger)
   release     --version X.Y.Z [--dry-run] [--target T]...: ci, release build, dist/ archives, SHA256SUMS, SBOM
@@ -26,12 +28,13 @@ tasks:
 
 /// `cargo xtask bench <what> [options]`: one arm per benchmark (add yours here).
 fn bench(args: &[String]) -> Result<(), String> {
-    let usage = "usage: cargo xtask bench <copy> [options]";
+    let usage = "usage: cargo xtask bench <copy|ledger> [options]";
     let Some((what, rest)) = args.split_first() else {
         return Err(usage.into());
     };
     match what.as_str() {
         "copy" => bench_copy::bench_copy(rest),
+        "ledger" => bench_ledger::bench_ledger(rest),
         other => Err(format!("unknown benchmark `{other}`\n{usage}")),
     }
 }

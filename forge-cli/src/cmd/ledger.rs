@@ -180,6 +180,15 @@ pub struct CommitArgs {
     /// Longest time to keep retrying, in seconds.
     #[arg(long, default_value_t = 180, value_name = "SECONDS")]
     max_duration: u64,
+    /// Backoff after a rejected push: BASE_MS:CAP_MS (random delay up to BASE×2^attempt, capped).
+    #[arg(long, value_name = "BASE_MS:CAP_MS", value_parser = parse_backoff, hide = true)]
+    backoff: Option<(u64, u64)>,
+}
+
+fn parse_backoff(s: &str) -> Result<(u64, u64), String> {
+    s.split_once(':')
+        .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+        .ok_or_else(|| format!("`{s}` is not BASE_MS:CAP_MS, e.g. 50:2000"))
 }
 
 impl CommitArgs {
@@ -367,9 +376,15 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn ledger_for(remote: &Remote, commit: &CommitArgs) -> Ledger {
-    Ledger::new(&remote.repo, &remote.branch)
+    let ledger = Ledger::new(&remote.repo, &remote.branch)
         .max_attempts(commit.max_attempts)
-        .max_duration(Duration::from_secs(commit.max_duration))
+        .max_duration(Duration::from_secs(commit.max_duration));
+    match commit.backoff {
+        Some((base, cap)) => {
+            ledger.backoff(Duration::from_millis(base), Duration::from_millis(cap))
+        }
+        None => ledger,
+    }
 }
 
 fn short(commit: &str) -> &str {

@@ -2,4 +2,5 @@
 
 mod auth;
 mod pipelines;
+mod ledger;
 mod support;
