@@ -271,7 +271,7 @@ impl fmt::Display for Step {
 #[non_exhaustive]
 pub enum ChainError {
     /// The OIDC token could not be obtained.
-    #[error("token step failed: {source}")]
+    #[error("token step failed")]
     Token {
         /// Why.
         #[from]
@@ -346,9 +346,10 @@ pub struct StsFailure {
     pub retries: u32,
     /// Time spent on this step.
     pub elapsed: Duration,
-    /// The SDK error.
+    /// The transport error, when STS could not be reached (a service error is fully described
+    /// by `code` and `message`).
     #[source]
-    pub source: Box<dyn std::error::Error + Send + Sync>,
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl ChainError {
@@ -602,37 +603,36 @@ impl RoleChainProvider {
                 Ok(out) => return Ok(out),
                 Err(err) => err,
             };
-            let (code, message, transport) = match &err {
+            let (code, message, source): (
+                String,
+                String,
+                Option<Box<dyn std::error::Error + Send + Sync>>,
+            ) = match &err {
                 SdkError::ServiceError(_) => (
                     err.code().unwrap_or("UnknownError").to_owned(),
                     err.message()
                         .unwrap_or("(no message)")
                         .trim_end_matches('.')
                         .to_owned(),
-                    false,
+                    None,
                 ),
                 SdkError::TimeoutError(_) => (
                     "Timeout".to_owned(),
                     "STS did not answer in time".to_owned(),
-                    true,
+                    Some(Box::new(err)),
                 ),
                 SdkError::DispatchFailure(_) => (
                     "DispatchFailure".to_owned(),
-                    format!(
-                        "STS could not be reached: {}",
-                        aws_smithy_types::error::display::DisplayErrorContext(&err)
-                    ),
-                    true,
+                    "STS could not be reached".to_owned(),
+                    Some(Box::new(err)),
                 ),
                 _ => (
                     err.code().unwrap_or("ResponseError").to_owned(),
-                    format!(
-                        "{}",
-                        aws_smithy_types::error::display::DisplayErrorContext(&err)
-                    ),
-                    true,
+                    "STS answered with something that is not an STS response".to_owned(),
+                    Some(Box::new(err)),
                 ),
             };
+            let transport = source.is_some();
             let retry = match classify(&code, transport) {
                 Class::Retry => true,
                 Class::RetryIfFresh => token
@@ -649,7 +649,7 @@ impl RoleChainProvider {
                     message,
                     retries: attempt,
                     elapsed: start.elapsed(),
-                    source: Box::new(err),
+                    source,
                 })));
             }
             let delay = policy.backoff(attempt);

@@ -30,9 +30,9 @@ pub enum EcrError {
         code: String,
         /// AWS message.
         message: String,
-        /// The SDK error.
+        /// The transport error (`None` when AWS answered: code and message say it all).
         #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
     },
     /// The answer is not the documented shape.
     #[error(
@@ -109,10 +109,11 @@ impl EcrCredentials {
                 EcrError::Api {
                     registry: registry_host.to_owned(),
                     code: err.code().unwrap_or("RequestFailed").to_owned(),
-                    message: err.message().map(str::to_owned).unwrap_or_else(|| {
-                        aws_smithy_types::error::display::DisplayErrorContext(&err).to_string()
-                    }),
-                    source: Box::new(err),
+                    message: err
+                        .message()
+                        .unwrap_or("the request failed (see the cause below)")
+                        .to_owned(),
+                    source: err.as_service_error().is_none().then(|| Box::new(err) as _),
                 }
             })?;
         let bad = |problem: &str| EcrError::BadToken {

@@ -21,9 +21,9 @@ pub struct IdentityError {
     pub code: String,
     /// What went wrong.
     pub message: String,
-    /// The SDK error.
+    /// The transport error (`None` when AWS answered: code and message say it all).
     #[source]
-    pub source: Box<dyn std::error::Error + Send + Sync>,
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 /// Calls `GetCallerIdentity` with `sdk`'s credentials (the SDK's retries apply).
@@ -36,10 +36,11 @@ pub async fn caller_identity(sdk: &aws_types::SdkConfig) -> Result<CallerIdentit
             use aws_sdk_sts::error::ProvideErrorMetadata as _;
             IdentityError {
                 code: err.code().unwrap_or("RequestFailed").to_owned(),
-                message: err.message().map(str::to_owned).unwrap_or_else(|| {
-                    aws_smithy_types::error::display::DisplayErrorContext(&err).to_string()
-                }),
-                source: Box::new(err),
+                message: err
+                    .message()
+                    .unwrap_or("the request failed (see the cause below)")
+                    .to_owned(),
+                source: err.as_service_error().is_none().then(|| Box::new(err) as _),
             }
         })?;
     Ok(CallerIdentity {

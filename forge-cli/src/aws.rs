@@ -196,13 +196,7 @@ pub async fn resolve(
         )
         .into());
     }
-    let mut provider = RoleChainProvider::new(chain, &base).map_err(|e| {
-        if e.is_invalid_input() {
-            anyhow::Error::from(InvalidInput(e.to_string()))
-        } else {
-            anyhow::Error::from(e)
-        }
-    })?;
+    let mut provider = RoleChainProvider::new(chain, &base).map_err(|e| chain_error(e, env))?;
     if let Some(hook) = hook {
         provider = provider.with_secret_hook(hook);
     }
@@ -226,7 +220,13 @@ pub async fn resolve(
 /// Maps a role-chain failure to the CLI's error: bad input exits 2, the world exits 1.
 pub fn chain_error(err: forge_auth::ChainError, env: &str) -> anyhow::Error {
     if err.is_invalid_input() {
-        anyhow::Error::from(InvalidInput(format!("credentials for `{env}`: {err}")))
+        let mut text = format!("credentials for `{env}`: {err}");
+        let mut source = std::error::Error::source(&err);
+        while let Some(cause) = source {
+            text.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        anyhow::Error::from(InvalidInput(text))
     } else {
         anyhow::Error::from(err).context(format!(
             "cannot get AWS credentials for environment `{env}`"
