@@ -21,6 +21,7 @@
 //! reported instead of refused, so the preview works while developing).
 
 use std::cmp::Ordering;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -183,7 +184,7 @@ pub fn release(args: &[String]) -> Result<(), String> {
                 DOC_FILES.join(", ")
             ));
         }
-        let sbom_preview = sbom(&cargo_metadata(&root, Some(&targets[0]))?, version, epoch)?;
+        let sbom_preview = sbom(&target_metadata(&root, &targets)?, version, epoch)?;
         let count = sbom_preview
             .get("components")
             .and_then(Value::as_array)
@@ -246,7 +247,7 @@ pub fn release(args: &[String]) -> Result<(), String> {
     }
 
     say(&format!("step 5: SBOM dist/{sbom_name}"));
-    let bom = sbom(&cargo_metadata(&root, Some(&targets[0]))?, version, epoch)?;
+    let bom = sbom(&target_metadata(&root, &targets)?, version, epoch)?;
     let mut bom_text = serde_json::to_string_pretty(&bom).map_err(|e| e.to_string())?;
     bom_text.push('\n');
     write_atomic(&dist.join(&sbom_name), bom_text.as_bytes())?;
@@ -657,11 +658,17 @@ fn licenses(package: &Value) -> Option<Value> {
         .map(|file| json!([{ "license": { "name": format!("see {file} in the crate") } }]))
 }
 
-/// CycloneDX 1.5 SBOM of what `forge-cli` links: every package reachable from it through normal
-/// and build dependencies in `cargo metadata --format-version 1` output (dev-dependencies are
-/// not shipped and are left out). `metadata.component` is the released application at
-/// `version`.
-fn sbom(metadata: &Value, version: &Version, epoch: i64) -> Result<Value, String> {
+/// What `forge-cli` links per one `cargo metadata` document: components and dependency edges
+/// keyed by purl, and the root package.
+struct Shipped {
+    root_package: Value,
+    components: BTreeMap<String, Value>,
+    dependencies: BTreeMap<String, BTreeSet<String>>,
+}
+
+/// Every package reachable from `forge-cli` through normal and build dependencies in
+/// `cargo metadata --format-version 1` output (dev-dependencies are not shipped).
+fn shipped(metadata: &Value, version: &Version) -> Result<Shipped, String> {
     let packages = metadata
         .get("packages")
         .and_then(Value::as_array)
@@ -744,17 +751,15 @@ fn sbom(metadata: &Value, version: &Version, epoch: i64) -> Result<Value, String
         }
     }
 
-    let mut components = Vec::new();
-    let mut dependencies = Vec::new();
+    let mut components = BTreeMap::new();
+    let mut dependencies = BTreeMap::new();
     for id in &reached {
         let package =
             package_by_id(id).ok_or_else(|| format!("cargo metadata: no package {id}"))?;
         let this_purl = purl_of(id).unwrap_or_default();
-        let mut depends_on: Vec<String> =
+        let depends_on: BTreeSet<String> =
             shipped_deps(id).iter().filter_map(|d| purl_of(d)).collect();
-        depends_on.sort();
-        depends_on.dedup();
-        dependencies.push(json!({ "ref": this_purl, "dependsOn": depends_on }));
+        dependencies.insert(this_purl.clone(), depends_on);
         if id == root_id {
             continue;
         }
@@ -771,11 +776,38 @@ fn sbom(metadata: &Value, version: &Version, epoch: i64) -> Result<Value, String
         {
             object.insert("licenses".into(), licenses);
         }
-        components.push(component);
+        components.insert(this_purl, component);
     }
-    let key = |c: &Value| (field(c, "name"), field(c, "version"));
-    components.sort_by_key(key);
-    dependencies.sort_by_key(|d| field(d, "ref"));
+    Ok(Shipped {
+        root_package: root_package.clone(),
+        components,
+        dependencies,
+    })
+}
+
+/// CycloneDX 1.5 SBOM of the release: the union over the targets' `cargo metadata
+/// --filter-platform` documents of what `forge-cli` links, components sorted by name and
+/// version. `metadata.component` is the released application at `version`.
+fn sbom(metadatas: &[Value], version: &Version, epoch: i64) -> Result<Value, String> {
+    let mut root_package = None;
+    let mut by_purl: BTreeMap<String, Value> = BTreeMap::new();
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for metadata in metadatas {
+        let part = shipped(metadata, version)?;
+        root_package.get_or_insert(part.root_package);
+        by_purl.extend(part.components);
+        for (from, to) in part.dependencies {
+            edges.entry(from).or_default().extend(to);
+        }
+    }
+    let root_package = root_package.ok_or("no cargo metadata to build the SBOM from")?;
+    let field = |p: &Value, k: &str| p.get(k).and_then(Value::as_str).unwrap_or("").to_owned();
+    let mut components: Vec<Value> = by_purl.into_values().collect();
+    components.sort_by_key(|c| (field(c, "name"), field(c, "version")));
+    let dependencies: Vec<Value> = edges
+        .into_iter()
+        .map(|(from, to)| json!({ "ref": from, "dependsOn": to }))
+        .collect();
 
     let root_purl = purl(CLI_PACKAGE, &version.to_string());
     let mut root_component = json!({
@@ -786,7 +818,7 @@ fn sbom(metadata: &Value, version: &Version, epoch: i64) -> Result<Value, String
         "purl": root_purl,
         "description": "forge and forge-refresh-env: build once, promote everywhere",
     });
-    if let Some(licenses) = licenses(root_package)
+    if let Some(licenses) = licenses(&root_package)
         && let Some(object) = root_component.as_object_mut()
     {
         object.insert("licenses".into(), licenses);
@@ -866,6 +898,14 @@ fn cargo_metadata(root: &Path, platform: Option<&str>) -> Result<Value, String> 
         ));
     }
     serde_json::from_slice(&out.stdout).map_err(|e| format!("cargo metadata output: {e}"))
+}
+
+/// `cargo metadata --filter-platform T` for every release target.
+fn target_metadata(root: &Path, targets: &[String]) -> Result<Vec<Value>, String> {
+    targets
+        .iter()
+        .map(|t| cargo_metadata(root, Some(t)))
+        .collect()
 }
 
 fn host_triple() -> Result<String, String> {
@@ -1309,7 +1349,7 @@ mod tests {
 
     #[test]
     fn sbom_has_the_cyclonedx_1_5_shape() {
-        let bom = sbom(&metadata(), &v("0.2.0"), 1_795_700_000).unwrap();
+        let bom = sbom(&[metadata()], &v("0.2.0"), 1_795_700_000).unwrap();
         assert_eq!(bom["bomFormat"], "CycloneDX");
         assert_eq!(bom["specVersion"], "1.5");
         assert_eq!(bom["version"], 1);
@@ -1351,16 +1391,60 @@ mod tests {
             ])
         );
         // Reproducible: same input, same document (serial number included).
-        assert_eq!(bom, sbom(&metadata(), &v("0.2.0"), 1_795_700_000).unwrap());
+        assert_eq!(
+            bom,
+            sbom(&[metadata()], &v("0.2.0"), 1_795_700_000).unwrap()
+        );
         assert_ne!(
             bom["serialNumber"],
-            sbom(&metadata(), &v("0.2.1"), 1_795_700_000).unwrap()["serialNumber"]
+            sbom(&[metadata()], &v("0.2.1"), 1_795_700_000).unwrap()["serialNumber"]
         );
     }
 
     #[test]
+    fn sbom_is_the_union_over_the_targets() {
+        // A second target links `winonly` from `lib`; the first does not.
+        let mut other = metadata();
+        other["packages"].as_array_mut().unwrap().push(
+            json!({ "name": "winonly", "version": "0.1.0", "id": "winonly 0.1.0",
+                          "license": "MIT", "license_file": null, "targets": [] }),
+        );
+        other["resolve"]["nodes"][1]["deps"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "name": "winonly", "pkg": "winonly 0.1.0", "dep_kinds": [{ "kind": null, "target": "cfg(windows)" }] }));
+        other["resolve"]["nodes"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({ "id": "winonly 0.1.0", "deps": [] }));
+        let bom = sbom(&[metadata(), other], &v("0.2.0"), 0).unwrap();
+        let names: Vec<&str> = bom["components"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["gen", "leaf", "lib", "winonly"]);
+        let lib = bom["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["ref"] == "pkg:cargo/lib@1.2.0")
+            .unwrap();
+        assert_eq!(
+            lib["dependsOn"],
+            json!([
+                "pkg:cargo/gen@2.0.0",
+                "pkg:cargo/leaf@0.3.1",
+                "pkg:cargo/winonly@0.1.0"
+            ])
+        );
+        assert!(sbom(&[], &v("0.2.0"), 0).is_err());
+    }
+
+    #[test]
     fn sbom_of_the_real_workspace_lists_shipped_crates_only() {
-        let bom = sbom(&cargo_metadata(&root(), None).unwrap(), &v("99.0.0"), 0).unwrap();
+        let bom = sbom(&[cargo_metadata(&root(), None).unwrap()], &v("99.0.0"), 0).unwrap();
         let names: Vec<&str> = bom["components"]
             .as_array()
             .unwrap()
