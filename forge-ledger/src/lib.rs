@@ -30,6 +30,11 @@
 //! assert_eq!((patched.old.as_str(), patched.new.as_str()), ("1.19", "1.20"));
 //! # Ok::<(), forge_ledger::PatchError>(())
 //! ```
+//!
+//! [`patch`] documents the targets it detects (Argo CD `Application`/`ApplicationSet` Helm parameters,
+//! `valuesObject`, `values: |` blocks, kustomize images, Helm values files), key paths, the digest rule and quoting.
+//! Ambiguity is an error listing the candidates, never a guess. [`lint`] checks a Ledger checkout: files parse, no
+//! mutable or missing tags, optional digest pinning, no automated sync under Prod paths.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
