@@ -60,28 +60,10 @@ pub fn release(args: &[String]) -> Result<(), String> {
     let current: Version = workspace_version(&cargo_toml)?
         .parse()
         .map_err(|e| format!("Cargo.toml [workspace.package] version: {e}"))?;
-    if options.version <= current {
-        return Err(format!(
-            "--version {} is not greater than the current workspace version {current}: pick a \
-             higher version (semver precedence)",
-            options.version
-        ));
-    }
+    check_newer(&current, &options.version)?;
     say(&format!("version {current} -> {}", options.version));
 
-    let dirty = git_output(&root, &["status", "--porcelain"])?;
-    if !dirty.trim().is_empty() {
-        let listing: Vec<&str> = dirty.lines().take(10).collect();
-        let message = format!(
-            "the working tree is not clean; commit or remove these first (a release must be \
-             built from a commit):\n  {}{}",
-            listing.join("\n  "),
-            if dirty.lines().count() > 10 {
-                "\n  …"
-            } else {
-                ""
-            }
-        );
+    if let Some(message) = dirty_tree(&git_output(&root, &["status", "--porcelain"])?) {
         if options.dry_run {
             say(&format!("a real release would stop here: {message}"));
         } else {
@@ -266,6 +248,37 @@ pub fn release(args: &[String]) -> Result<(), String> {
         "next: git commit -m \"Release {version}\" -- Cargo.toml Cargo.lock CHANGELOG.md && git tag v{version}, then publish dist/"
     ));
     Ok(())
+}
+
+/// The new version must sort after the current one (semver precedence).
+fn check_newer(current: &Version, new: &Version) -> Result<(), String> {
+    if new > current {
+        Ok(())
+    } else {
+        Err(format!(
+            "--version {new} is not greater than the current workspace version {current}: pick a \
+             higher version (semver precedence)"
+        ))
+    }
+}
+
+/// The refusal for a dirty tree from `git status --porcelain` output (`None` when clean).
+fn dirty_tree(porcelain: &str) -> Option<String> {
+    if porcelain.trim().is_empty() {
+        return None;
+    }
+    let listing: Vec<&str> = porcelain.lines().take(10).collect();
+    let more = porcelain.lines().count().saturating_sub(listing.len());
+    Some(format!(
+        "the working tree is not clean; commit or remove these first (a release must be built \
+         from a commit):\n  {}{}",
+        listing.join("\n  "),
+        if more > 0 {
+            format!("\n  … and {more} more")
+        } else {
+            String::new()
+        }
+    ))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -1159,6 +1172,38 @@ mod tests {
             let err = input.parse::<Version>().unwrap_err();
             assert!(err.contains(why), "{input}: {err}");
         }
+    }
+
+    #[test]
+    fn only_a_higher_version_is_released() {
+        check_newer(&v("0.1.0"), &v("0.2.0")).unwrap();
+        check_newer(&v("0.1.0"), &v("0.1.1-rc.1")).unwrap();
+        for (current, new) in [
+            ("0.1.0", "0.1.0"),
+            ("0.2.0", "0.1.9"),
+            ("1.0.0", "1.0.0-rc.1"),
+        ] {
+            let err = check_newer(&v(current), &v(new)).unwrap_err();
+            assert!(
+                err.contains(&format!(
+                    "--version {new} is not greater than the current workspace version {current}"
+                )),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_dirty_tree_is_refused_with_the_files() {
+        assert_eq!(dirty_tree(""), None);
+        assert_eq!(dirty_tree("\n"), None);
+        let err = dirty_tree(" M Cargo.toml\n?? notes.txt\n").unwrap();
+        assert!(err.contains("not clean"), "{err}");
+        assert!(err.contains("M Cargo.toml\n  ?? notes.txt"), "{err}");
+        let many: String = (0..13).map(|i| format!("?? f{i}\n")).collect();
+        let err = dirty_tree(&many).unwrap();
+        assert!(err.contains("?? f9") && !err.contains("?? f10"), "{err}");
+        assert!(err.ends_with("… and 3 more"), "{err}");
     }
 
     #[test]
