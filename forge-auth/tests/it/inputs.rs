@@ -309,3 +309,36 @@ fn mask_lines_per_ci() {
         Some("4711")
     );
 }
+
+/// Property check over random strings (any Unicode, any length): the sanitizer always yields a
+/// valid STS session name, is idempotent, and keeps valid names unchanged; the ARN and JWT
+/// parsers never panic.
+#[test]
+fn sanitizer_and_parsers_hold_for_random_input() {
+    let valid = |s: &str| {
+        (2..=64).contains(&s.len())
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_+=,.@-".contains(c))
+    };
+    let alphabet: Vec<char> = "aZ09_+=,.@- /:ü\u{1F600}\t\n\"'[]{}".chars().collect();
+    for _ in 0..3000 {
+        let len = rand::random_range(0..100);
+        let raw: String = (0..len)
+            .map(|_| alphabet[rand::random_range(0..alphabet.len())])
+            .collect();
+        let name = SessionName::sanitize(&raw);
+        assert!(valid(name.as_str()), "{raw:?} -> {name:?}");
+        assert_eq!(
+            SessionName::sanitize(name.as_str()),
+            name,
+            "idempotent for {raw:?}"
+        );
+        if valid(&raw) {
+            assert_eq!(name.as_str(), raw);
+        }
+        let _ = RoleArn::parse(&raw);
+        let _ = RoleArn::parse(&format!("arn:aws:iam::111111111111:role/{raw}"));
+        let _ = parse_jwt(&raw);
+        let _ = raw.parse::<TokenSetting>();
+    }
+}

@@ -258,3 +258,26 @@ async fn access_denied_with_session_tags_mentions_tag_session() {
         .unwrap_err();
     assert!(err.to_string().contains("sts:TagSession"), "{err}");
 }
+
+#[tokio::test]
+async fn the_token_file_is_reread_on_every_walk() {
+    let sts = FakeSts::start(vec![], vec![]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    let provider = RoleChainProvider::new(
+        chain(forge_auth::TokenSource::File(path.clone()), 0),
+        &base_config(&sts.server.url()).await,
+    )
+    .unwrap();
+    let (first, second) = (fresh_jwt(1), fresh_jwt(2));
+    std::fs::write(&path, &first).unwrap();
+    provider.assume().await.unwrap();
+    std::fs::write(&path, format!("{second}\n")).unwrap();
+    provider.assume().await.unwrap();
+    let sent: Vec<String> = sts
+        .calls("AssumeRoleWithWebIdentity")
+        .iter()
+        .map(|r| r.form("WebIdentityToken").unwrap())
+        .collect();
+    assert_eq!(sent, [first, second]);
+}
