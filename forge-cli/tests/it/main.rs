@@ -3,4 +3,5 @@
 mod auth;
 mod pipelines;
 mod ledger;
+mod copy;
 mod support;

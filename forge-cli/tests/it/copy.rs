@@ -1,0 +1,203 @@
+//! `forge copy`, `forge digest`, `forge verify` against real `docker-registry` instances, with
+//! skopeo both as the fixture loader and as the oracle.
+
+use std::path::Path;
+
+use crate::support::{assert_exit, assert_success, forge_in, stderr, stdout};
+
+fn skopeo_push(layout: &Path, tag: &str, dest: &str) {
+    forge_testkit::skopeo_run(&[
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:{tag}", layout.display()),
+        &format!("docker://{dest}"),
+    ]);
+}
+
+fn skopeo_digest(image: &str) -> String {
+    let out = forge_testkit::skopeo_run(&["inspect", "--raw", "--tls-verify=false", image]);
+    forge_testkit::oci::sha256(&out.stdout)
+}
+
+struct Setup {
+    a: forge_testkit::Registry,
+    b: forge_testkit::Registry,
+    dir: tempfile::TempDir,
+    digest: String,
+}
+
+/// Registry A holds `ci/app:7`; registry B has the provisioned (non-empty) repo `prod/app`.
+fn setup() -> Option<Setup> {
+    forge_testkit::skopeo()?;
+    let a = forge_testkit::Registry::start()?;
+    let b = forge_testkit::Registry::start()?;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let layout = dir.path().join("layout");
+    forge_testkit::oci::write_image(&layout, "7").expect("fixture image");
+    forge_testkit::oci::write_image(&layout, "seed").expect("seed image");
+    skopeo_push(&layout, "7", &format!("{}/ci/app:7", a.host()));
+    skopeo_push(&layout, "seed", &format!("{}/prod/app:seed", b.host()));
+    // skopeo compresses the layout's uncompressed layer on the way in, so the digest to expect
+    // is what the source registry serves.
+    let digest = skopeo_digest(&format!("docker://{}/ci/app:7", a.host()));
+    Some(Setup { a, b, dir, digest })
+}
+
+#[test]
+fn copy_prints_a_verified_json_report_and_recopy_is_a_no_op() {
+    let Some(s) = setup() else { return };
+    let src = format!("{}/ci/app:7", s.a.host());
+    let dst = format!("{}/prod/app:7", s.b.host());
+    let out = forge_in(s.dir.path(), &["copy", &src, &dst, "--output", "json"]);
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("one JSON object");
+    assert_eq!(report["source"], src.as_str());
+    assert_eq!(report["destination"], dst.as_str());
+    assert_eq!(report["digest"], s.digest.as_str());
+    assert_eq!(report["verified"], true);
+    assert_eq!(report["blobs_copied"], 2);
+    assert_eq!(report["blobs_skipped"], 0);
+    assert_eq!(report["already_present"], false);
+    assert!(report["bytes_copied"].as_u64().expect("bytes_copied") > 0);
+    assert_eq!(skopeo_digest(&format!("docker://{dst}")), s.digest);
+
+    let again = forge_in(s.dir.path(), &["copy", &src, &dst, "--output", "json"]);
+    assert_success(&again);
+    let again: serde_json::Value = serde_json::from_str(&stdout(&again)).expect("JSON");
+    assert_eq!(again["already_present"], true);
+    assert_eq!(again["blobs_copied"], 0);
+    assert_eq!(again["manifests_pushed"], 0);
+
+    // digest and verify agree with skopeo.
+    let out = forge_in(s.dir.path(), &["digest", &dst]);
+    assert_success(&out);
+    assert_eq!(stdout(&out).trim(), s.digest);
+    let out = forge_in(s.dir.path(), &["verify", &dst, "--digest", &s.digest]);
+    assert_success(&out);
+    let wrong = forge_testkit::oci::sha256(b"not the image");
+    let out = forge_in(s.dir.path(), &["verify", &dst, "--digest", &wrong]);
+    assert_exit(&out, 1);
+    assert!(stderr(&out).contains("verification of"), "{}", stderr(&out));
+
+    // Text output names the digest and says it was verified; no progress noise on stdout.
+    let dst2 = format!("{}/prod/app:8", s.b.host());
+    let out = forge_in(s.dir.path(), &["copy", &src, &dst2]);
+    assert_success(&out);
+    assert!(stdout(&out).contains(&s.digest), "{}", stdout(&out));
+    assert!(stdout(&out).contains("verified: true"), "{}", stdout(&out));
+}
+
+#[test]
+fn refusals_exit_2_with_one_paragraph_and_failures_exit_1() {
+    let Some(s) = setup() else { return };
+    let a = s.a.host();
+    let b = s.b.host();
+    let src = format!("{a}/ci/app:7");
+    let before = s.b.repositories();
+
+    let out = forge_in(
+        s.dir.path(),
+        &["copy", &src, &format!("{b}/team/missing:7")],
+    );
+    assert_exit(&out, 2);
+    let message = stderr(&out).replace(&b, "<registry>");
+    insta::assert_snapshot!(message.trim_end(), @"error: repository 'team/missing' does not exist in registry '<registry>': repositories are provisioned by the Platform team via Blueprint — ask in #platform-support. Nothing was uploaded.");
+    assert_eq!(s.b.repositories(), before);
+
+    let out = forge_in(
+        s.dir.path(),
+        &["copy", &src, &format!("{b}/prod/app:latest")],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("'latest' is mutable"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = forge_in(
+        s.dir.path(),
+        &[
+            "copy",
+            &src,
+            &format!("{b}/prod/app:v7"),
+            "--tag-pattern",
+            "[0-9]+",
+        ],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("tag pattern '[0-9]+'"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = forge_in(s.dir.path(), &["copy", &src, &format!("{b}/prod/app:seed")]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("already points at"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = forge_in(
+        s.dir.path(),
+        &["copy", "Not A Ref", &format!("{b}/prod/app:1")],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("invalid image reference 'Not A Ref'"),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = forge_in(s.dir.path(), &["verify", &src, "--digest", "sha256:nope"]);
+    assert_exit(&out, 2);
+
+    // A registry that is not there: a failure (exit 1), not an input problem.
+    let port = forge_testkit::free_port();
+    let out = forge_in(
+        s.dir.path(),
+        &["digest", &format!("127.0.0.1:{port}/ci/app:7")],
+    );
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("connection failed"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        s.b.repositories(),
+        before,
+        "a refused copy created a repository"
+    );
+}
+
+#[test]
+fn copy_to_and_from_an_oci_layout() {
+    let Some(s) = setup() else { return };
+    let out_dir = s.dir.path().join("exported");
+    let src = format!("{}/ci/app:7", s.a.host());
+    let dst = format!("oci:{}:7", out_dir.display());
+    let out = forge_in(s.dir.path(), &["copy", &src, &dst]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("not an OCI image layout"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!out_dir.exists());
+
+    forge_testkit::oci::write_empty_layout(&out_dir).expect("empty layout");
+    let out = forge_in(s.dir.path(), &["copy", &src, &dst, "--output", "json"]);
+    assert_success(&out);
+    assert_eq!(skopeo_digest(&dst), s.digest);
+
+    let back = format!("{}/prod/app:70", s.b.host());
+    let out = forge_in(s.dir.path(), &["copy", &dst, &back, "--output", "json"]);
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON");
+    assert_eq!(report["verified"], true);
+    assert_eq!(skopeo_digest(&format!("docker://{back}")), s.digest);
+}
