@@ -651,7 +651,9 @@ fn bad_inputs_name_the_problem() {
         Err(PatchError::InvalidYaml { .. })
     ));
     match read_tag("image:\n  tag:\tv1\n", &none) {
-        Err(PatchError::InvalidYaml { line, col, message, .. }) => {
+        Err(PatchError::InvalidYaml {
+            line, col, message, ..
+        }) => {
             assert_eq!((line, col), (2, 8));
             assert!(message.contains("replace the tab"), "{message}");
         }
@@ -859,5 +861,47 @@ fn values_blocks_that_are_not_yaml() {
             );
         }
         other => panic!("expected InvalidYaml, got {other:?}"),
+    }
+}
+
+#[test]
+fn edge_texts() {
+    // (input, expected output) for the new tag v2 with the default selector.
+    for (input, expected) in [
+        ("image:\n  tag: v1", "image:\n  tag: v2"),
+        ("image:\r\n  tag: 'v1'", "image:\r\n  tag: 'v2'"),
+        (
+            "image: {repository: r, tag: v1}\n",
+            "image: {repository: r, tag: v2}\n",
+        ),
+        (
+            "image: {tag: \"v1\"}   # flow\n",
+            "image: {tag: \"v2\"}   # flow\n",
+        ),
+        (
+            "%YAML 1.2\n---\nimage:\n  tag: v1\n...\n",
+            "%YAML 1.2\n---\nimage:\n  tag: v2\n...\n",
+        ),
+        (
+            "image:\n  tag: v1 #no\n# end",
+            "image:\n  tag: v2 #no\n# end",
+        ),
+        ("image:\n  tag: \"v\\u0031\"\n", "image:\n  tag: \"v2\"\n"),
+        ("image:\n  tag: 'it''s'\n", "image:\n  tag: 'v2'\n"),
+        (
+            "image:\n  tag: \"multi\n    line\"\n",
+            "image:\n  tag: \"v2\"\n",
+        ),
+        ("\u{feff}image:\n  tag: v1\n", "\u{feff}image:\n  tag: v2\n"),
+        ("image:\n  tag: !!str v1\n", "image:\n  tag: !!str v2\n"),
+        ("image:\n  \"tag\": v1\n", "image:\n  \"tag\": v2\n"),
+        (
+            "café: 日本\nimage:\n  tag: v1\n",
+            "café: 日本\nimage:\n  tag: v2\n",
+        ),
+    ] {
+        let patched = patch_tag(input, &Selector::default(), "v2")
+            .unwrap_or_else(|e| panic!("{input:?}: {e}"));
+        assert_eq!(patched.text, expected, "{input:?}");
     }
 }
