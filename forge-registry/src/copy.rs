@@ -1,7 +1,7 @@
 //! `Client::copy`, `resolve`, `verify`, `repository_exists`: options, progress events and
 //! reports.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -329,7 +329,7 @@ impl Client {
         {
             if existing.digest == top.digest {
                 tracing::info!(destination = %dst, "destination tag already holds the digest");
-                let check = verify_tree(&dst_ep, dst, tag, &top.digest).await?;
+                let check = verify_tree(&dst_ep, dst, tag, &top.digest, Some(existing)).await?;
                 return Ok(CopyReport {
                     source: src.to_string(),
                     destination: dst.to_string(),
@@ -440,7 +440,7 @@ impl Client {
 
         // 7. Prove it.
         let reference = tag.map_or_else(|| top.digest.to_string(), str::to_owned);
-        let check = verify_tree(&dst_ep, dst, &reference, &top.digest).await?;
+        let check = verify_tree(&dst_ep, dst, &reference, &top.digest, None).await?;
         Ok(CopyReport {
             source: src.to_string(),
             destination: dst.to_string(),
@@ -556,7 +556,7 @@ impl Client {
         if let Endpoint::Layout(l) = &ep {
             l.require()?;
         }
-        verify_tree(&ep, r, &r.manifest_reference(), expected)
+        verify_tree(&ep, r, &r.manifest_reference(), expected, None)
             .await
             .map_err(|mut e| {
                 e.retries = retries.load(Ordering::Relaxed);
@@ -740,13 +740,15 @@ async fn update_fallback_index(
     Ok(())
 }
 
-/// Fetches `reference` at `ep`, proves it hashes to `expected` (and matches
-/// `Docker-Content-Digest`), and confirms every child manifest and blob is present.
+/// Fetches `reference` at `ep` (or takes `fetched`, the manifest just read by that reference),
+/// proves it hashes to `expected` (and matches `Docker-Content-Digest`), and confirms every
+/// child manifest and blob is present.
 async fn verify_tree(
     ep: &Endpoint,
     r: &Reference,
     reference: &str,
     expected: &Digest,
+    fetched: Option<Fetched>,
 ) -> Result<VerifyReport, Error> {
     let fail = |reason: String| {
         Error::new(ErrorKind::VerificationFailed {
@@ -754,8 +756,12 @@ async fn verify_tree(
             reason,
         })
     };
-    let Some(top) = ep.get_manifest(reference).await? else {
-        return Err(fail(format!("the manifest '{reference}' is not there")));
+    let top = match fetched {
+        Some(m) => m,
+        None => match ep.get_manifest(reference).await? {
+            Some(m) => m,
+            None => return Err(fail(format!("the manifest '{reference}' is not there"))),
+        },
     };
     if top.digest != *expected {
         return Err(fail(format!(
@@ -771,9 +777,9 @@ async fn verify_tree(
         )));
     }
     let mut manifests_checked = 1u32;
-    let mut blobs_checked = 0u32;
     let mut stack = vec![top.clone()];
-    let mut seen_blobs: BTreeMap<Digest, ()> = BTreeMap::new();
+    let mut blobs: Vec<Descriptor> = Vec::new();
+    let mut seen_blobs = HashSet::new();
     let mut seen_manifests = HashSet::new();
     while let Some(m) = stack.pop() {
         if !seen_manifests.insert(m.digest.clone()) {
@@ -782,11 +788,8 @@ async fn verify_tree(
         let refs = m.refs(m.digest.as_str())?;
         if m.is_index() {
             for child in &refs.manifests {
-                let c = match ep.get_manifest(child.digest.as_str()).await? {
-                    Some(c) => c,
-                    None => {
-                        return Err(fail(format!("child manifest {} is missing", child.digest)));
-                    }
+                let Some(c) = ep.get_manifest(child.digest.as_str()).await? else {
+                    return Err(fail(format!("child manifest {} is missing", child.digest)));
                 };
                 if c.digest != child.digest {
                     return Err(fail(format!(
@@ -799,17 +802,26 @@ async fn verify_tree(
             }
         } else {
             for b in refs.blobs() {
-                if seen_blobs.insert(b.digest.clone(), ()).is_some() {
-                    continue;
+                if seen_blobs.insert(b.digest.clone()) {
+                    blobs.push(b.clone());
                 }
-                if !ep.has_blob(b).await? {
-                    return Err(fail(format!(
-                        "blob {} ({} bytes) is missing",
-                        b.digest, b.size
-                    )));
-                }
-                blobs_checked += 1;
             }
+        }
+    }
+    let blobs_checked = u32::try_from(blobs.len()).unwrap_or(u32::MAX);
+    let checks = futures_util::stream::iter(blobs.into_iter().map(|b| async move {
+        let present = ep.has_blob(&b).await?;
+        Ok::<_, Error>((b, present))
+    }))
+    .buffer_unordered(VERIFY_PARALLELISM);
+    let mut checks = std::pin::pin!(checks);
+    while let Some(check) = checks.next().await {
+        let (b, present) = check?;
+        if !present {
+            return Err(fail(format!(
+                "blob {} ({} bytes) is missing",
+                b.digest, b.size
+            )));
         }
     }
     Ok(VerifyReport {
@@ -821,3 +833,6 @@ async fn verify_tree(
         verified: true,
     })
 }
+
+/// Concurrent `HEAD` requests while verifying.
+const VERIFY_PARALLELISM: usize = 8;

@@ -5,3 +5,4 @@ mod proxy;
 mod fixtures;
 mod props;
 mod registry;
+mod token_auth;

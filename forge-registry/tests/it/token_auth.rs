@@ -1,0 +1,232 @@
+//! The Bearer token flow (`WWW-Authenticate: Bearer realm=…,service=…,scope=…`).
+//!
+//! The Debian `docker-registry` can only do token auth with an external token issuer signing
+//! JWTs with a certificate, which the test machine does not have; so this in-process fake
+//! reproduces the distribution token protocol (docs/spec/auth/token.md) exactly: 401 with a
+//! Bearer challenge, a realm answering `{"token": …}` for `service` + `scope` query parameters,
+//! Basic credentials required for push scopes. It serves one fixed manifest and its blobs.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use forge_registry::{
+    Client, CopyOptions, Credential, ErrorKind, Reference, RetryPolicy, StaticCredential,
+};
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+
+use crate::fixtures;
+
+#[derive(Default)]
+struct State {
+    /// (query string, Authorization header) of every token request.
+    token_requests: Vec<(String, Option<String>)>,
+    tokens: HashSet<String>,
+    /// Authorization headers seen on registry (non-token) requests.
+    registry_auth: Vec<Option<String>>,
+}
+
+struct Fake {
+    port: u16,
+    state: Arc<Mutex<State>>,
+    image: fixtures::Image,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+    )
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    port: u16,
+    state: Arc<Mutex<State>>,
+    image: fixtures::Image,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let respond = |status: StatusCode, body: Vec<u8>| {
+        Response::builder()
+            .status(status)
+            .body(Full::new(Bytes::from(body)))
+            .expect("response")
+    };
+    if path == "/token" {
+        let mut st = state.lock().expect("state");
+        st.token_requests.push((query.clone(), auth.clone()));
+        if query.contains("push") && auth.as_deref() != Some(basic("ci", "s3cret").as_str()) {
+            return Ok(respond(StatusCode::UNAUTHORIZED, b"{}".to_vec()));
+        }
+        let token = format!("tok-{}", st.token_requests.len());
+        st.tokens.insert(token.clone());
+        return Ok(respond(
+            StatusCode::OK,
+            format!("{{\"token\":\"{token}\",\"expires_in\":300}}").into_bytes(),
+        ));
+    }
+    let valid = {
+        let mut st = state.lock().expect("state");
+        st.registry_auth.push(auth.clone());
+        auth.as_deref()
+            .and_then(|a| a.strip_prefix("Bearer "))
+            .is_some_and(|t| st.tokens.contains(t))
+    };
+    if !valid {
+        let mut resp = respond(
+            StatusCode::UNAUTHORIZED,
+            br#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#.to_vec(),
+        );
+        resp.headers_mut().insert(
+            "www-authenticate",
+            format!(
+                "Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"fake-registry\",scope=\"repository:team/app:pull\""
+            )
+            .parse()
+            .expect("header"),
+        );
+        return Ok(resp);
+    }
+    if path.ends_with("/tags/list") {
+        return Ok(respond(
+            StatusCode::OK,
+            br#"{"name":"x","tags":["1"]}"#.to_vec(),
+        ));
+    }
+    if path.ends_with("/manifests/1") || path.ends_with(&format!("/manifests/{}", image.digest)) {
+        let mut resp = respond(StatusCode::OK, image.manifest.clone());
+        resp.headers_mut().insert(
+            "content-type",
+            fixtures::OCI_MANIFEST.parse().expect("header"),
+        );
+        return Ok(resp);
+    }
+    if image
+        .blob_digests()
+        .iter()
+        .any(|d| path.ends_with(&format!("/blobs/{d}")))
+    {
+        return Ok(respond(StatusCode::OK, Vec::new()));
+    }
+    Ok(respond(StatusCode::NOT_FOUND, b"{}".to_vec()))
+}
+
+async fn start() -> Fake {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let state = Arc::new(Mutex::new(State::default()));
+    let image = fixtures::oci_image(42, 1, 64);
+    let (st, img) = (state.clone(), image.clone());
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (st, img) = (st.clone(), img.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    handle(req, port, st.clone(), img.clone())
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    Fake {
+        port,
+        state,
+        image,
+        _task: task,
+    }
+}
+
+fn client(credential: Option<Credential>, port: u16) -> Client {
+    let mut b = Client::builder().retry_policy(RetryPolicy::none());
+    if let Some(c) = credential {
+        b = b.credential_provider(StaticCredential::for_registry(
+            format!("127.0.0.1:{port}"),
+            c,
+        ));
+    }
+    b.build().expect("client")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_tokens_are_fetched_per_scope_cached_and_basic_goes_only_to_the_realm() {
+    let fake = start().await;
+    let host = format!("127.0.0.1:{}", fake.port);
+    let src: Reference = format!("{host}/team/app:1").parse().expect("ref");
+
+    // Anonymous pull: the realm is asked without credentials, for the pull scope.
+    let anon = client(None, fake.port);
+    let resolved = anon.resolve(&src).await.expect("anonymous pull");
+    assert_eq!(resolved.digest.to_string(), fake.image.digest);
+
+    // With credentials: Basic goes to the realm, the registry only ever sees Bearer.
+    let c = client(Some(Credential::basic("ci", "s3cret")), fake.port);
+    c.resolve(&src).await.expect("pull");
+    c.resolve(&src).await.expect("pull again");
+    {
+        let st = fake.state.lock().expect("state");
+        assert_eq!(
+            st.token_requests.len(),
+            2,
+            "the second pull reuses the cached token"
+        );
+        let (query, auth) = &st.token_requests[0];
+        assert_eq!(
+            query,
+            "service=fake-registry&scope=repository%3Ateam%2Fapp%3Apull"
+        );
+        assert_eq!(auth, &None);
+        let (_, auth) = &st.token_requests[1];
+        assert_eq!(auth.as_deref(), Some(basic("ci", "s3cret").as_str()));
+        assert!(
+            st.registry_auth
+                .iter()
+                .flatten()
+                .all(|a| a.starts_with("Bearer tok-")),
+            "credentials leaked to the registry: {:?}",
+            st.registry_auth
+        );
+    }
+
+    // A promotion within the registry asks for push,pull on the destination FIRST (some
+    // registries read only the first scope), plus pull on the source.
+    let dst: Reference = format!("{host}/prod/app:1").parse().expect("ref");
+    let report = c
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .expect("copy");
+    assert!(report.already_present && report.verified);
+    {
+        let st = fake.state.lock().expect("state");
+        let (query, _) = st.token_requests.last().expect("a token request");
+        assert_eq!(
+            query,
+            "service=fake-registry&scope=repository%3Aprod%2Fapp%3Apush%2Cpull&scope=repository%3Ateam%2Fapp%3Apull"
+        );
+    }
+
+    // The wrong password is refused at the realm: an Unauthorized error, not a retry loop.
+    let wrong = client(Some(Credential::basic("ci", "wrong")), fake.port);
+    let err = wrong
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .expect_err("wrong password");
+    assert!(matches!(err.kind, ErrorKind::Unauthorized { .. }), "{err}");
+    assert!(
+        !err.to_string().contains("wrong"),
+        "secret in message: {err}"
+    );
+}
