@@ -1,7 +1,10 @@
 //! `forge auth …` end to end: the real binary, moto as STS, env vars set on the child process.
 
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
 
 use crate::support::{assert_exit, assert_success, forge, stderr, stdout};
 
@@ -367,4 +370,103 @@ fn static_keys_in_ci_pass_when_explicitly_allowed_and_unreachable_sts_exits_1() 
     // The token appears only in the mask command that hides it from later log lines.
     assert_eq!(err.matches(JWT).count(), 1, "{err}");
     assert!(err.contains(&format!("::add-mask::{JWT}")), "{err}");
+}
+
+/// A one-thread HTTP/1.1 server speaking the GitHub Actions ID-token protocol: checks the bearer,
+/// answers `{"value": JWT}` and records each request line.
+fn github_token_service() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!(
+        "http://{}/_apis/token?api-version=2.0",
+        listener.local_addr().expect("addr")
+    );
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut request_line = String::new();
+            let _ = reader.read_line(&mut request_line);
+            let mut authorized = false;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                authorized |=
+                    line.eq_ignore_ascii_case("authorization: Bearer gh-request-token\r\n");
+            }
+            log.lock()
+                .expect("lock")
+                .push(request_line.trim().to_owned());
+            let (status, body) = if authorized {
+                ("200 OK", format!("{{\"count\":1,\"value\":\"{JWT}\"}}"))
+            } else {
+                (
+                    "401 Unauthorized",
+                    r#"{"message":"Bad credentials"}"#.to_owned(),
+                )
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (url, seen)
+}
+
+#[test]
+fn github_actions_token_is_detected_and_fetched_by_the_binary() {
+    let Some(moto) = forge_testkit::Moto::start() else {
+        return;
+    };
+    let dir = setup("", DEV_ROLE, None);
+    let (url, seen) = github_token_service();
+    let gh = |token: &str| {
+        auth(
+            dir.path(),
+            &moto.endpoint(),
+            &[
+                "whoami", "--env", "dev", "--token", "auto", "--output", "json",
+            ],
+            &[
+                ("GITHUB_ACTIONS", "true"),
+                ("GITHUB_RUN_ID", "99"),
+                ("ACTIONS_ID_TOKEN_REQUEST_URL", url.as_str()),
+                ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", token),
+            ],
+        )
+    };
+    let out = gh("gh-request-token");
+    assert_success(&out);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("stdout is only JSON");
+    assert_eq!(
+        json["arn"],
+        "arn:aws:sts::111111111111:assumed-role/ConveyorDeployRole-dev/forge-dev-99"
+    );
+    assert!(
+        stderr(&out).contains(&format!("::add-mask::{JWT}")),
+        "{}",
+        stderr(&out)
+    );
+    let requests = seen.lock().expect("lock").clone();
+    assert_eq!(requests.len(), 1);
+    assert!(
+        requests[0].starts_with("GET /_apis/token?api-version=2.0&audience=sts.amazonaws.com "),
+        "{requests:?}"
+    );
+
+    let out = gh("expired-request-token");
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    assert!(
+        err.contains("HTTP 401")
+            && err.contains("Bad credentials")
+            && err.contains("id-token: write"),
+        "{err}"
+    );
+    assert!(!err.contains("expired-request-token"), "{err}");
 }
