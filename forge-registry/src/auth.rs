@@ -238,6 +238,7 @@ impl fmt::Debug for AuthEntry {
 pub struct DockerConfig {
     path: PathBuf,
     file: DockerConfigFile,
+    helper_dirs: Option<Vec<PathBuf>>,
 }
 
 impl DockerConfig {
@@ -256,6 +257,7 @@ impl DockerConfig {
             p => Ok(DockerConfig {
                 path: p.unwrap_or_default(),
                 file: DockerConfigFile::default(),
+                helper_dirs: None,
             }),
         }
     }
@@ -278,7 +280,26 @@ impl DockerConfig {
         Ok(DockerConfig {
             path: path.to_owned(),
             file,
+            helper_dirs: None,
         })
+    }
+
+    /// Looks for `docker-credential-<name>` helpers only in `dirs` instead of `PATH`.
+    pub fn with_helper_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
+        self.helper_dirs = Some(dirs);
+        self
+    }
+
+    fn helper_program(&self, name: &str) -> PathBuf {
+        let program = format!("docker-credential-{name}");
+        match &self.helper_dirs {
+            Some(dirs) => dirs
+                .iter()
+                .map(|d| d.join(&program))
+                .find(|p| p.is_file())
+                .unwrap_or_else(|| PathBuf::from(program)),
+            None => PathBuf::from(program),
+        }
     }
 
     fn keys(registry: &str) -> Vec<String> {
@@ -301,7 +322,7 @@ impl DockerConfig {
     pub async fn lookup(&self, registry: &str) -> Result<Option<Credential>, DockerConfigError> {
         let keys = Self::keys(registry);
         if let Some(helper) = keys.iter().find_map(|k| self.file.cred_helpers.get(k)) {
-            return run_helper(helper, registry).await;
+            return run_helper(&self.helper_program(helper), helper, registry).await;
         }
         if let Some((key, entry)) = keys
             .iter()
@@ -332,7 +353,7 @@ impl DockerConfig {
             }
         }
         if let Some(store) = &self.file.creds_store {
-            return run_helper(store, registry).await;
+            return run_helper(&self.helper_program(store), store, registry).await;
         }
         Ok(None)
     }
@@ -346,14 +367,18 @@ struct HelperOutput {
     secret: String,
 }
 
-async fn run_helper(helper: &str, registry: &str) -> Result<Option<Credential>, DockerConfigError> {
+async fn run_helper(
+    program: &Path,
+    helper: &str,
+    registry: &str,
+) -> Result<Option<Credential>, DockerConfigError> {
     use tokio::io::AsyncWriteExt;
     let fail = |message: String| DockerConfigError::Helper {
         helper: helper.to_owned(),
         registry: registry.to_owned(),
         message,
     };
-    let mut child = tokio::process::Command::new(format!("docker-credential-{helper}"))
+    let mut child = tokio::process::Command::new(program)
         .arg("get")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -230,3 +230,70 @@ async fn bearer_tokens_are_fetched_per_scope_cached_and_basic_goes_only_to_the_r
         "secret in message: {err}"
     );
 }
+
+fn helper_script(dir: &std::path::Path, name: &str, body: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join(format!("docker-credential-{name}"));
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write helper");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_config_credential_helpers_feed_the_token_flow() {
+    let fake = start().await;
+    let host = format!("127.0.0.1:{}", fake.port);
+    let dir = tempfile::tempdir().expect("temp dir");
+    helper_script(
+        dir.path(),
+        "forgetest",
+        r#"read host; echo "$host" > "$(dirname "$0")/asked"; printf '{"ServerURL":"%s","Username":"ci","Secret":"s3cret"}' "$host""#,
+    );
+    helper_script(
+        dir.path(),
+        "empty",
+        "echo 'credentials not found in native keychain'; exit 1",
+    );
+    let src: Reference = format!("{host}/team/app:1").parse().expect("ref");
+    let dst: Reference = format!("{host}/prod/app:1").parse().expect("ref");
+
+    let config = forge_registry::DockerConfig::parse(
+        &dir.path().join("config.json"),
+        format!(r#"{{"credHelpers":{{"{host}":"forgetest"}},"credsStore":"empty"}}"#).as_bytes(),
+    )
+    .expect("config")
+    .with_helper_dirs(vec![dir.path().to_owned()]);
+    assert!(!format!("{config:?}").contains("s3cret"));
+    let c = Client::builder()
+        .docker_config(config)
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .expect("client");
+    let report = c
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .expect("push scope granted with the helper's credentials");
+    assert!(report.verified);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("asked"))
+            .expect("helper ran")
+            .trim(),
+        host
+    );
+
+    // credsStore that has nothing for the host: anonymous, so the push scope is refused.
+    let config = forge_registry::DockerConfig::parse(
+        &dir.path().join("config.json"),
+        br#"{"credsStore":"empty"}"#,
+    )
+    .expect("config")
+    .with_helper_dirs(vec![dir.path().to_owned()]);
+    let c = Client::builder()
+        .docker_config(config)
+        .build()
+        .expect("client");
+    let err = c
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .expect_err("no credentials");
+    assert!(matches!(err.kind, ErrorKind::Unauthorized { .. }), "{err}");
+}
