@@ -4,4 +4,5 @@ mod auth;
 mod pipelines;
 mod ledger;
 mod copy;
+mod ec2;
 mod support;

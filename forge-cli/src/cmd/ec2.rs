@@ -1,0 +1,414 @@
+//! `forge ec2 deploy | rollback | render-script`: docker-compose services on EC2 through SSM
+//! Run Command (forge-ec2), with the environment's role chain (forge-auth).
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use forge_ec2::{DeployReport, DeployRequest, Ec2Deployer, RollbackRequest, Targets};
+
+use crate::aws::{self, Overrides};
+use crate::config::{self, Config, Loaded};
+use crate::output::{self, Format, InvalidInput};
+
+/// `forge ec2 …`
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Send the compose file and image tag to the instances selected by tag (or id), run the
+    /// deploy script, and wait for every instance's result.
+    Deploy(DeployArgs),
+    /// Set the instances back to the tag their last deploy replaced (`.env.previous`), or to
+    /// --to-tag, then pull and restart.
+    Rollback(RollbackArgs),
+    /// Print the exact script a deploy (or --rollback) would run on each instance.
+    RenderScript(RenderArgs),
+}
+
+/// Where and how to run; shared by deploy and rollback.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Environment (`[environments.<env>]`): picks the role and region.
+    #[arg(long)]
+    env: String,
+    /// Config file.
+    #[arg(long, default_value = config::DEFAULT_PATH, env = "FORGE_CONFIG")]
+    config: PathBuf,
+    /// Take target, service_dir, parameters_path and compose from `[services.<name>]`; flags
+    /// override them.
+    #[arg(long)]
+    service: Option<String>,
+    /// Instances: `tag:KEY=VALUE` (repeat for up to 5 keys; VALUE may list several, comma-separated)
+    /// or instance ids (up to 50).
+    #[arg(long = "target", value_name = "TARGET")]
+    targets: Vec<String>,
+    /// Directory on the instances holding docker-compose.yml and .env (absolute).
+    #[arg(long, value_name = "DIR")]
+    service_dir: Option<String>,
+    /// SSM Parameter Store path that forge-refresh-env writes into .env on each instance.
+    #[arg(long, value_name = "PATH")]
+    parameters_path: Option<String>,
+    /// SSM MaxConcurrency: instances at a time, a number or a percentage (default 50).
+    #[arg(long, value_name = "N")]
+    max_concurrency: Option<String>,
+    /// SSM MaxErrors: failures tolerated before SSM stops sending, a number or a percentage
+    /// (default 0: stop at the first failure).
+    #[arg(long, value_name = "N")]
+    max_errors: Option<String>,
+    /// Execution timeout per instance, seconds (default 1800).
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<u64>,
+    /// Delivery timeout, seconds: how long SSM tries to reach an instance (default 600).
+    #[arg(long, value_name = "SECS")]
+    delivery_timeout: Option<u64>,
+    /// Give up (and cancel the command) after this many seconds; default: delivery + execution
+    /// timeout + 5 min, at least 45 min. Raise it for rolling deploys with a low --max-concurrency.
+    #[arg(long, value_name = "SECS")]
+    deadline: Option<u64>,
+    /// Skip the check that every compose service is running after `up -d`.
+    #[arg(long)]
+    no_check_running: bool,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    output: Format,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// `forge ec2 deploy`.
+#[derive(Debug, clap::Args)]
+pub struct DeployArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Compose file to send (default: `[services.<name>] compose`, relative to the config file).
+    #[arg(long, value_name = "FILE")]
+    compose: Option<PathBuf>,
+    /// Image tag written as IMAGE_TAG in .env (an OCI tag; `latest` is refused).
+    #[arg(long, value_name = "TAG")]
+    image_tag: String,
+}
+
+/// `forge ec2 rollback`.
+#[derive(Debug, clap::Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Roll back to this tag instead of each instance's `.env.previous`.
+    #[arg(long, value_name = "TAG")]
+    to_tag: Option<String>,
+    /// Also install this compose file (default: keep the instance's).
+    #[arg(long, value_name = "FILE")]
+    compose: Option<PathBuf>,
+}
+
+/// `forge ec2 render-script`.
+#[derive(Debug, clap::Args)]
+pub struct RenderArgs {
+    /// Compose file to embed (required unless --rollback).
+    #[arg(long, value_name = "FILE")]
+    compose: Option<PathBuf>,
+    /// Image tag (required unless --rollback).
+    #[arg(long, value_name = "TAG")]
+    image_tag: Option<String>,
+    /// Directory on the instances.
+    #[arg(long, value_name = "DIR")]
+    service_dir: String,
+    /// SSM Parameter Store path for forge-refresh-env.
+    #[arg(long, value_name = "PATH")]
+    parameters_path: Option<String>,
+    /// Region passed to forge-refresh-env (a deploy passes its own region).
+    #[arg(long, value_name = "REGION")]
+    region: Option<String>,
+    /// Render the rollback script (to --to-tag, else to `.env.previous`).
+    #[arg(long)]
+    rollback: bool,
+    /// With --rollback: the tag to return to.
+    #[arg(long, value_name = "TAG")]
+    to_tag: Option<String>,
+    /// Leave out the running-services check.
+    #[arg(long)]
+    no_check_running: bool,
+}
+
+/// Runs `forge ec2 …`.
+pub fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::RenderScript(args) => render(args),
+        Command::Deploy(args) => crate::runtime()?.block_on(deploy(args)),
+        Command::Rollback(args) => crate::runtime()?.block_on(rollback(args)),
+    }
+}
+
+fn read_compose(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| {
+        InvalidInput(format!(
+            "{what}: cannot read compose file {}: {e}",
+            path.display()
+        ))
+        .into()
+    })
+}
+
+fn invalid(e: impl std::fmt::Display) -> anyhow::Error {
+    InvalidInput(e.to_string()).into()
+}
+
+fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
+    let compose = args
+        .compose
+        .as_deref()
+        .map(|p| read_compose(p, "--compose"))
+        .transpose()?;
+    let targets = Targets::parse("tag:forge:render=script").map_err(invalid)?;
+    let script = if args.rollback {
+        if args.image_tag.is_some() {
+            return Err(invalid(
+                "--image-tag is for deploys; with --rollback pass --to-tag (or nothing, for .env.previous)",
+            ));
+        }
+        let mut request = RollbackRequest::new(targets, args.service_dir);
+        request.to_tag = args.to_tag;
+        request.compose_file = compose;
+        request.parameters_path = args.parameters_path;
+        request.parameters_region = args.region;
+        request.check_running = !args.no_check_running;
+        request.validate().map_err(invalid)?;
+        forge_ec2::render_rollback_script(&request)
+    } else {
+        let (Some(compose), Some(tag)) = (compose, args.image_tag) else {
+            return Err(invalid(
+                "render-script needs --compose FILE and --image-tag TAG (or --rollback)",
+            ));
+        };
+        if args.to_tag.is_some() {
+            return Err(invalid("--to-tag only applies with --rollback"));
+        }
+        let mut request = DeployRequest::new(targets, compose, tag, args.service_dir);
+        request.parameters_path = args.parameters_path;
+        request.parameters_region = args.region;
+        request.check_running = !args.no_check_running;
+        request.validate().map_err(invalid)?;
+        forge_ec2::render_script(&request)
+    };
+    output::print_stdout(&script)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Values resolved from flags and `[services.<name>]`.
+struct Resolved {
+    loaded: Loaded,
+    targets: Targets,
+    service_dir: String,
+    parameters_path: Option<String>,
+    compose: Option<PathBuf>,
+    delivery: Duration,
+    execution: Duration,
+    deadline: Duration,
+}
+
+fn resolve(run: &RunArgs, compose_flag: Option<&Path>) -> anyhow::Result<Resolved> {
+    let loaded = Config::load(&run.config)?;
+    loaded.config.environment(&run.env)?;
+    let service = match &run.service {
+        Some(name) => Some(loaded.config.service(name)?.clone()),
+        None => None,
+    };
+    let from_service =
+        |get: fn(&config::ServiceConfig) -> Option<String>| service.as_ref().and_then(get);
+    let target_text: Vec<String> = if run.targets.is_empty() {
+        from_service(|s| s.target.clone()).into_iter().collect()
+    } else {
+        run.targets.clone()
+    };
+    if target_text.is_empty() {
+        return Err(invalid(
+            "no target: pass --target tag:KEY=VALUE (or instance ids), or --service NAME with `target` in its config",
+        ));
+    }
+    let targets = Targets::parse_all(target_text.iter().map(String::as_str)).map_err(invalid)?;
+    let service_dir = run
+        .service_dir
+        .clone()
+        .or_else(|| from_service(|s| s.service_dir.clone()))
+        .ok_or_else(|| {
+            invalid("no service directory: pass --service-dir DIR, or --service NAME with `service_dir` in its config")
+        })?;
+    let parameters_path = run
+        .parameters_path
+        .clone()
+        .or_else(|| from_service(|s| s.parameters_path.clone()));
+    let compose = compose_flag
+        .map(Path::to_owned)
+        .or_else(|| from_service(|s| s.compose.clone()).map(|c| loaded.resolve(&c)));
+    let delivery = Duration::from_secs(
+        run.delivery_timeout
+            .unwrap_or(forge_ec2::deploy::defaults::DELIVERY_TIMEOUT.as_secs()),
+    );
+    let execution = Duration::from_secs(
+        run.timeout
+            .unwrap_or(forge_ec2::deploy::defaults::EXECUTION_TIMEOUT.as_secs()),
+    );
+    let deadline = match run.deadline {
+        Some(0) => return Err(invalid("--deadline 0: give the seconds to wait, e.g. 3600")),
+        Some(secs) => Duration::from_secs(secs),
+        None => (delivery + execution + Duration::from_secs(300))
+            .max(forge_ec2::deploy::defaults::DEADLINE),
+    };
+    Ok(Resolved {
+        loaded,
+        targets,
+        service_dir,
+        parameters_path,
+        compose,
+        delivery,
+        execution,
+        deadline,
+    })
+}
+
+async fn deployer(run: &RunArgs, loaded: &Loaded) -> anyhow::Result<Ec2Deployer> {
+    let ci = forge_auth::ci::Ci::detect(&|k: &str| std::env::var(k).ok());
+    let auth = aws::resolve(loaded, &run.env, &run.overrides, aws::mask_hook(ci))
+        .await
+        .with_context(|| format!("cannot get AWS credentials for environment `{}`", run.env))?;
+    Ok(Ec2Deployer::new(&auth.sdk))
+}
+
+fn library_error(e: forge_ec2::Ec2Error) -> anyhow::Error {
+    if e.is_invalid_input() {
+        InvalidInput(e.to_string()).into()
+    } else {
+        e.into()
+    }
+}
+
+async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
+    let r = resolve(&args.run, args.compose.as_deref())?;
+    let compose_path = r.compose.clone().ok_or_else(|| {
+        invalid(
+            "no compose file: pass --compose FILE, or --service NAME with `compose` in its config",
+        )
+    })?;
+    let compose = read_compose(&compose_path, "--compose")?;
+    let mut request = DeployRequest::new(r.targets, compose, args.image_tag, r.service_dir);
+    request.parameters_path = r.parameters_path;
+    request.max_concurrency = args.run.max_concurrency.clone();
+    request.max_errors = args.run.max_errors.clone();
+    request.delivery_timeout = r.delivery;
+    request.execution_timeout = r.execution;
+    request.deadline = r.deadline;
+    request.check_running = !args.run.no_check_running;
+    // Refuse bad input before asking for credentials.
+    request.validate().map_err(invalid)?;
+    let report = deployer(&args.run, &r.loaded)
+        .await?
+        .deploy(&request)
+        .await
+        .map_err(library_error)?;
+    finish(&report, args.run.output)
+}
+
+async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
+    let r = resolve(&args.run, args.compose.as_deref())?;
+    let mut request = RollbackRequest::new(r.targets, r.service_dir);
+    request.to_tag = args.to_tag;
+    // Only an explicit --compose is installed on rollback; the service's compose file may
+    // already be newer than the release being returned to.
+    request.compose_file = args
+        .compose
+        .as_deref()
+        .map(|p| read_compose(p, "--compose"))
+        .transpose()?;
+    request.parameters_path = r.parameters_path;
+    request.max_concurrency = args.run.max_concurrency.clone();
+    request.max_errors = args.run.max_errors.clone();
+    request.delivery_timeout = r.delivery;
+    request.execution_timeout = r.execution;
+    request.deadline = r.deadline;
+    request.check_running = !args.run.no_check_running;
+    request.validate().map_err(invalid)?;
+    let report = deployer(&args.run, &r.loaded)
+        .await?
+        .rollback(&request)
+        .await
+        .map_err(library_error)?;
+    finish(&report, args.run.output)
+}
+
+/// Prints the report; exits 1 (with an error naming the failed instances) unless every
+/// instance succeeded.
+fn finish(report: &DeployReport, format: Format) -> anyhow::Result<ExitCode> {
+    match format {
+        Format::Json => output::print_json(report)?,
+        Format::Text => output::print_stdout(&text_report(report))?,
+    }
+    if report.succeeded {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let failed: Vec<String> = report
+        .instances
+        .iter()
+        .filter(|i| !i.succeeded)
+        .map(|i| match &i.failed_step {
+            Some(step) => format!("{} ({}, step {step})", i.instance_id, i.status_details),
+            None => format!("{} ({})", i.instance_id, i.status_details),
+        })
+        .collect();
+    Ok(output::report_error(&anyhow::anyhow!(
+        "{} failed on {} of {} instance(s) (SSM command {}): {}",
+        report.mode,
+        failed.len(),
+        report.instances.len(),
+        report.command_id,
+        failed.join(", ")
+    )))
+}
+
+fn text_report(report: &DeployReport) -> String {
+    let ok = report.instances.iter().filter(|i| i.succeeded).count();
+    let mut out = format!(
+        "{} {} to {}: SSM command {}, {ok}/{} instance(s) succeeded in {:.1}s\n",
+        report.mode,
+        report.requested_tag.as_deref().unwrap_or("(previous tag)"),
+        report.targets,
+        report.command_id,
+        report.instances.len(),
+        report.elapsed_secs
+    );
+    for i in &report.instances {
+        let _ = write!(out, "  {}  {}", i.instance_id, i.status);
+        if i.status_details != i.status {
+            let _ = write!(out, " ({})", i.status_details);
+        }
+        let _ = write!(out, "  exit {}", i.exit_code);
+        if let Some(tag) = &i.deployed_tag {
+            let _ = write!(out, "  tag {tag}");
+        }
+        if let Some(step) = &i.failed_step {
+            let _ = write!(out, "  failed at step {step}");
+        }
+        out.push('\n');
+        if !i.succeeded {
+            let tail: Vec<&str> = i
+                .stderr_tail
+                .lines()
+                .chain(i.stdout_tail.lines())
+                .filter(|l| !l.trim().is_empty())
+                .collect();
+            for line in tail.iter().rev().take(8).rev() {
+                let _ = writeln!(out, "      | {line}");
+            }
+            if let Some(advice) = &i.advice {
+                let _ = writeln!(out, "      → {advice}");
+            }
+        }
+        if i.truncated {
+            let _ = writeln!(
+                out,
+                "      (output truncated by SSM at 24,000/8,000 characters; see the SSM console or CloudWatch)"
+            );
+        }
+    }
+    out
+}

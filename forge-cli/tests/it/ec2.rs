@@ -1,0 +1,570 @@
+//! `forge ec2 …` and `forge-refresh-env` end to end: the real binaries, moto for SSM/EC2 and
+//! Parameter Store, and for a failed instance (which moto cannot produce: it answers every
+//! invocation with Success) a minimal loopback fake of the SSM JSON API with AWS's shapes.
+// Test helpers (not only #[test] fns) unwrap: a failure there is a test failure.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::net::TcpListener;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::support::{assert_exit, assert_success, forge, stderr, stdout};
+
+const COMPOSE: &str = "services:\n  web:\n    image: \"registry.example/web:${IMAGE_TAG}\"\n";
+
+/// A directory with forge.toml (default AWS chain, static test keys allowed) and a compose file.
+fn setup() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for empty in ["no-aws-config", "no-aws-credentials"] {
+        std::fs::write(dir.path().join(empty), "").unwrap();
+    }
+    std::fs::write(
+        dir.path().join("forge.toml"),
+        r#"
+[auth]
+token = "none"
+region = "eu-west-1"
+allow_static_credentials = true
+
+[environments.dev]
+region = "eu-west-1"
+
+[services.dagster]
+kind = "ec2"
+target = "tag:forge:dagster-enabled=true"
+service_dir = "/opt/dagster"
+compose = "compose/docker-compose.yml"
+"#,
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("compose")).unwrap();
+    std::fs::write(dir.path().join("compose/docker-compose.yml"), COMPOSE).unwrap();
+    dir
+}
+
+/// A command against `endpoint` with a clean AWS/CI environment and static test keys.
+fn aws_cmd(mut cmd: Command, dir: &Path, endpoint: &str) -> Command {
+    for var in [
+        "AWS_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_SESSION_TOKEN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "FORGE_TOKEN",
+        "FORGE_REGION",
+        "FORGE_ROLE",
+        "FORGE_HUB_ROLE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.env("AWS_ENDPOINT_URL", endpoint)
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_MAX_ATTEMPTS", "1")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+        .env(
+            "AWS_SHARED_CREDENTIALS_FILE",
+            dir.join("no-aws-credentials"),
+        )
+        .current_dir(dir);
+    cmd
+}
+
+fn ec2(dir: &Path, endpoint: &str, args: &[&str]) -> Output {
+    let mut cmd = aws_cmd(forge(), dir, endpoint);
+    cmd.arg("ec2").args(args);
+    cmd.output().unwrap()
+}
+
+fn refresh_env(dir: &Path, endpoint: &str, args: &[&str]) -> Output {
+    let mut cmd = aws_cmd(
+        Command::new(env!("CARGO_BIN_EXE_forge-refresh-env")),
+        dir,
+        endpoint,
+    );
+    cmd.args(args).env_remove("RUST_LOG");
+    cmd.output().unwrap()
+}
+
+#[test]
+fn render_script_prints_the_script_and_refuses_bad_input() {
+    let dir = setup();
+    let out = crate::support::forge_in(
+        dir.path(),
+        &[
+            "ec2",
+            "render-script",
+            "--compose",
+            "compose/docker-compose.yml",
+            "--image-tag",
+            "42",
+            "--service-dir",
+            "/opt/dagster",
+            "--parameters-path",
+            "/forge/dagster",
+        ],
+    );
+    assert_success(&out);
+    let script = stdout(&out);
+    assert!(script.starts_with("#!/bin/bash\n"), "{script}");
+    for needle in [
+        "set -Eeuo pipefail",
+        "SERVICE_DIR='/opt/dagster'",
+        "IMAGE_TAG_WANTED='42'",
+        "step refresh-env",
+        "PARAMETERS_PATH='/forge/dagster'",
+        "step pull",
+        "step up",
+    ] {
+        assert!(script.contains(needle), "missing {needle:?}");
+    }
+
+    let rollback = crate::support::forge_in(
+        dir.path(),
+        &[
+            "ec2",
+            "render-script",
+            "--rollback",
+            "--service-dir",
+            "/opt/dagster",
+        ],
+    );
+    assert_success(&rollback);
+    assert!(stdout(&rollback).contains("step read-previous-tag"));
+
+    for (args, needle) in [
+        (
+            &[
+                "--compose",
+                "compose/docker-compose.yml",
+                "--image-tag",
+                "latest",
+                "--service-dir",
+                "/opt/x",
+            ][..],
+            "`latest` is mutable",
+        ),
+        (
+            &[
+                "--compose",
+                "compose/docker-compose.yml",
+                "--image-tag",
+                "42",
+                "--service-dir",
+                "opt/x",
+            ][..],
+            "must be an absolute path",
+        ),
+        (
+            &[
+                "--compose",
+                "missing.yml",
+                "--image-tag",
+                "42",
+                "--service-dir",
+                "/opt/x",
+            ][..],
+            "cannot read compose file missing.yml",
+        ),
+        (
+            &["--service-dir", "/opt/x"][..],
+            "needs --compose FILE and --image-tag TAG",
+        ),
+    ] {
+        let mut full = vec!["ec2", "render-script"];
+        full.extend_from_slice(args);
+        let out = crate::support::forge_in(dir.path(), &full);
+        assert_exit(&out, 2);
+        assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
+        assert!(stdout(&out).is_empty(), "nothing printed on refusal");
+    }
+}
+
+#[test]
+fn deploy_and_rollback_against_moto_list_every_instance() {
+    let Some(moto) = forge_testkit::Moto::start() else {
+        return;
+    };
+    let out = moto.python(
+        r#"
+import boto3, json, os
+ec2 = boto3.client("ec2", endpoint_url=os.environ["ENDPOINT"])
+ids = []
+for v in ["true", "true", "false"]:
+    r = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[
+        {"ResourceType": "instance", "Tags": [{"Key": "forge:dagster-enabled", "Value": v}]}])
+    ids.append(r["Instances"][0]["InstanceId"])
+print(json.dumps(ids))
+"#,
+    );
+    let ids: Vec<String> = serde_json::from_str(out.trim()).unwrap();
+    let dir = setup();
+    let endpoint = moto.endpoint();
+
+    // Everything from [services.dagster]; JSON lists each tagged instance with status and exit code.
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "deploy",
+            "--env",
+            "dev",
+            "--service",
+            "dagster",
+            "--image-tag",
+            "42",
+            "--max-concurrency",
+            "1",
+            "--output",
+            "json",
+        ],
+    );
+    assert_success(&out);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let mut got: Vec<&str> = report["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            assert_eq!(i["status"], "Success");
+            assert_eq!(i["exit_code"], 0);
+            i["instance_id"].as_str().unwrap()
+        })
+        .collect();
+    got.sort_unstable();
+    let mut want = vec![ids[0].as_str(), ids[1].as_str()];
+    want.sort_unstable();
+    assert_eq!(got, want);
+    assert_eq!(report["succeeded"], true);
+    assert_eq!(report["requested_tag"], "42");
+
+    // Flags instead of the service; text output.
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "rollback",
+            "--env",
+            "dev",
+            "--target",
+            "tag:forge:dagster-enabled=true",
+            "--service-dir",
+            "/opt/dagster",
+        ],
+    );
+    assert_success(&out);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("rollback (previous tag) to tag:forge:dagster-enabled=true"),
+        "{text}"
+    );
+    assert!(text.contains("2/2 instance(s) succeeded"), "{text}");
+
+    // A tag that matches nothing fails (exit 1) instead of passing vacuously.
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "deploy",
+            "--env",
+            "dev",
+            "--service",
+            "dagster",
+            "--target",
+            "tag:forge:dagster-enabled=nope",
+            "--image-tag",
+            "42",
+        ],
+    );
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("targeted no instance"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Bad input exits 2 before any AWS call.
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "deploy",
+            "--env",
+            "dev",
+            "--service",
+            "dagster",
+            "--image-tag",
+            "42",
+            "--max-errors",
+            "lots",
+        ],
+    );
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("max-errors"), "{}", stderr(&out));
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "deploy",
+            "--env",
+            "qa",
+            "--service",
+            "dagster",
+            "--image-tag",
+            "42",
+        ],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("unknown environment `qa`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// Serves `answer(operation, n, body)` over HTTP/1.1 on loopback for SSM's JSON protocol (one
+/// thread per connection, keep-alive honoured).
+fn fake_ssm(answer: fn(&str, usize, &str) -> (u16, String)) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
+        String,
+        usize,
+    >::new()));
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let counts = counts.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                loop {
+                    let mut request_line = String::new();
+                    if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let (mut target, mut length) = (String::new(), 0usize);
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let line = line.trim_end();
+                        if line.is_empty() {
+                            break;
+                        }
+                        let (name, value) = line.split_once(':').unwrap_or((line, ""));
+                        match name.to_ascii_lowercase().as_str() {
+                            "content-length" => length = value.trim().parse().unwrap_or(0),
+                            "x-amz-target" => {
+                                target = value.trim().trim_start_matches("AmazonSSM.").to_owned()
+                            }
+                            _ => {}
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    let n = {
+                        let mut counts = counts.lock().unwrap();
+                        let n = counts.entry(target.clone()).or_default();
+                        *n += 1;
+                        *n - 1
+                    };
+                    let (status, json) = answer(&target, n, &String::from_utf8_lossy(&body));
+                    let response = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/x-amz-json-1.1\r\ncontent-length: {}\r\n\r\n{json}",
+                        json.len()
+                    );
+                    if writer.write_all(response.as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    endpoint
+}
+
+#[test]
+fn a_failed_instance_exits_1_and_shows_its_step() {
+    let endpoint = fake_ssm(|op, _n, body| {
+        let inv = |id: &str, status: &str, code: i32| {
+            format!(
+                r#"{{"CommandId":"c-1","InstanceId":"{id}","Status":"{status}","StatusDetails":"{status}","CommandPlugins":[{{"Name":"aws:runShellScript","ResponseCode":{code}}}]}}"#
+            )
+        };
+        match op {
+            "SendCommand" => (200, r#"{"Command":{"CommandId":"c-1","InstanceIds":[],"Status":"Pending","TargetCount":0}}"#.to_owned()),
+            "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-1","Status":"Failed","TargetCount":2,"InstanceIds":[]}]}"#.to_owned()),
+            "ListCommandInvocations" => (
+                200,
+                format!(
+                    r#"{{"CommandInvocations":[{},{}]}}"#,
+                    inv("i-0000000000000000a", "Success", 0),
+                    inv("i-0000000000000000b", "Failed", 18)
+                ),
+            ),
+            "GetCommandInvocation" if body.contains("i-0000000000000000a") => (
+                200,
+                r#"{"CommandId":"c-1","InstanceId":"i-0000000000000000a","ResponseCode":0,"Status":"Success","StatusDetails":"Success","StandardOutputContent":"forge-step: finished\nforge-deployed-tag: 42\n","StandardErrorContent":""}"#.to_owned(),
+            ),
+            "GetCommandInvocation" => (
+                200,
+                r#"{"CommandId":"c-1","InstanceId":"i-0000000000000000b","ResponseCode":18,"Status":"Failed","StatusDetails":"Failed","StandardOutputContent":"forge-step: pull\n","StandardErrorContent":"pull access denied for registry.example/web\nforge-step-failed: pull (exit 18)\n"}"#.to_owned(),
+            ),
+            _ => (400, r#"{"__type":"UnknownOperationException"}"#.to_owned()),
+        }
+    });
+    let dir = setup();
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "deploy",
+            "--env",
+            "dev",
+            "--service",
+            "dagster",
+            "--image-tag",
+            "42",
+            "--output",
+            "json",
+        ],
+    );
+    assert_exit(&out, 1);
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(report["succeeded"], false);
+    assert_eq!(report["instances"].as_array().unwrap().len(), 2);
+    assert!(
+        stderr(&out).contains("deploy failed on 1 of 2 instance(s)"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(stderr(&out).contains("step pull"), "{}", stderr(&out));
+
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "deploy",
+            "--env",
+            "dev",
+            "--service",
+            "dagster",
+            "--image-tag",
+            "42",
+        ],
+    );
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(text.contains("failed at step pull"), "{text}");
+    assert!(
+        text.contains("| pull access denied for registry.example/web"),
+        "{text}"
+    );
+}
+
+#[test]
+fn refresh_env_binary_against_moto() {
+    let Some(moto) = forge_testkit::Moto::start() else {
+        return;
+    };
+    moto.python(
+        r#"
+import boto3, os
+ssm = boto3.client("ssm", endpoint_url=os.environ["ENDPOINT"])
+ssm.put_parameter(Name="/forge/dagster/db/password", Value="hunter2 'quoted' $x", Type="SecureString")
+ssm.put_parameter(Name="/forge/dagster/db/host", Value="db.internal", Type="String")
+"#,
+    );
+    let dir = setup();
+    let env_file = dir.path().join(".env");
+    std::fs::write(&env_file, "IMAGE_TAG=41\n").unwrap();
+    let file = env_file.to_str().unwrap();
+    let endpoint = moto.endpoint();
+
+    let out = refresh_env(
+        dir.path(),
+        &endpoint,
+        &[
+            "--path",
+            "/forge/dagster",
+            "--file",
+            file,
+            "--region",
+            "eu-west-1",
+            "--dry-run",
+        ],
+    );
+    assert_success(&out);
+    assert!(
+        stdout(&out).contains("would write 2 variable(s)")
+            && stdout(&out).contains("  DB_PASSWORD\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&env_file).unwrap(),
+        "IMAGE_TAG=41\n"
+    );
+
+    let out = refresh_env(
+        dir.path(),
+        &endpoint,
+        &[
+            "--path",
+            "/forge/dagster",
+            "--file",
+            file,
+            "--region",
+            "eu-west-1",
+        ],
+    );
+    assert_success(&out);
+    for stream in [stdout(&out), stderr(&out)] {
+        assert!(
+            !stream.contains("hunter2"),
+            "a secret was printed: {stream}"
+        );
+    }
+    let written = std::fs::read_to_string(&env_file).unwrap();
+    assert_eq!(
+        written
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .collect::<Vec<_>>(),
+        [
+            "DB_HOST='db.internal'",
+            "DB_PASSWORD=\"hunter2 'quoted' $$x\"",
+            "IMAGE_TAG=41"
+        ]
+    );
+    let mode = std::fs::metadata(&env_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let out = refresh_env(
+        dir.path(),
+        &endpoint,
+        &[
+            "--path",
+            "forge/dagster",
+            "--file",
+            file,
+            "--region",
+            "eu-west-1",
+        ],
+    );
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("must start with `/`"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(std::fs::read_to_string(&env_file).unwrap(), written);
+}
