@@ -98,12 +98,20 @@ impl Layout {
         if let Ok(d) = reference.parse::<Digest>() {
             return Ok(entries.into_iter().find(|e| e.digest == d));
         }
-        Ok(entries.into_iter().find(|e| {
+        let tagged = entries.iter().find(|e| {
             e.annotations
                 .as_ref()
                 .and_then(|a| a.get(REF_NAME))
                 .is_some_and(|n| n == reference)
-        }))
+        });
+        // Like skopeo: `oci:<dir>` without a tag means the layout's only image.
+        match tagged {
+            Some(e) => Ok(Some(e.clone())),
+            None if reference == "latest" && entries.len() == 1 => {
+                Ok(entries.into_iter().next())
+            }
+            None => Ok(None),
+        }
     }
 
     /// The manifest for a tag or digest; a digest not in `index.json` is read from `blobs/`.

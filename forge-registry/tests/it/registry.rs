@@ -489,6 +489,18 @@ async fn oci_layout_to_registry_and_back() {
         digest
     );
 
+    // `oci:<dir>` without a tag means the layout's only image (as with skopeo).
+    let untagged = r(&format!("oci:{}", src_layout.display()));
+    let report = client()
+        .copy(
+            &untagged,
+            &r(&format!("{b}/prod/app:99")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.digest.to_string(), digest);
+
     // Registry → a layout that does not exist yet: refused, nothing created.
     let out = dir.path().join("out");
     let dst = r(&format!("oci:{}:100", out.display()));
