@@ -252,3 +252,74 @@ fn secrets_never_show_in_debug() {
     assert!(!shown.contains("super"), "{shown}");
     assert!(shown.contains("<redacted>"));
 }
+
+/// Each provider's 401/403/500 answers map to a hint that says what to do; 4xx are final, 5xx
+/// are retried (here with a budget of 1 retry).
+#[tokio::test]
+async fn error_statuses_map_to_actionable_hints() {
+    let cases: [(&str, u16, &str, &str, usize); 6] = [
+        (
+            "ado",
+            401,
+            r#"{"message":"TF400813: The user '' is not authorized to access this resource."}"#,
+            "$(System.AccessToken)",
+            1,
+        ),
+        (
+            "ado",
+            403,
+            r#"{"message":"The pipeline is not valid. Job Job: Step AWS references service connection aws which could not be found."}"#,
+            "Project settings → Service connections → Security",
+            1,
+        ),
+        (
+            "ado",
+            500,
+            r#"{"message":"VS402928: internal error"}"#,
+            "retry the job later",
+            2,
+        ),
+        (
+            "github",
+            401,
+            r#"{"message":"Bad credentials"}"#,
+            "id-token: write",
+            1,
+        ),
+        (
+            "github",
+            403,
+            r#"{"message":"Resource not accessible by integration"}"#,
+            "workflows from forks get no OIDC token",
+            1,
+        ),
+        (
+            "github",
+            500,
+            r#"{"message":"Internal Server Error"}"#,
+            "retry the job later",
+            2,
+        ),
+    ];
+    for (provider, status, body, hint, requests) in cases {
+        let server = Server::start(move |_, _| (status, "application/json", body.to_owned())).await;
+        let source = if provider == "ado" {
+            ado(&format!("{}/oidc", server.url()), ADO_ACCESS_TOKEN, "c")
+        } else {
+            github(
+                &format!("{}/t?api-version=2.0", server.url()),
+                GH_REQUEST_TOKEN,
+                None,
+            )
+        };
+        let err = source
+            .fetch(&reqwest::Client::new(), &fast_retry(1))
+            .await
+            .unwrap_err();
+        let message = body
+            .trim_start_matches(r#"{"message":""#)
+            .trim_end_matches(r#""}"#);
+        check_http(&err, status, &[hint, message]);
+        assert_eq!(server.count(), requests, "{provider} {status}");
+    }
+}
