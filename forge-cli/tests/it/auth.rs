@@ -141,6 +141,21 @@ fn whoami_env_and_credential_process_end_in_the_env_role() {
         "arn:aws:sts::222222222222:assumed-role/ConveyorDeployRole-qa/release-42"
     );
 
+    // Session tags and an external id are sent (moto accepts both; their wire form is checked
+    // against the STS fake in forge-auth's tests).
+    let tagged = setup(
+        "session_tags = true\nexternal_id = \"ext-1\"\nsession_duration = 900",
+        DEV_ROLE,
+        Some(JWT),
+    );
+    let out = auth(
+        tagged.path(),
+        &endpoint,
+        &["whoami", "--env", "dev", "--output", "json"],
+        &[],
+    );
+    assert_success(&out);
+
     let out = auth(
         dir.path(),
         &endpoint,
