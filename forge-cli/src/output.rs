@@ -28,6 +28,13 @@ pub mod exit {
 #[error("{0}")]
 pub struct InvalidInput(pub String);
 
+/// A library error that is a refusal of the caller's input or a policy (a tag conflict, a
+/// missing repository, `latest`, a superseded expect-tag): exits with [`exit::INVALID_INPUT`]
+/// and prints exactly like the wrapped error, chain included.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct Refused(pub Box<dyn std::error::Error + Send + Sync>);
+
 /// The CI system the binary runs under, which decides how errors and results are announced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pipeline {
@@ -69,7 +76,10 @@ pub fn report_error(err: &anyhow::Error) -> ExitCode {
         Pipeline::GitHubActions => writeln!(stderr, "::error::{}", escape_github(&text)),
         Pipeline::None => writeln!(stderr, "{text}"),
     };
-    let code = if err.chain().any(|c| c.is::<InvalidInput>()) {
+    let code = if err
+        .chain()
+        .any(|c| c.is::<InvalidInput>() || c.is::<Refused>())
+    {
         exit::INVALID_INPUT
     } else {
         exit::FAILURE
@@ -161,5 +171,52 @@ mod tests {
             one_line("error: x\r\n  caused by: y"),
             "error: x |   caused by: y"
         );
+    }
+}
+
+/// Formats a time as RFC 3339 UTC (`2026-11-26T09:42:39Z`) for evidence records.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    let secs = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil_from_days(i64::try_from(days).unwrap_or(0));
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = u32::try_from(doy - (153 * mp + 2) / 5 + 1).unwrap_or(1);
+    let m = u32::try_from(if mp < 10 { mp + 3 } else { mp - 9 }).unwrap_or(1);
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod time_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn rfc3339_matches_known_instants() {
+        let check = |secs: u64, expected: &str| {
+            assert_eq!(
+                super::rfc3339(UNIX_EPOCH + Duration::from_secs(secs)),
+                expected
+            );
+        };
+        check(0, "1970-01-01T00:00:00Z");
+        check(951_782_400, "2000-02-29T00:00:00Z");
+        check(1_795_686_159, "2026-11-26T09:42:39Z");
     }
 }

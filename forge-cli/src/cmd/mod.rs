@@ -4,4 +4,8 @@
 pub mod auth;
 pub mod config;
 pub mod copy;
+pub mod ec2;
 pub mod ledger;
+pub mod promote;
+pub mod rollback;
+pub mod status;

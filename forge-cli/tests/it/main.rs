@@ -6,3 +6,4 @@ mod ledger;
 mod copy;
 mod ec2;
 mod support;
+mod promote;

@@ -1,0 +1,331 @@
+//! `forge promote`: policy first, then copy `from` → `to` with the digest proven, then the
+//! Ledger (or, for EC2 services, the SSM deploy and then the Ledger). Nothing is written to the
+//! Ledger unless the copy verified.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use anyhow::Context as _;
+
+use crate::config::{self, ServiceKind};
+use crate::output::{self, Format, InvalidInput};
+use crate::policy;
+use crate::release::{
+    self, Evidence, ImageEvidence, LedgerEvidence, Release, Verification, trailer,
+};
+
+/// `forge promote`
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Service name (`[services.<name>]` in the config).
+    #[arg(long)]
+    service: String,
+    /// Target environment; the image comes from its `from` environment.
+    #[arg(long)]
+    to: String,
+    /// Tag (build id) to promote; default: the tag the `from` environment runs per the Ledger.
+    /// Required for an environment without `from` (CI recording a new build).
+    #[arg(long)]
+    tag: Option<String>,
+    /// Who asks (default: the pipeline's requester, else $USER).
+    #[arg(long)]
+    requested_by: Option<String>,
+    /// Who approved (required where `approval = "required"`; never the requester).
+    #[arg(long)]
+    approved_by: Option<String>,
+    /// Write the evidence record (JSON) to this file.
+    #[arg(long)]
+    evidence: Option<PathBuf>,
+    /// Check policy and show what would happen; copy and write nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Config file.
+    #[arg(long, default_value = config::DEFAULT_PATH, env = "FORGE_CONFIG")]
+    config: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    output: Format,
+}
+
+/// Runs `forge promote`.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    crate::runtime()?.block_on(promote(args))
+}
+
+async fn promote(args: Args) -> anyhow::Result<ExitCode> {
+    let started = SystemTime::now();
+    let release = Release::open(&args.config, &args.service)?;
+    let to_env = release.environment(&args.to)?.clone();
+    let requested_by = args.requested_by.clone().or_else(release::detect_requester);
+
+    // Policy before anything is read or written.
+    policy::check_approval(
+        &args.to,
+        to_env.approval,
+        requested_by.as_deref(),
+        args.approved_by.as_deref(),
+    )?;
+    let pattern = release.config().policy.tag_pattern.clone();
+    if let Some(tag) = &args.tag {
+        policy::check_tag(tag, pattern.as_deref())?;
+    }
+
+    let ledger = release.ledger()?;
+    let selector = release.selector();
+    let file = release.manifest(&args.to)?;
+    let current = ledger.get(&file, &selector).with_context(|| {
+        format!(
+            "cannot read {}'s current tag from the Ledger ({file})",
+            args.to
+        )
+    })?;
+
+    let tag = match (&args.tag, &to_env.from) {
+        (Some(tag), _) => tag.clone(),
+        (None, Some(from)) => {
+            let from_file = release.manifest(from)?;
+            let found = ledger.get(&from_file, &selector).with_context(|| {
+                format!("cannot read the tag {from} runs from the Ledger ({from_file})")
+            })?;
+            policy::check_tag(&found.value, pattern.as_deref()).map_err(|e| {
+                InvalidInput(format!(
+                    "{from} runs `{}` per the Ledger, which cannot be promoted: {}",
+                    found.value, e.0
+                ))
+            })?;
+            found.value
+        }
+        (None, None) => {
+            return Err(InvalidInput(format!(
+                "--tag is required for {}: it has no `from` environment, so the tag must be the build id CI pushed \
+                 (e.g. --tag $(Build.BuildId))",
+                args.to
+            ))
+            .into());
+        }
+    };
+
+    let destination = release.image_ref(&args.to, &tag)?;
+    let source = match &to_env.from {
+        Some(from) => release.image_ref(from, &tag)?,
+        None => destination.clone(),
+    };
+    let envs: Vec<&str> = to_env
+        .from
+        .iter()
+        .map(String::as_str)
+        .chain([args.to.as_str()])
+        .collect();
+    let client = release.registry_client(&envs).await?;
+    let src_ref: forge_registry::Reference = source.parse().map_err(release::refused)?;
+    let dst_ref: forge_registry::Reference = destination.parse().map_err(release::refused)?;
+
+    if args.dry_run {
+        let resolved = client.resolve(&src_ref).await.map_err(registry_error)?;
+        let plan = serde_json::json!({
+            "dry_run": true,
+            "service": args.service,
+            "environment": args.to,
+            "tag": tag,
+            "source": source,
+            "source_digest": resolved.digest.to_string(),
+            "destination": destination,
+            "ledger": { "file": file, "old": current.value, "new": tag },
+            "requested_by": requested_by,
+            "approved_by": args.approved_by,
+        });
+        match args.output {
+            Format::Json => output::print_json(&plan)?,
+            Format::Text => output::print_stdout(&format!(
+                "dry run: would promote {} {tag} to {}\n  copy:   {source}\n          -> {destination}\n  digest: {}\n  ledger: {file} {} -> {tag}\nnothing was copied or written\n",
+                args.service, args.to, resolved.digest, current.value
+            ))?,
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+
+    let verification = if to_env.from.is_some() {
+        let options = forge_registry::CopyOptions {
+            tag_pattern: pattern
+                .as_deref()
+                .map(|p| regex::Regex::new(&format!("^(?:{p})$")))
+                .transpose()?,
+            support_hint: support_hint(&release),
+            ..forge_registry::CopyOptions::default()
+        };
+        let report = client
+            .copy(&src_ref, &dst_ref, &options)
+            .await
+            .map_err(registry_error)?;
+        anyhow::ensure!(
+            report.verified,
+            "copy of {source} to {destination} finished unverified; the Ledger was not changed"
+        );
+        (
+            report.digest.to_string(),
+            Verification {
+                verified: report.verified,
+                already_present: report.already_present,
+                blobs_copied: report.blobs_copied as u64,
+                blobs_skipped: report.blobs_skipped as u64,
+                bytes_copied: report.bytes_copied,
+            },
+        )
+    } else {
+        // CI already pushed to this environment: prove the tag exists and is complete.
+        let resolved = client.resolve(&dst_ref).await.map_err(registry_error)?;
+        client
+            .verify(&dst_ref, &resolved.digest)
+            .await
+            .map_err(registry_error)?;
+        (
+            resolved.digest.to_string(),
+            Verification {
+                verified: true,
+                already_present: true,
+                blobs_copied: 0,
+                blobs_skipped: 0,
+                bytes_copied: 0,
+            },
+        )
+    };
+    let (digest, verification) = verification;
+
+    let ec2 = match release.service_config.kind {
+        ServiceKind::Ec2 => Some(crate::ec2_release::deploy(&release, &args.to, &tag).await?),
+        ServiceKind::Argocd => None,
+    };
+
+    let mut trailers = vec![
+        (trailer::ACTION.to_owned(), "promote".to_owned()),
+        (trailer::DIGEST.to_owned(), digest.clone()),
+        (trailer::BUILD_ID.to_owned(), tag.clone()),
+        (trailer::SOURCE.to_owned(), source.clone()),
+    ];
+    if let Some(who) = &requested_by {
+        trailers.push((trailer::REQUESTED_BY.to_owned(), who.trim().to_owned()));
+    }
+    if let Some(who) = &args.approved_by {
+        trailers.push((trailer::APPROVED_BY.to_owned(), who.trim().to_owned()));
+    }
+    let outcome = ledger
+        .set_tag(&forge_ledger::SetTag {
+            file: file.clone(),
+            selector,
+            tag: tag.clone(),
+            expect_tag: Some(current.value.clone()),
+            subject: Some((args.service.clone(), args.to.clone())),
+            trailers,
+            ..forge_ledger::SetTag::default()
+        })
+        .map_err(ledger_error)
+        .with_context(|| {
+            format!("the image is verified at {destination}, but the Ledger was not updated")
+        })?;
+
+    let evidence = Evidence {
+        action: "promote",
+        service: args.service.clone(),
+        environment: args.to.clone(),
+        from_environment: to_env.from.clone(),
+        build_id: tag.clone(),
+        source: ImageEvidence {
+            reference: source.clone(),
+            digest: digest.clone(),
+        },
+        destination: ImageEvidence {
+            reference: destination.clone(),
+            digest: digest.clone(),
+        },
+        verification,
+        ledger: LedgerEvidence {
+            file: outcome.file.clone(),
+            old: outcome.old.clone(),
+            new: outcome.new.clone(),
+            commit: outcome.commit.clone(),
+            attempts: outcome.attempts,
+        },
+        ec2,
+        requested_by: requested_by.clone(),
+        approved_by: args.approved_by.clone(),
+        started_at: output::rfc3339(started),
+        finished_at: output::rfc3339(SystemTime::now()),
+        forge_version: env!("CARGO_PKG_VERSION"),
+    };
+    if let Some(path) = &args.evidence {
+        release::write_evidence(path, &evidence)?;
+    }
+    output::set_pipeline_output("FORGE_TAG", &tag)?;
+    output::set_pipeline_output("FORGE_DIGEST", &digest)?;
+    output::set_pipeline_output(
+        "FORGE_LEDGER_COMMIT",
+        outcome.commit.as_deref().unwrap_or(""),
+    )?;
+    match args.output {
+        Format::Json => output::print_json(&evidence)?,
+        Format::Text => output::print_stdout(&describe(&evidence))?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn describe(e: &Evidence) -> String {
+    let v = &e.verification;
+    let copy = if e.from_environment.is_none() {
+        "tag present and complete in the registry (recorded as pushed by CI)".to_owned()
+    } else if v.already_present {
+        "already present at the destination with this digest: nothing uploaded".to_owned()
+    } else {
+        format!(
+            "{} blobs copied, {} already present, {} bytes",
+            v.blobs_copied, v.blobs_skipped, v.bytes_copied
+        )
+    };
+    let ledger = match &e.ledger.commit {
+        Some(commit) => format!(
+            "{} {} -> {}, commit {} ({} attempt{})",
+            e.ledger.file,
+            e.ledger.old,
+            e.ledger.new,
+            &commit[..commit.len().min(12)],
+            e.ledger.attempts,
+            if e.ledger.attempts == 1 { "" } else { "s" }
+        ),
+        None => format!("{} already at {}: no commit", e.ledger.file, e.ledger.new),
+    };
+    format!(
+        "promoted {} {} to {}\n  source:      {}\n  destination: {}\n  digest:      {} (verified at the destination)\n  copy:        {copy}\n  ledger:      {ledger}\n",
+        e.service,
+        e.build_id,
+        e.environment,
+        e.source.reference,
+        e.destination.reference,
+        e.destination.digest
+    )
+}
+
+fn support_hint(release: &Release) -> String {
+    format!(
+        "repositories are provisioned by the Platform team via Blueprint — ask in {}",
+        release.config().policy.support
+    )
+}
+
+/// Registry refusals (tag conflict, `latest`, missing repository) exit 2; failures exit 1.
+pub fn registry_error(e: forge_registry::Error) -> anyhow::Error {
+    if e.is_invalid_input() {
+        release::refused(e)
+    } else {
+        e.into()
+    }
+}
+
+/// Ledger refusals (superseded, backwards, invalid tag) exit 2; failures exit 1.
+pub fn ledger_error(e: forge_ledger::LedgerError) -> anyhow::Error {
+    match &e {
+        forge_ledger::LedgerError::Superseded { .. }
+        | forge_ledger::LedgerError::Backwards { .. }
+        | forge_ledger::LedgerError::InvalidTag { .. } => release::refused(e),
+        _ => e.into(),
+    }
+}

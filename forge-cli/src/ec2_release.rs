@@ -1,0 +1,73 @@
+//! EC2 services in `forge promote` / `forge rollback`: the SSM deploy of a verified tag, with
+//! the environment's role chain. The Ledger is written only after every instance succeeded.
+
+use anyhow::Context as _;
+
+use crate::output::InvalidInput;
+use crate::release::Release;
+
+/// Deploys `tag` of the release's EC2 service to `env` and returns the deploy report (JSON).
+/// Any instance that did not succeed is an error listing them.
+pub async fn deploy(release: &Release, env: &str, tag: &str) -> anyhow::Result<serde_json::Value> {
+    let service = &release.service_config;
+    let name = &release.service;
+    let missing = |key: &str| {
+        InvalidInput(format!(
+            "services.{name}.{key} is required for kind = \"ec2\""
+        ))
+    };
+    let target = service.target.as_deref().ok_or_else(|| missing("target"))?;
+    let service_dir = service
+        .service_dir
+        .as_deref()
+        .ok_or_else(|| missing("service_dir"))?;
+    let compose_rel = service
+        .compose
+        .as_deref()
+        .ok_or_else(|| missing("compose"))?;
+    let compose_path = release.loaded.resolve(compose_rel);
+    let compose = std::fs::read(&compose_path).map_err(|e| {
+        InvalidInput(format!(
+            "services.{name}.compose: cannot read {}: {e}; the path is relative to the config file",
+            compose_path.display()
+        ))
+    })?;
+    let targets = forge_ec2::Targets::parse(target)
+        .map_err(|e| InvalidInput(format!("services.{name}.target `{target}`: {e}")))?;
+    let mut request = forge_ec2::DeployRequest::new(targets, compose, tag, service_dir);
+    request.parameters_path = service.parameters_path.clone();
+    request.comment = Some(format!("forge promote {name} {tag} to {env}"));
+
+    let sdk = crate::aws::sdk_config_for_env(&release.loaded, env)
+        .await
+        .with_context(|| format!("cannot get AWS credentials for {env} to deploy {name}"))?;
+    let report = forge_ec2::Ec2Deployer::new(&sdk)
+        .deploy(&request)
+        .await
+        .map_err(|e| {
+            if e.is_invalid_input() {
+                crate::release::refused(e)
+            } else {
+                e.into()
+            }
+        })
+        .with_context(|| {
+            format!("SSM deploy of {name} {tag} to {env} failed; the Ledger was not changed")
+        })?;
+    let json = serde_json::to_value(&report)?;
+    if !report.succeeded {
+        let failed: Vec<String> = report
+            .instances
+            .iter()
+            .filter(|i| !i.succeeded)
+            .map(|i| format!("{} ({})", i.instance_id, i.status))
+            .collect();
+        anyhow::bail!(
+            "SSM deploy of {name} {tag} to {env} did not succeed on every instance (command {}): {}; \
+             the Ledger was not changed — see `forge ec2` output or the SSM console for each instance's output",
+            report.command_id,
+            failed.join(", ")
+        );
+    }
+    Ok(json)
+}

@@ -1,0 +1,366 @@
+//! What `promote`, `rollback`, `status` and `audit` share: the loaded config turned into
+//! registry references, a Ledger handle, registry clients with per-environment credentials,
+//! trailers and evidence records. Policy lives in [`crate::policy`]; the work in the libraries.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde::Serialize;
+
+use crate::config::{self, Config, EnvironmentConfig, Loaded, ServiceConfig};
+use crate::output::{InvalidInput, Refused};
+
+/// Git trailer keys Forge writes on every Ledger commit; `audit` and `rollback` read them back.
+pub mod trailer {
+    /// The manifest digest proven at the destination.
+    pub const DIGEST: &str = "Forge-Digest";
+    /// The build id (the promoted tag).
+    pub const BUILD_ID: &str = "Forge-Build-Id";
+    /// `promote` or `rollback`.
+    pub const ACTION: &str = "Forge-Action";
+    /// The source image reference of a promotion.
+    pub const SOURCE: &str = "Forge-Source";
+    /// Who asked.
+    pub const REQUESTED_BY: &str = "Forge-Requested-By";
+    /// Who approved.
+    pub const APPROVED_BY: &str = "Forge-Approved-By";
+}
+
+/// A command's view of the config, the service and its Ledger.
+pub struct Release {
+    /// The config file as loaded.
+    pub loaded: Loaded,
+    /// The service name.
+    pub service: String,
+    /// `[services.<service>]`.
+    pub service_config: ServiceConfig,
+}
+
+impl Release {
+    /// Loads and checks the config, and looks the service up. Every problem is invalid input.
+    pub fn open(config_path: &Path, service: &str) -> anyhow::Result<Self> {
+        let loaded = load_checked(config_path)?;
+        let service_config = loaded.config.service(service)?.clone();
+        Ok(Release {
+            loaded,
+            service: service.to_owned(),
+            service_config,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Config {
+        &self.loaded.config
+    }
+
+    /// The registry repository of the service (default: its name).
+    pub fn repository(&self) -> &str {
+        self.service_config
+            .repository
+            .as_deref()
+            .unwrap_or(&self.service)
+    }
+
+    /// `[environments.<env>]` or invalid input.
+    pub fn environment(&self, env: &str) -> anyhow::Result<&EnvironmentConfig> {
+        self.config().environment(env)
+    }
+
+    /// The image reference of `tag` in `env`'s registry: `host/repo:tag`, or
+    /// `oci:DIR/repo:tag` for an OCI-layout registry (relative DIR from the config file).
+    pub fn image_ref(&self, env: &str, tag: &str) -> anyhow::Result<String> {
+        let registry = self.environment(env)?.registry.as_deref().ok_or_else(|| {
+            InvalidInput(format!(
+                "environments.{env}.registry is not set in {}: add the registry host (or oci:DIR)",
+                self.loaded.path.display()
+            ))
+        })?;
+        Ok(match registry.strip_prefix("oci:") {
+            Some(dir) => format!(
+                "oci:{}/{}:{tag}",
+                self.loaded.resolve(dir).display(),
+                self.repository()
+            ),
+            None => format!(
+                "{}/{}:{tag}",
+                registry.trim_end_matches('/'),
+                self.repository()
+            ),
+        })
+    }
+
+    /// The Ledger manifest path of the service in `env`.
+    pub fn manifest(&self, env: &str) -> anyhow::Result<String> {
+        Ok(self.ledger_config()?.manifest_path(env, &self.service))
+    }
+
+    fn ledger_config(&self) -> anyhow::Result<&config::LedgerConfig> {
+        self.config().ledger.as_ref().ok_or_else(|| {
+            InvalidInput(format!(
+                "no [ledger] section in {}: add repo, branch and path (see forge.example.toml)",
+                self.loaded.path.display()
+            ))
+            .into()
+        })
+    }
+
+    /// The Ledger handle: a local path in the config is relative to the config file.
+    pub fn ledger(&self) -> anyhow::Result<forge_ledger::Ledger> {
+        let cfg = self.ledger_config()?;
+        Ok(forge_ledger::Ledger::new(
+            ledger_location(&self.loaded, &cfg.repo),
+            cfg.branch.clone(),
+        ))
+    }
+
+    /// The patcher selector for the service's manifests.
+    pub fn selector(&self) -> forge_ledger::Selector {
+        forge_ledger::Selector {
+            image: self.service_config.image.clone(),
+            key: self.service_config.key.clone(),
+            ..forge_ledger::Selector::default()
+        }
+    }
+
+    /// Environments in promotion order: each after the one it comes `from`.
+    pub fn environments_in_order(&self) -> Vec<String> {
+        environments_in_order(self.config())
+    }
+
+    /// A registry client that authenticates to each ECR registry of `envs` with that
+    /// environment's role chain, and to everything else through the Docker config.
+    pub async fn registry_client(&self, envs: &[&str]) -> anyhow::Result<forge_registry::Client> {
+        let mut ecr = HashMap::new();
+        let token_none = self.config().auth.token.as_deref() == Some("none");
+        for env in envs {
+            let Some(registry) = self.environment(env)?.registry.as_deref() else {
+                continue;
+            };
+            if token_none || !is_ecr_host(registry) || ecr.contains_key(registry) {
+                continue;
+            }
+            let sdk = crate::aws::sdk_config_for_env(&self.loaded, env)
+                .await
+                .with_context(|| {
+                    format!("cannot get AWS credentials for {env} (registry {registry})")
+                })?;
+            ecr.insert(
+                registry.to_owned(),
+                Arc::new(forge_auth::ecr::EcrCredentials::new(&sdk)),
+            );
+        }
+        crate::ecr::client_with(ecr)
+    }
+}
+
+/// Loads the config and refuses it with every problem listed when a rule is broken.
+pub fn load_checked(path: &Path) -> anyhow::Result<Loaded> {
+    let loaded = Config::load(path)?;
+    let problems = loaded.config.problems();
+    if !problems.is_empty() {
+        return Err(InvalidInput(config::describe_problems(&loaded.path, &problems)).into());
+    }
+    Ok(loaded)
+}
+
+/// A URL (`scheme://…`, `user@host:path`) stays as it is; a path is resolved against the
+/// config file's directory.
+fn ledger_location(loaded: &Loaded, repo: &str) -> String {
+    let is_url = repo.contains("://") || (repo.contains('@') && repo.contains(':'));
+    if is_url || Path::new(repo).is_absolute() {
+        repo.to_owned()
+    } else {
+        loaded.resolve(repo).display().to_string()
+    }
+}
+
+/// `<12 digits>.dkr.ecr.<region>.amazonaws.com[.cn]`.
+pub fn is_ecr_host(host: &str) -> bool {
+    let mut parts = host.split('.');
+    let account = parts.next().unwrap_or_default();
+    account.len() == 12
+        && account.bytes().all(|b| b.is_ascii_digit())
+        && parts.next() == Some("dkr")
+        && parts.next() == Some("ecr")
+        && parts.next().is_some_and(|region| !region.is_empty())
+        && parts.next() == Some("amazonaws")
+        && matches!(
+            (parts.next(), parts.next()),
+            (Some("com"), None) | (Some("com"), Some("cn"))
+        )
+}
+
+/// Roots first, then each environment after the one it comes `from`; ties by name.
+pub fn environments_in_order(config: &Config) -> Vec<String> {
+    let mut order: Vec<String> = Vec::new();
+    let mut remaining: Vec<&String> = config.environments.keys().collect();
+    while !remaining.is_empty() {
+        let before = remaining.len();
+        remaining.retain(|name| {
+            let ready = match config.environments[*name].from.as_deref() {
+                None => true,
+                Some(from) => {
+                    order.iter().any(|o| o == from) || !config.environments.contains_key(from)
+                }
+            };
+            if ready {
+                order.push((*name).clone());
+            }
+            !ready
+        });
+        if remaining.len() == before {
+            // A cycle: `config check` reports it; list the rest by name rather than loop.
+            order.extend(remaining.drain(..).cloned());
+        }
+    }
+    order
+}
+
+/// Wraps a library error that refuses the caller's input so it exits 2, keeping its chain.
+pub fn refused(e: impl std::error::Error + Send + Sync + 'static) -> anyhow::Error {
+    Refused(Box::new(e)).into()
+}
+
+/// Who asked for this run, when not given: the pipeline's requester, else the local user.
+pub fn detect_requester() -> Option<String> {
+    [
+        "BUILD_REQUESTEDFOREMAIL",
+        "BUILD_REQUESTEDFOR",
+        "GITHUB_ACTOR",
+        "USER",
+        "USERNAME",
+    ]
+    .iter()
+    .find_map(|var| std::env::var(var).ok().filter(|v| !v.trim().is_empty()))
+}
+
+/// One promotion or rollback, as written to `--evidence FILE` and printed with `--output json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Evidence {
+    /// `promote` or `rollback`.
+    pub action: &'static str,
+    /// The service.
+    pub service: String,
+    /// The environment changed.
+    pub environment: String,
+    /// Where the image came from (promotions).
+    pub from_environment: Option<String>,
+    /// The build id = the tag.
+    pub build_id: String,
+    /// The image reference read.
+    pub source: ImageEvidence,
+    /// The image reference written or proven.
+    pub destination: ImageEvidence,
+    /// What the copy/verification proved.
+    pub verification: Verification,
+    /// The Ledger change.
+    pub ledger: LedgerEvidence,
+    /// The SSM deploy, for EC2 services.
+    pub ec2: Option<serde_json::Value>,
+    /// Who asked.
+    pub requested_by: Option<String>,
+    /// Who approved.
+    pub approved_by: Option<String>,
+    /// RFC 3339.
+    pub started_at: String,
+    /// RFC 3339.
+    pub finished_at: String,
+    /// The forge version that did it.
+    pub forge_version: &'static str,
+}
+
+/// A reference and the digest it resolved to.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageEvidence {
+    /// Image reference.
+    pub reference: String,
+    /// Manifest digest.
+    pub digest: String,
+}
+
+/// The copy and verification result.
+#[derive(Debug, Clone, Serialize)]
+pub struct Verification {
+    /// The destination served the source digest and every referenced blob is present.
+    pub verified: bool,
+    /// The destination already had the tag at this digest (nothing uploaded).
+    pub already_present: bool,
+    /// Blobs uploaded.
+    pub blobs_copied: u64,
+    /// Blobs already present.
+    pub blobs_skipped: u64,
+    /// Bytes uploaded.
+    pub bytes_copied: u64,
+}
+
+/// The Ledger commit.
+#[derive(Debug, Clone, Serialize)]
+pub struct LedgerEvidence {
+    /// Manifest path in the Ledger.
+    pub file: String,
+    /// Tag before.
+    pub old: String,
+    /// Tag after.
+    pub new: String,
+    /// The commit, `null` when the Ledger already had the tag.
+    pub commit: Option<String>,
+    /// Push attempts.
+    pub attempts: u32,
+}
+
+/// Writes the evidence record atomically (temp file + rename in the same directory).
+pub fn write_evidence(path: &Path, evidence: &Evidence) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(evidence)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::write(&tmp, text + "\n")
+        .with_context(|| format!("cannot write evidence {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot write evidence {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ecr_hosts() {
+        for (host, expected) in [
+            ("111111111111.dkr.ecr.eu-west-1.amazonaws.com", true),
+            ("111111111111.dkr.ecr.cn-north-1.amazonaws.com.cn", true),
+            ("11111111111.dkr.ecr.eu-west-1.amazonaws.com", false),
+            (
+                "111111111111.dkr.ecr.eu-west-1.amazonaws.com.evil.example",
+                false,
+            ),
+            ("127.0.0.1:5000", false),
+            ("public.ecr.aws", false),
+        ] {
+            assert_eq!(is_ecr_host(host), expected, "{host}");
+        }
+    }
+
+    #[test]
+    fn environments_follow_promotion_order() {
+        let config = Config::parse(
+            "[environments.prod]\nfrom = \"qa\"\n[environments.dev]\n[environments.qa]\nfrom = \"dev\"\n[environments.sandbox]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            environments_in_order(&config),
+            ["dev", "sandbox", "qa", "prod"]
+        );
+    }
+}

@@ -1,0 +1,496 @@
+//! `forge promote / rollback / status / audit` end to end: two real `docker-registry`
+//! instances (Dev on one; QA and Prod on the other, so QA -> Prod mounts across repositories),
+//! a file:// Ledger, skopeo as the oracle for what the registries hold.
+
+use std::path::Path;
+
+use forge_testkit::{BareRemote, Registry, git, oci, skopeo, skopeo_run, skopeo_try};
+use serde_json::Value;
+
+use crate::support::{assert_exit, assert_success, forge_in, stderr, stdout};
+
+const BUILDS: &[&str] = &["1001", "1002"];
+
+/// Argo CD Application for `service` in `env`, tag in a helm parameter.
+fn application(service: &str, env: &str) -> String {
+    format!(
+        "# {service} in {env}\napiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {service}-{env}\nspec:\n  source:\n    repoURL: https://example.invalid/charts.git\n    path: charts/{service}\n    helm:\n      parameters:\n        - name: image.tag\n          value: \"1000\"  # build id\n  destination:\n    namespace: {service}\n"
+    )
+}
+
+struct Stage {
+    dir: tempfile::TempDir,
+    dev: Registry,
+    shared: Registry,
+    ledger: BareRemote,
+    digests: Vec<String>,
+}
+
+impl Stage {
+    /// `services`: (name, repository, provisioned in QA/Prod?)
+    fn start(services: &[(&str, &str, bool)]) -> Option<Stage> {
+        skopeo()?;
+        let dev = Registry::start()?;
+        let shared = Registry::start()?;
+        let dir = tempfile::tempdir().unwrap();
+        let layout = dir.path().join("layout");
+        let digests: Vec<String> = BUILDS
+            .iter()
+            .map(|b| oci::write_image(&layout, b).unwrap())
+            .collect();
+        let provision = dir.path().join("provision");
+        oci::write_image(&provision, "0").unwrap();
+        for (_, repository, provisioned) in services {
+            for build in BUILDS {
+                push(
+                    &layout,
+                    build,
+                    &format!("{}/{repository}:{build}", dev.host()),
+                );
+            }
+            if *provisioned {
+                // The Platform team provisions repositories; a push is how Distribution makes one.
+                push(
+                    &provision,
+                    "0",
+                    &format!("{}/{repository}:provisioned", shared.host()),
+                );
+                push(
+                    &provision,
+                    "0",
+                    &format!("{}/prod/{repository}:provisioned", shared.host()),
+                );
+            }
+        }
+        let files: Vec<(String, String)> = services
+            .iter()
+            .flat_map(|(name, _, _)| {
+                ["dev", "qa", "prod"]
+                    .map(|env| (format!("apps/{env}/{name}.yaml"), application(name, env)))
+            })
+            .collect();
+        let file_refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let ledger = BareRemote::seeded(&file_refs);
+        let mut config = format!(
+            "[ledger]\nrepo = \"{}\"\nbranch = \"main\"\npath = \"apps/{{env}}/{{service}}.yaml\"\n\n[auth]\ntoken = \"none\"\n\n\
+             [policy]\ntag_pattern = \"^[0-9]+$\"\nsupport = \"#platform-support\"\n\n\
+             [environments.dev]\nregistry = \"{}\"\n\n[environments.qa]\nfrom = \"dev\"\nregistry = \"{}\"\napproval = \"optional\"\n\n\
+             [environments.prod]\nfrom = \"qa\"\nregistry = \"{}/prod\"\napproval = \"required\"\nsync = \"manual\"\n",
+            ledger.url(),
+            dev.host(),
+            shared.host(),
+            shared.host()
+        );
+        for (name, repository, _) in services {
+            config.push_str(&format!(
+                "\n[services.{name}]\nrepository = \"{repository}\"\n"
+            ));
+        }
+        std::fs::write(dir.path().join("forge.toml"), config).unwrap();
+        Some(Stage {
+            dir,
+            dev,
+            shared,
+            ledger,
+            digests,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn forge(&self, args: &[&str]) -> std::process::Output {
+        forge_in(self.path(), args)
+    }
+
+    fn promote(&self, service: &str, to: &str, extra: &[&str]) -> Value {
+        let mut args = vec![
+            "promote",
+            "--service",
+            service,
+            "--to",
+            to,
+            "--output",
+            "json",
+            "--requested-by",
+            "alice@example.com",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.forge(&args);
+        assert_success(&out);
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("promote JSON: {e}\n{}", stdout(&out)))
+    }
+
+    /// What the registry serves for `reference`, per skopeo (the oracle), as a digest.
+    fn oracle_digest(&self, reference: &str) -> Option<String> {
+        let out = skopeo_try(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reference}"),
+        ]);
+        out.status.success().then(|| oci::sha256(&out.stdout))
+    }
+
+    fn ledger_tag(&self, env: &str, service: &str) -> String {
+        let text = self.ledger.read(&format!("apps/{env}/{service}.yaml"));
+        let line = text.lines().find(|l| l.contains("value:")).unwrap();
+        line.split('"').nth(1).unwrap().to_owned()
+    }
+}
+
+fn push(layout: &Path, tag: &str, destination: &str) {
+    skopeo_run(&[
+        "copy",
+        "--quiet",
+        "--preserve-digests",
+        "--dest-tls-verify=false",
+        &format!("oci:{}:{tag}", layout.display()),
+        &format!("docker://{destination}"),
+    ]);
+}
+
+#[test]
+fn promote_dev_qa_prod_proves_the_digest_and_records_trailers() {
+    let Some(stage) = Stage::start(&[("payments", "payments/api", true)]) else {
+        return;
+    };
+    let dev = stage.promote("payments", "dev", &["--tag", "1001"]);
+    assert_eq!(dev["destination"]["digest"], stage.digests[0].as_str());
+    assert_eq!(dev["ledger"]["old"], "1000");
+
+    let qa = stage.promote("payments", "qa", &[]);
+    assert_eq!(
+        qa["build_id"], "1001",
+        "the tag comes from Dev's Ledger entry"
+    );
+    assert_eq!(qa["verification"]["verified"], true);
+    assert!(
+        qa["verification"]["blobs_copied"].as_u64().unwrap() >= 2,
+        "{qa}"
+    );
+
+    let evidence = stage.path().join("evidence.json");
+    let prod = stage.promote(
+        "payments",
+        "prod",
+        &[
+            "--approved-by",
+            "bob@example.com",
+            "--evidence",
+            evidence.to_str().unwrap(),
+        ],
+    );
+    let recorded: Value =
+        serde_json::from_str(&std::fs::read_to_string(&evidence).unwrap()).unwrap();
+    assert_eq!(recorded, prod, "the evidence file is the JSON result");
+    for key in [
+        "build_id",
+        "source",
+        "destination",
+        "verification",
+        "ledger",
+        "requested_by",
+        "approved_by",
+        "started_at",
+        "finished_at",
+    ] {
+        assert!(!prod[key].is_null(), "evidence lacks {key}: {prod}");
+    }
+
+    // skopeo, not forge, says what each registry holds: the digest CI built, everywhere.
+    let dev_host = stage.dev.host();
+    let shared = stage.shared.host();
+    for reference in [
+        format!("{dev_host}/payments/api:1001"),
+        format!("{shared}/payments/api:1001"),
+        format!("{shared}/prod/payments/api:1001"),
+    ] {
+        assert_eq!(
+            stage.oracle_digest(&reference).as_deref(),
+            Some(stage.digests[0].as_str()),
+            "{reference}"
+        );
+    }
+    for env in ["dev", "qa", "prod"] {
+        assert_eq!(stage.ledger_tag(env, "payments"), "1001", "{env}");
+    }
+    let message = git(&stage.ledger.path(), &["log", "-1", "--format=%B", "main"]);
+    assert!(
+        message.starts_with("payments prod: 1000 -> 1001"),
+        "{message}"
+    );
+    for trailer in [
+        format!("Forge-Digest: {}", stage.digests[0]),
+        "Forge-Build-Id: 1001".to_owned(),
+        "Forge-Requested-By: alice@example.com".to_owned(),
+        "Forge-Approved-By: bob@example.com".to_owned(),
+        "Forge-Action: promote".to_owned(),
+    ] {
+        assert!(
+            message.contains(&trailer),
+            "missing `{trailer}` in:\n{message}"
+        );
+    }
+
+    // Promoting again is a no-op: nothing uploaded, no Ledger commit.
+    let commits = stage.ledger.log().len();
+    let again = stage.promote("payments", "prod", &["--approved-by", "bob@example.com"]);
+    assert_eq!(again["verification"]["already_present"], true);
+    assert!(again["ledger"]["commit"].is_null());
+    assert_eq!(stage.ledger.log().len(), commits);
+
+    let status = stage.forge(&["status", "--service", "payments", "--output", "json"]);
+    assert_success(&status);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["drift"], false, "{status}");
+    for env in status["environments"].as_array().unwrap() {
+        assert_eq!(env["digest"], stage.digests[0].as_str(), "{env}");
+        assert_eq!(env["recorded_digest"], stage.digests[0].as_str(), "{env}");
+    }
+
+    let audit = stage.forge(&["audit", "--service", "payments", "--output", "json"]);
+    assert_success(&audit);
+    let audit: Value = serde_json::from_slice(&audit.stdout).unwrap();
+    let events = audit["events"].as_array().unwrap();
+    let promotions = events.iter().filter(|e| e["action"] == "promote").count();
+    assert_eq!(promotions, 3, "{audit}");
+}
+
+#[test]
+fn self_approval_and_latest_are_refused_with_nothing_written() {
+    let Some(stage) = Stage::start(&[("payments", "payments/api", true)]) else {
+        return;
+    };
+    stage.promote("payments", "dev", &["--tag", "1001"]);
+    stage.promote("payments", "qa", &[]);
+    let before = stage.ledger.log();
+
+    let out = stage.forge(&[
+        "promote",
+        "--service",
+        "payments",
+        "--to",
+        "prod",
+        "--requested-by",
+        "alice@example.com",
+        "--approved-by",
+        "Alice@Example.COM",
+    ]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("self-approval refused"),
+        "{}",
+        stderr(&out)
+    );
+    let out = stage.forge(&[
+        "promote",
+        "--service",
+        "payments",
+        "--to",
+        "prod",
+        "--requested-by",
+        "alice@example.com",
+    ]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("requires an approval"),
+        "{}",
+        stderr(&out)
+    );
+    let out = stage.forge(&[
+        "promote",
+        "--service",
+        "payments",
+        "--to",
+        "dev",
+        "--tag",
+        "latest",
+    ]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("`latest` refused"),
+        "{}",
+        stderr(&out)
+    );
+    let out = stage.forge(&[
+        "promote",
+        "--service",
+        "payments",
+        "--to",
+        "dev",
+        "--tag",
+        "abc",
+    ]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("does not match policy.tag_pattern"),
+        "{}",
+        stderr(&out)
+    );
+
+    assert_eq!(stage.ledger.log(), before, "no Ledger commit");
+    let prod = format!("{}/prod/payments/api:1001", stage.shared.host());
+    assert_eq!(stage.oracle_digest(&prod), None, "no tag pushed to Prod");
+}
+
+#[test]
+fn a_missing_qa_repository_is_refused_with_the_support_channel() {
+    let Some(stage) = Stage::start(&[("billing", "billing/api", false)]) else {
+        return;
+    };
+    stage.promote("billing", "dev", &["--tag", "1001"]);
+    let before = stage.ledger.log();
+    let repositories = stage.shared.repositories();
+
+    let out = stage.forge(&["promote", "--service", "billing", "--to", "qa"]);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("billing/api") && err.contains(&stage.shared.host()),
+        "{err}"
+    );
+    assert!(
+        err.contains("#platform-support") && err.contains("Blueprint"),
+        "{err}"
+    );
+    assert_eq!(
+        stage.shared.repositories(),
+        repositories,
+        "no repository created"
+    );
+    assert_eq!(stage.ledger.log(), before, "no Ledger commit");
+}
+
+#[test]
+fn concurrent_promotions_of_different_services_all_land() {
+    let services = [
+        ("alpha", "team/alpha", true),
+        ("beta", "team/beta", true),
+        ("gamma", "team/gamma", true),
+        ("delta", "team/delta", true),
+    ];
+    let Some(stage) = Stage::start(&services) else {
+        return;
+    };
+    let children: Vec<_> = services
+        .iter()
+        .map(|(name, _, _)| {
+            crate::support::forge()
+                .args([
+                    "promote",
+                    "--service",
+                    name,
+                    "--to",
+                    "dev",
+                    "--tag",
+                    "1002",
+                    "--requested-by",
+                    "ci",
+                ])
+                .current_dir(stage.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        assert_success(&child.wait_with_output().unwrap());
+    }
+    for (name, _, _) in &services {
+        assert_eq!(stage.ledger_tag("dev", name), "1002", "{name}");
+    }
+    let log = stage.ledger.log();
+    for (name, _, _) in &services {
+        assert_eq!(
+            log.iter()
+                .filter(|s| s.starts_with(&format!("{name} dev:")))
+                .count(),
+            1,
+            "{log:?}"
+        );
+    }
+}
+
+#[test]
+fn rollback_restores_the_previous_tag_and_its_digest() {
+    let Some(stage) = Stage::start(&[("payments", "payments/api", true)]) else {
+        return;
+    };
+    for build in BUILDS {
+        stage.promote("payments", "dev", &["--tag", build]);
+        stage.promote("payments", "qa", &[]);
+        stage.promote("payments", "prod", &["--approved-by", "bob@example.com"]);
+    }
+    assert_eq!(stage.ledger_tag("prod", "payments"), "1002");
+    let out = stage.forge(&[
+        "rollback",
+        "--service",
+        "payments",
+        "--env",
+        "prod",
+        "--requested-by",
+        "oncall",
+        "--output",
+        "json",
+    ]);
+    assert_success(&out);
+    let evidence: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(evidence["build_id"], "1001");
+    assert_eq!(evidence["destination"]["digest"], stage.digests[0].as_str());
+    assert_eq!(stage.ledger_tag("prod", "payments"), "1001");
+    let subject = &stage.ledger.log()[0];
+    assert_eq!(subject, "payments prod: 1002 -> 1001");
+    // History was not rewritten: the 1002 promotion is still there.
+    assert!(
+        stage
+            .ledger
+            .log()
+            .iter()
+            .any(|s| s == "payments prod: 1001 -> 1002")
+    );
+    // Prod running 1001 while QA runs 1002 is not drift: different tags.
+    let status = stage.forge(&["status", "--service", "payments", "--output", "json"]);
+    assert_success(&status);
+}
+
+#[test]
+fn rollback_refuses_a_tag_whose_digest_changed() {
+    let Some(stage) = Stage::start(&[("payments", "payments/api", true)]) else {
+        return;
+    };
+    for build in BUILDS {
+        stage.promote("payments", "dev", &["--tag", build]);
+    }
+    // Someone overwrote 1001 in Dev with other bytes: the rollback target is no longer the image that ran.
+    let other = stage.path().join("other");
+    oci::write_image(&other, "1001-rebuilt").unwrap();
+    push(
+        &other,
+        "1001-rebuilt",
+        &format!("{}/payments/api:1001", stage.dev.host()),
+    );
+    let before = stage.ledger.log();
+    let out = stage.forge(&[
+        "rollback",
+        "--service",
+        "payments",
+        "--env",
+        "dev",
+        "--requested-by",
+        "oncall",
+    ]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("was recorded when it was promoted"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stage.ledger.log(), before);
+}
