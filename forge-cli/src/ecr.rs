@@ -35,5 +35,9 @@ pub fn client_with(
     if !ecr.is_empty() {
         builder = builder.credential_provider(EcrRegistries { by_host: ecr });
     }
-    Ok(builder.build()?)
+    // Everything else (and an ECR host without a role chain) as `docker login` left it.
+    let docker = forge_registry::DockerConfig::load_default().map_err(|e| {
+        crate::output::InvalidInput(format!("{e}; fix or remove the Docker config, or set DOCKER_CONFIG"))
+    })?;
+    Ok(builder.docker_config(docker).build()?)
 }
