@@ -15,6 +15,9 @@
 //!    LICENSE-MIT, LICENSE-APACHE; reproducible: sorted names, owner 0, mtime of HEAD, gzip -n),
 //!    `dist/forge-X.Y.Z.cdx.json` (CycloneDX 1.5 SBOM from `cargo metadata`), `dist/SHA256SUMS`.
 //!
+//! Dates (the CHANGELOG entry, the SBOM timestamp, archive mtimes) come from `SOURCE_DATE_EPOCH`
+//! or else the HEAD commit time, so running the same release twice gives the same bytes.
+//!
 //! When any step after the bump fails, Cargo.toml, Cargo.lock and CHANGELOG.md get their previous
 //! bytes back and the files written to `dist/` are removed. `--dry-run` runs the read-only
 //! preflight and prints every step and file without building or writing (a dirty tree is then
