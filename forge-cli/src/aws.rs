@@ -81,7 +81,6 @@ pub fn mask_hook(ci: Ci) -> Option<forge_auth::chain::SecretHook> {
 /// SdkConfig whose credentials are Forge's refreshing role chain for `env` (or the default AWS
 /// chain when `[auth] token = "none"`), region from config/env. Honors `AWS_ENDPOINT_URL` (tests
 /// point it at moto).
-#[allow(dead_code, reason = "called by the ec2 and promote commands")]
 pub async fn sdk_config_for_env(
     config: &Loaded,
     env: &str,
