@@ -140,7 +140,7 @@ pub fn set_pipeline_output(name: &str, value: &str) -> anyhow::Result<()> {
 /// Logs go to stderr; stdout stays for results. `-v` raises the level, `RUST_LOG` wins.
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn,forge=info",
+        0 => "warn",
         1 => {
             "info,forge_registry=debug,forge_ledger=debug,forge_auth=debug,forge_ec2=debug,forge=debug"
         }
@@ -152,6 +152,7 @@ pub fn init_tracing(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(io::stderr)
         .with_target(verbose > 0)
+        .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()))
         .without_time()
         .init();
 }
