@@ -135,9 +135,16 @@ pub struct RenderArgs {
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::RenderScript(args) => render(args),
-        Command::Deploy(args) => crate::runtime()?.block_on(deploy(args)),
-        Command::Rollback(args) => crate::runtime()?.block_on(rollback(args)),
+        Command::Deploy(args) => runtime()?.block_on(deploy(args)),
+        Command::Rollback(args) => runtime()?.block_on(rollback(args)),
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
 }
 
 fn read_compose(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
