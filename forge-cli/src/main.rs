@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 mod aws;
 mod cmd;
 mod config;
+mod ec2_release;
+mod ecr;
 mod output;
+mod policy;
+mod release;
 
 /// Forge: copy container images registry-to-registry with the digest proven, and record
 /// promotions in the Ledger.
@@ -31,6 +35,14 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Promote a service's image to an environment: policy, verified copy, then the Ledger.
+    Promote(cmd::promote::Args),
+    /// Roll an environment back to an older tag, proven to still be the image that ran.
+    Rollback(cmd::rollback::Args),
+    /// Per environment: the Ledger tag, its registry digest, who and when; flags drift.
+    Status(cmd::status::StatusArgs),
+    /// A service's promotion history, rebuilt from the Ledger's commits and trailers.
+    Audit(cmd::status::AuditArgs),
     /// AWS credentials from the pipeline's OIDC token through the role chain.
     #[command(subcommand)]
     Auth(cmd::auth::Command),
@@ -55,6 +67,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_tracing(cli.verbose);
     let result = match cli.command {
+        Command::Promote(a) => cmd::promote::run(a),
+        Command::Rollback(a) => cmd::rollback::run(a),
+        Command::Status(a) => cmd::status::status(a),
+        Command::Audit(a) => cmd::status::audit(a),
         Command::Auth(c) => cmd::auth::run(c),
         Command::Copy(a) => cmd::copy::run_copy(a),
         Command::Digest(a) => cmd::copy::run_digest(a),
@@ -67,4 +83,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => output::report_error(&err),
     }
+}
+
+/// The async runtime for one command. Commands are one-shot, so each builds its own.
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }

@@ -6,3 +6,6 @@ pub mod config;
 pub mod copy;
 pub mod ec2;
 pub mod ledger;
+pub mod promote;
+pub mod rollback;
+pub mod status;
