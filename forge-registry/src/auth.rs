@@ -391,10 +391,14 @@ async fn run_helper(
             ))
         })?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(registry.as_bytes())
-            .await
-            .map_err(|e| fail(format!("cannot write to it: {e}")))?;
+        // A helper may answer without reading its input (e.g. "credentials not found"): a
+        // broken pipe here is not an error, its exit status and output decide.
+        match stdin.write_all(registry.as_bytes()).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+            Err(e) => return Err(fail(format!("cannot write to it: {e}"))),
+        }
+        drop(stdin);
     }
     let out = child
         .wait_with_output()

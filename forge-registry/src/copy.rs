@@ -295,22 +295,38 @@ impl Client {
         let src_ep = self.endpoint(src, Self::pull_scope(src), retries)?;
         let dst_ep = self.endpoint(dst, dst_scopes, retries)?;
 
-        // 1. The destination must exist: nothing is created implicitly.
+        // 1-3 are reads, run concurrently (each costs a round trip, plus a token fetch on
+        // remote registries); nothing is written before all three have answered.
         if let Endpoint::Layout(l) = &dst_ep {
             l.require()?;
-        } else if !dst_ep.exists().await? {
+        }
+        if let Endpoint::Layout(l) = &src_ep {
+            l.require()?;
+        }
+        let dst_tag = async {
+            match dst.tag() {
+                Some(tag) => dst_ep.get_manifest(tag).await,
+                None => Ok(None),
+            }
+        };
+        let (exists, top, existing) = futures_util::future::join3(
+            dst_ep.exists(),
+            self.fetch_source_top(&src_ep, src),
+            dst_tag,
+        )
+        .await;
+
+        // 1. The destination must exist: nothing is created implicitly.
+        if !exists? {
             return Err(Error::new(ErrorKind::RepositoryMissing {
                 repository: dst.repository().to_owned(),
                 registry: dst.registry().to_owned(),
                 hint: options.support_hint.clone(),
             }));
         }
-        if let Endpoint::Layout(l) = &src_ep {
-            l.require()?;
-        }
 
         // 2. The source manifest, raw bytes.
-        let top = self.fetch_source_top(&src_ep, src).await?;
+        let top = top?;
         tracing::info!(source = %src, digest = %top.digest, media_type = %top.media_type, "resolved source");
         if let Some(want) = dst.digest()
             && *want != top.digest
@@ -325,7 +341,7 @@ impl Client {
 
         // 3. Immutable tags: checked before anything is pushed.
         if let Some(tag) = dst.tag()
-            && let Some(existing) = dst_ep.get_manifest(tag).await?
+            && let Some(existing) = existing?
         {
             if existing.digest == top.digest {
                 tracing::info!(destination = %dst, "destination tag already holds the digest");

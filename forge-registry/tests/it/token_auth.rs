@@ -236,6 +236,20 @@ fn helper_script(dir: &std::path::Path, name: &str, body: &str) {
     let path = dir.join(format!("docker-credential-{name}"));
     std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("write helper");
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // Another test may fork while the file was open for writing; until that child execs, running
+    // the script fails with ETXTBSY ("Text file busy"). Wait that window out.
+    for _ in 0..100 {
+        match std::process::Command::new(&path)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .status()
+        {
+            Err(e) if e.raw_os_error() == Some(26) => {
+                std::thread::sleep(std::time::Duration::from_millis(20))
+            }
+            _ => return,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +285,15 @@ async fn docker_config_credential_helpers_feed_the_token_flow() {
     let report = c
         .copy(&src, &dst, &CopyOptions::default())
         .await
-        .expect("push scope granted with the helper's credentials");
+        .unwrap_or_else(|e| {
+            let mut text = e.to_string();
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            panic!("the helper's credentials should grant the push scope: {text}")
+        });
     assert!(report.verified);
     assert_eq!(
         std::fs::read_to_string(dir.path().join("asked"))
@@ -295,5 +317,9 @@ async fn docker_config_credential_helpers_feed_the_token_flow() {
         .copy(&src, &dst, &CopyOptions::default())
         .await
         .expect_err("no credentials");
-    assert!(matches!(err.kind, ErrorKind::Unauthorized { .. }), "{err}");
+    assert!(
+        matches!(err.kind, ErrorKind::Unauthorized { .. }),
+        "{err}: {:?}",
+        std::error::Error::source(&err)
+    );
 }
