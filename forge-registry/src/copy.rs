@@ -327,7 +327,7 @@ impl Client {
 
         // 2. The source manifest, raw bytes.
         let top = top?;
-        tracing::info!(source = %src, digest = %top.digest, media_type = %top.media_type, "resolved source");
+        tracing::debug!(source = %src, digest = %top.digest, media_type = %top.media_type, "resolved source");
         if let Some(want) = dst.digest()
             && *want != top.digest
         {
@@ -344,7 +344,7 @@ impl Client {
             && let Some(existing) = existing?
         {
             if existing.digest == top.digest {
-                tracing::info!(destination = %dst, "destination tag already holds the digest");
+                tracing::debug!(destination = %dst, "destination tag already holds the digest");
                 let check = verify_tree(&dst_ep, dst, tag, &top.digest, Some(existing)).await?;
                 return Ok(CopyReport {
                     source: src.to_string(),
