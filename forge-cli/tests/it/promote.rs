@@ -494,3 +494,107 @@ fn rollback_refuses_a_tag_whose_digest_changed() {
     );
     assert_eq!(stage.ledger.log(), before);
 }
+
+/// An unsigned, well-formed JWT (moto does not verify tokens).
+const JWT: &str = "eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJodHRwczovL3Rva2VuLmFjdGlvbnMuZ2l0aHVidXNlcmNvbnRlbnQuY29tIiwic3ViIjoicmVwbzpwbGF0Zm9ybS9wYXltZW50czpyZWY6cmVmcy9oZWFkcy9tYWluIiwiYXVkIjoic3RzLmFtYXpvbmF3cy5jb20ifQ.c2lnbmF0dXJl";
+
+#[test]
+fn an_ec2_service_is_promoted_through_the_role_chain_and_ssm() {
+    let Some(moto) = forge_testkit::Moto::start() else {
+        return;
+    };
+    let Some(stage) = Stage::start(&[("dagster", "data/dagster", true)]) else {
+        return;
+    };
+    let ids: std::collections::HashMap<String, Vec<String>> = serde_json::from_str(
+        moto.python(
+            r#"
+import boto3, json, os
+# moto keeps resources per account: create the instances in each environment's account, as
+# the role chain's credentials land there.
+sts = boto3.client("sts", endpoint_url=os.environ["ENDPOINT"])
+ids = {}
+for env, account in [("dev", "111111111111"), ("qa", "222222222222")]:
+    creds = sts.assume_role(RoleArn=f"arn:aws:iam::{account}:role/fixture", RoleSessionName="fixture")["Credentials"]
+    ec2 = boto3.client("ec2", endpoint_url=os.environ["ENDPOINT"], aws_access_key_id=creds["AccessKeyId"],
+                       aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"])
+    ids[env] = []
+    for enabled in ["true", "true", "false"]:
+        r = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, TagSpecifications=[
+            {"ResourceType": "instance", "Tags": [{"Key": "forge:dagster-enabled", "Value": enabled}]}])
+        ids[env].append(r["Instances"][0]["InstanceId"])
+print(json.dumps(ids))
+"#,
+        )
+        .trim(),
+    )
+    .unwrap();
+
+    // The stage's config, now with the OIDC role chain and an EC2 service.
+    let dir = stage.path();
+    std::fs::write(dir.join("token.jwt"), JWT).unwrap();
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        "services:\n  dagster:\n    image: registry.example.invalid/data/dagster:${IMAGE_TAG}\n",
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(dir.join("forge.toml")).unwrap();
+    let config = config
+        .replace(
+            "[auth]\ntoken = \"none\"\n",
+            &format!(
+                "[auth]\nhub_role = \"arn:aws:iam::999999999999:role/ConveyorHub\"\ntoken = \"file:{}\"\nregion = \"eu-west-1\"\n",
+                dir.join("token.jwt").display()
+            ),
+        )
+        .replace("[environments.dev]\n", "[environments.dev]\nrole = \"arn:aws:iam::111111111111:role/ConveyorDeployRole-dev\"\n")
+        .replace("[environments.qa]\n", "[environments.qa]\nrole = \"arn:aws:iam::222222222222:role/ConveyorDeployRole-qa\"\n")
+        .replace(
+            "[services.dagster]\n",
+            "[services.dagster]\nkind = \"ec2\"\ntarget = \"tag:forge:dagster-enabled=true\"\nservice_dir = \"/opt/dagster\"\ncompose = \"docker-compose.yml\"\n",
+        );
+    std::fs::write(dir.join("forge.toml"), config).unwrap();
+
+    let promote = |to: &str, extra: &[&str]| {
+        let mut cmd = crate::support::forge();
+        crate::support::isolate_aws(&mut cmd, dir, &moto.endpoint());
+        cmd.args([
+            "promote",
+            "--service",
+            "dagster",
+            "--to",
+            to,
+            "--requested-by",
+            "alice",
+            "--output",
+            "json",
+        ])
+        .args(extra)
+        .current_dir(dir);
+        let out = cmd.output().unwrap();
+        assert_success(&out);
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    promote("dev", &["--tag", "1001"]);
+    let qa = promote("qa", &[]);
+
+    assert_eq!(qa["destination"]["digest"], stage.digests[0].as_str());
+    let mut deployed: Vec<String> = qa["ec2"]["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            assert_eq!(i["status"], "Success", "{i}");
+            i["instance_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    deployed.sort();
+    let mut tagged = ids["qa"][..2].to_vec();
+    tagged.sort();
+    assert_eq!(deployed, tagged, "exactly the tagged instances");
+    assert_eq!(
+        stage.ledger_tag("qa", "dagster"),
+        "1001",
+        "recorded after the deploy succeeded"
+    );
+}
