@@ -336,7 +336,7 @@ impl Ledger {
             max_attempts: 30,
             max_duration: Duration::from_secs(180),
             backoff_base: Duration::from_millis(50),
-            backoff_cap: Duration::from_secs(2),
+            backoff_cap: Duration::from_secs(8),
             identity: None,
             git_program: PathBuf::from("git"),
             state: Mutex::new(None),
@@ -362,8 +362,9 @@ impl Ledger {
         self
     }
 
-    /// Backoff after a rejected push: a random delay up to `base × 2^(attempt-1)`, capped at
-    /// `cap` (defaults 50 ms and 2 s).
+    /// Backoff after the n-th rejected push: a random delay up to `unit × 2^n`, capped at `cap`,
+    /// where `unit` is the larger of `base` and the duration of the failed attempt (defaults
+    /// 50 ms and 8 s).
     pub fn backoff(mut self, base: Duration, cap: Duration) -> Self {
         self.backoff_base = base;
         self.backoff_cap = cap;
@@ -446,6 +447,7 @@ impl Ledger {
         let mut attempt: u32 = 0;
         loop {
             attempt += 1;
+            let attempt_started = Instant::now();
             self.fetch(&git, true)?;
             let (mode, text) = self.read_file(&git, FETCHED, &file)?;
             let patch_err = |source| LedgerError::Patch {
@@ -522,7 +524,7 @@ impl Ledger {
                 }
                 PushResult::Retry(reason) => {
                     let elapsed = started.elapsed();
-                    let delay = self.delay(attempt);
+                    let delay = self.delay(attempt, attempt_started.elapsed());
                     if attempt >= self.max_attempts || elapsed + delay > self.max_duration {
                         return Err(LedgerError::Rejected {
                             attempts: attempt,
@@ -859,10 +861,12 @@ impl Ledger {
         }
     }
 
-    fn delay(&self, attempt: u32) -> Duration {
-        let exp = self
-            .backoff_base
-            .saturating_mul(1u32 << attempt.saturating_sub(1).min(16));
+    /// Full-jitter exponential backoff whose unit is the larger of the configured base and the
+    /// duration of the attempt that just failed: that duration is the collision window, so on a
+    /// slow remote or a loaded machine the writers spread out proportionally.
+    fn delay(&self, attempt: u32, last_attempt: Duration) -> Duration {
+        let unit = self.backoff_base.max(last_attempt);
+        let exp = unit.saturating_mul(1u32 << attempt.min(16));
         let ceiling = exp.min(self.backoff_cap).as_millis() as u64;
         Duration::from_millis(rand::random_range(0..=ceiling))
     }
