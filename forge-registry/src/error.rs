@@ -349,3 +349,47 @@ impl fmt::Display for ErrorKind {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_say_how_many_retries_and_how_long() {
+        let e = Error {
+            kind: ErrorKind::Registry {
+                method: "PUT".to_owned(),
+                url: "http://r/v2/a/manifests/1".to_owned(),
+                status: 503,
+                code: None,
+                message: "unavailable".to_owned(),
+            },
+            retries: 3,
+            elapsed: Duration::from_millis(4210),
+        };
+        assert_eq!(
+            e.to_string(),
+            "PUT http://r/v2/a/manifests/1 answered HTTP 503: unavailable (failed after 3 retries in 4.2s)"
+        );
+        assert!(e.kind.is_retryable());
+        assert!(!e.is_invalid_input());
+    }
+
+    #[test]
+    fn refusals_have_no_retry_suffix() {
+        let e = Error {
+            kind: ErrorKind::RepositoryMissing {
+                repository: "team/app".to_owned(),
+                registry: "r.example".to_owned(),
+                hint: "ask".to_owned(),
+            },
+            retries: 0,
+            elapsed: Duration::from_millis(30),
+        };
+        assert_eq!(
+            e.to_string(),
+            "repository 'team/app' does not exist in registry 'r.example': ask. Nothing was uploaded."
+        );
+        assert!(e.is_invalid_input());
+    }
+}
