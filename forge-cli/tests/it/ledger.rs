@@ -454,3 +454,68 @@ fn patch_prints_or_rewrites_a_local_file() {
         text(&out.stderr)
     );
 }
+
+const PROD_APP: &str = "apiVersion: argoproj.io/v1alpha1
+kind: Application
+metadata:
+  name: payments-prod
+spec:
+  source:
+    repoURL: https://charts.example
+    chart: payments
+    helm:
+      parameters:
+        - name: image.tag
+          value: latest
+  syncPolicy:
+    automated:
+      prune: true
+";
+
+#[test]
+fn lint_reports_findings_with_exit_1_and_a_clean_tree_with_exit_0() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("apps/prod")).unwrap();
+    std::fs::create_dir_all(dir.path().join("apps/qa")).unwrap();
+    write(&dir.path().join("apps/prod"), "payments.yaml", PROD_APP);
+    write(&dir.path().join("apps/qa"), "values.yaml", VALUES);
+
+    let out = forge_in(dir.path(), &["ledger", "lint", "."]);
+    assert_exit(&out, 1);
+    insta::assert_snapshot!("lint_findings_text", text(&out.stdout));
+
+    let out = forge_in(dir.path(), &["ledger", "lint", ".", "--output", "json"]);
+    assert_exit(&out, 1);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rules: Vec<_> = json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["rule"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(rules, ["mutable-tag", "prod-auto-sync"]);
+
+    // `--prod-env` replaces the default Prod names: `prod` is then just a directory.
+    let out = forge_in(
+        dir.path(),
+        &["ledger", "lint", ".", "--prod-env", "production"],
+    );
+    assert_exit(&out, 1);
+    assert!(
+        !text(&out.stdout).contains("prod-auto-sync"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let out = forge_in(dir.path(), &["ledger", "lint", "apps/qa"]);
+    assert_success(&out);
+    assert_eq!(text(&out.stdout), "apps/qa: no findings\n");
+
+    let out = forge_in(dir.path(), &["ledger", "lint", "missing"]);
+    assert_exit(&out, 2);
+    assert!(
+        text(&out.stderr).contains("not a directory"),
+        "{}",
+        text(&out.stderr)
+    );
+}
