@@ -337,3 +337,40 @@ fn urls_with_credentials_never_appear_in_errors() {
         "the host is still named: {text}"
     );
 }
+
+#[test]
+fn bounded_retries_end_in_a_rejected_error_that_counts_attempts() {
+    let Some(remote) = remote(&[("a.yaml", VALUES)]) else {
+        return;
+    };
+    // A stale lock on the remote's branch makes every push fail with "cannot lock ref" /
+    // "failed to update ref" — the same rejection a concurrent writer causes — so the retry
+    // path runs deterministically.
+    let lock = remote.path().join("refs/heads/main.lock");
+    std::fs::write(&lock, "").unwrap();
+    let before = git(&remote.path(), &["rev-parse", "main"]);
+    let err = Ledger::new(remote.url(), "main")
+        .max_attempts(3)
+        .backoff(Duration::from_millis(1), Duration::from_millis(20))
+        .set_tag(&set("a.yaml", "101"))
+        .unwrap_err();
+    let LedgerError::Rejected { attempts, last, .. } = &err else {
+        panic!("expected Rejected, got {err:?}");
+    };
+    assert_eq!(*attempts, 3);
+    assert!(last.contains("main"), "{last}");
+    let message = err.to_string();
+    assert!(
+        message.starts_with("push rejected 3 times over "),
+        "{message}"
+    );
+    assert!(message.contains("--max-attempts"), "{message}");
+    assert!(!err.is_refusal());
+    std::fs::remove_file(&lock).unwrap();
+    assert_eq!(git(&remote.path(), &["rev-parse", "main"]), before);
+    // With the lock gone the same request lands.
+    let outcome = Ledger::new(remote.url(), "main")
+        .set_tag(&set("a.yaml", "101"))
+        .unwrap();
+    assert_eq!(outcome.attempts, 1);
+}
