@@ -9,15 +9,19 @@
 //!
 //! 1. `prepare`: create and enter the service directory, pick `docker compose` or `docker-compose`.
 //! 2. `read-previous-tag` (rollback without a named tag): the tag recorded in `.env.previous`.
-//! 3. `write-compose`: decode the base64 compose file into a temp file, verify its sha256 (a
+//! 3. `backup`: copies of `docker-compose.yml`, `.env` and `.env.previous` (or a note that they
+//!    did not exist). Until `pull` has succeeded, any failure restores them, so a failed deploy
+//!    leaves the files describing the containers that still run (`forge-undo:` on stderr).
+//!    From `up` on, the new files stay.
+//! 4. `write-compose`: decode the base64 compose file into a temp file, verify its sha256 (a
 //!    mismatch is refused and nothing changes), rename it to `docker-compose.yml`.
-//! 4. `refresh-env` (when a parameters path is set): `forge-refresh-env` rewrites `.env` from
+//! 5. `refresh-env` (when a parameters path is set): `forge-refresh-env` rewrites `.env` from
 //!    Parameter Store, keeping `IMAGE_TAG`.
-//! 5. `set-image-tag`: `IMAGE_TAG=<tag>` in `.env` (atomically, mode 0600); the tag it replaces
+//! 6. `set-image-tag`: `IMAGE_TAG=<tag>` in `.env` (atomically, mode 0600); the tag it replaces
 //!    goes to `.env.previous` (unless it is the same tag), which is what a rollback reads.
-//! 6. `pull`: `docker compose pull --quiet`.
-//! 7. `up`: `docker compose up -d`.
-//! 8. `check-running` (optional): every service of the compose file is running (retried for
+//! 7. `pull`: `docker compose pull --quiet`.
+//! 8. `up`: `docker compose up -d`.
+//! 9. `check-running` (optional): every service of the compose file is running (retried for
 //!    about 30 s while containers start).
 //!
 //! A failing command prints `forge-step-failed: NAME (exit N)` on stderr (ERR trap); a refused
@@ -248,6 +252,7 @@ pub fn render(spec: &ScriptSpec<'_>) -> String {
     if spec.tag == TagChoice::RollbackToPrevious {
         s.push_str(READ_PREVIOUS);
     }
+    s.push_str(BACKUP);
     match spec.compose {
         Some(compose) => {
             let _ = writeln!(
@@ -299,10 +304,23 @@ set -Eeuo pipefail
 umask 077
 export PATH="${PATH:-/usr/bin:/bin}:/usr/local/bin"
 FORGE_STEP=start
-on_err() { local rc=$?; echo "forge-step-failed: ${FORGE_STEP} (exit ${rc})" >&2; exit "${rc}"; }
+UNDO=0
+UNDO_FILES="docker-compose.yml .env .env.previous"
+undo() {
+  [ "$UNDO" = 1 ] || return 0
+  UNDO=0
+  local f
+  for f in $UNDO_FILES; do
+    if [ -e "$f.forge-undo" ]; then mv -f -- "$f.forge-undo" "$f" || true
+    elif [ -e "$f.forge-absent" ]; then rm -f -- "$f" "$f.forge-absent" || true
+    fi
+  done
+  echo "forge-undo: restored $UNDO_FILES in $SERVICE_DIR to their state before this run" >&2
+}
+on_err() { local rc=$?; echo "forge-step-failed: ${FORGE_STEP} (exit ${rc})" >&2; undo; exit "${rc}"; }
 trap on_err ERR
 step() { FORGE_STEP="$1"; echo "forge-step: $1"; }
-fail() { echo "forge-step-failed: ${FORGE_STEP}: $*" >&2; exit 1; }
+fail() { echo "forge-step-failed: ${FORGE_STEP}: $*" >&2; undo; exit 1; }
 tag_ok() { [[ "$1" =~ ^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$ ]] && [ "$1" != latest ]; }
 read_tag() { sed -n 's/^IMAGE_TAG=//p' "$1" | tail -n 1 | tr -d "\"'"; }
 
@@ -328,6 +346,15 @@ step read-previous-tag
 IMAGE_TAG_WANTED="$(read_tag .env.previous)"
 tag_ok "$IMAGE_TAG_WANTED" || fail "$SERVICE_DIR/.env.previous holds no valid IMAGE_TAG ('$IMAGE_TAG_WANTED'); roll back to a named tag instead (--to-tag TAG)"
 echo "forge-rollback-to: $IMAGE_TAG_WANTED"
+"#;
+
+const BACKUP: &str = r#"
+step backup
+for f in $UNDO_FILES; do
+  rm -f -- "$f.forge-undo" "$f.forge-absent"
+  if [ -e "$f" ]; then cp -p -- "$f" "$f.forge-undo"; else : > "$f.forge-absent"; fi
+done
+UNDO=1
 "#;
 
 const WRITE_COMPOSE_HEAD: &str = r#"compose_tmp="$(mktemp .forge-compose.XXXXXX)"
@@ -375,6 +402,10 @@ echo "forge-image-tag: ${previous_tag:-(none)} -> $IMAGE_TAG_WANTED"
 const PULL_UP: &str = r#"
 step pull
 compose -f docker-compose.yml pull --quiet
+
+# From here containers change: keep the new files even if a later step fails.
+for f in $UNDO_FILES; do rm -f -- "$f.forge-undo" "$f.forge-absent"; done
+UNDO=0
 
 step up
 compose -f docker-compose.yml up -d

@@ -188,6 +188,7 @@ fn deploy_runs_refresh_then_tag_then_pull_then_up() {
         steps,
         [
             "prepare",
+            "backup",
             "write-compose",
             "refresh-env",
             "set-image-tag",
@@ -287,6 +288,58 @@ fn failing_pull_stops_and_names_the_step() {
         sb.calls()
     );
     assert!(!text(&out.stdout).contains("forge-step: up"));
+}
+
+#[test]
+fn failure_before_up_restores_the_previous_files() {
+    let sb = Sandbox::new("svc");
+    assert_ok(&sb.run(&render_script(&request(sb.dir(), "40")), &[]));
+    assert_ok(&sb.run(&render_script(&request(sb.dir(), "41")), &[]));
+    let before: Vec<Option<String>> = [".env", ".env.previous", "docker-compose.yml"]
+        .iter()
+        .map(|f| sb.read(f))
+        .collect();
+    let mut changed = request(sb.dir(), "42");
+    changed.compose_file = b"services:\n  web:\n    image: other:${IMAGE_TAG}\n".to_vec();
+    let out = sb.run(&render_script(&changed), &[("FAKE_FAIL", "pull")]);
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("forge-undo: restored"), "{stderr}");
+    let after: Vec<Option<String>> = [".env", ".env.previous", "docker-compose.yml"]
+        .iter()
+        .map(|f| sb.read(f))
+        .collect();
+    assert_eq!(
+        after, before,
+        "a failed pull leaves the files of the running release"
+    );
+    assert_eq!(env_tag(&sb, ".env").as_deref(), Some("41"));
+    let mode = std::fs::metadata(sb.service.join(".env"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mut names: Vec<String> = std::fs::read_dir(&sb.service)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [".env", ".env.previous", "docker-compose.yml"],
+        "no backup files left"
+    );
+
+    // A failure after `up` started keeps the new files (they describe the new containers).
+    let out = sb.run(
+        &render_script(&request(sb.dir(), "42")),
+        &[("FAKE_FAIL", "up")],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out.stderr).contains("forge-step-failed: up (exit 1)"));
+    assert!(!text(&out.stderr).contains("forge-undo"));
+    assert_eq!(env_tag(&sb, ".env").as_deref(), Some("42"));
+    assert_eq!(env_tag(&sb, ".env.previous").as_deref(), Some("41"));
 }
 
 #[test]
