@@ -519,3 +519,45 @@ fn lint_reports_findings_with_exit_1_and_a_clean_tree_with_exit_0() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn relative_repo_paths_work_and_credentials_never_print() {
+    let Some(remote) = ledger(&[("a.yaml", VALUES)]) else {
+        return;
+    };
+    let parent = remote.path().parent().unwrap().to_owned();
+    let out = forge_in(
+        &parent,
+        &[
+            "ledger",
+            "get",
+            "--repo",
+            "ledger.git",
+            "--file",
+            "a.yaml",
+            "--output",
+            "json",
+        ],
+    );
+    assert_success(&out);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["value"], "100");
+    assert_eq!(json["path"], "image.tag");
+
+    // Nothing listens on loopback port 1: git fails at once, and the token must not show.
+    let out = run(&[
+        "ledger",
+        "set-tag",
+        "--repo",
+        "http://ci-bot:s3cr3t-token@127.0.0.1:1/ledger.git",
+        "--file",
+        "a.yaml",
+        "--tag",
+        "101",
+        "-vv",
+    ]);
+    assert_exit(&out, 1);
+    let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(!all.contains("s3cr3t"), "credentials leaked: {all}");
+    assert!(all.contains("http://***@127.0.0.1:1/ledger.git"), "{all}");
+}
