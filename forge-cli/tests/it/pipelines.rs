@@ -307,7 +307,11 @@ fn every_template_is_listed_and_parses() {
         }
     }
     // GitHub's `.github/workflows` is deliberately not used (pipelines/README.md says why).
-    assert!(!repo_root().join(".github/workflows").exists());
+    assert!(
+        !repo_root().join(".github/workflows").exists(),
+        "the GitHub templates live in pipelines/github/ (pipelines/README.md says why); a \
+         .github/workflows/ here would run them against this repository"
+    );
 }
 
 #[test]
