@@ -1240,3 +1240,201 @@ fn update_ledger_sets_the_tag_in_a_real_ledger() {
     assert_eq!(remote.log().len(), 2, "nothing pushed by the refusals");
     assert!(remote.read(file).contains("tag: \"101\""));
 }
+
+/// Argo CD Application with the tag in a helm parameter (the Ledger shape the promote tests use).
+fn application(service: &str, env: &str, tag: &str) -> String {
+    format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: {service}-{env}\nspec:\n  source:\n    repoURL: https://example.invalid/charts.git\n    path: charts/{service}\n    helm:\n      parameters:\n        - name: image.tag\n          value: \"{tag}\"\n"
+    )
+}
+
+/// The promote form of `copy-artifact.sh` (a Classic Release "QA" / "Prod" stage) with the real
+/// `forge` on PATH: two real registries, a file:// Ledger, skopeo as the oracle.
+#[test]
+fn copy_artifact_promotes_through_the_real_forge() {
+    if !forge_has(&["promote"]) {
+        return;
+    }
+    let Some(_skopeo) = forge_testkit::skopeo() else {
+        return;
+    };
+    let (Some(dev), Some(qa)) = (
+        forge_testkit::Registry::start(),
+        forge_testkit::Registry::start(),
+    ) else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let layout = work.path().join("build");
+    let digest = forge_testkit::oci::write_image(&layout, "1001").unwrap();
+    let other = work.path().join("other");
+    forge_testkit::oci::write_image(&other, "0").unwrap();
+    let push = |layout: &Path, tag: &str, dst: String| {
+        forge_testkit::skopeo_run(&[
+            "copy",
+            "--preserve-digests",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker://{dst}"),
+        ]);
+    };
+    push(&layout, "1001", format!("{}/payments/api:1001", dev.host()));
+    push(
+        &other,
+        "0",
+        format!("{}/payments/api:provisioned", qa.host()),
+    );
+    push(
+        &other,
+        "0",
+        format!("{}/prod/payments/api:provisioned", qa.host()),
+    );
+    let ledger = forge_testkit::BareRemote::seeded(&[
+        (
+            "apps/dev/payments.yaml",
+            &application("payments", "dev", "1001"),
+        ),
+        (
+            "apps/qa/payments.yaml",
+            &application("payments", "qa", "1000"),
+        ),
+        (
+            "apps/prod/payments.yaml",
+            &application("payments", "prod", "1000"),
+        ),
+    ]);
+    let config = work.path().join("forge.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[ledger]\nrepo = \"{}\"\nbranch = \"main\"\npath = \"apps/{{env}}/{{service}}.yaml\"\n\n\
+             [auth]\ntoken = \"none\"\n\n[policy]\ntag_pattern = \"^[0-9]+$\"\nsupport = \"#platform-support\"\n\n\
+             [environments.dev]\nregistry = \"{}\"\n\n\
+             [environments.qa]\nfrom = \"dev\"\nregistry = \"{}\"\napproval = \"optional\"\n\n\
+             [environments.prod]\nfrom = \"qa\"\nregistry = \"{}/prod\"\napproval = \"required\"\nsync = \"manual\"\n\n\
+             [services.payments]\nrepository = \"payments/api\"\n",
+            ledger.url(),
+            dev.host(),
+            qa.host(),
+            qa.host()
+        ),
+    )
+    .unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_forge"))
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let path = std::env::join_paths(std::iter::once(bin_dir).chain(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    )))
+    .unwrap();
+    let config_arg = config.to_string_lossy().into_owned();
+    let run = |args: &[&str]| {
+        let mut cmd = Command::new(repo_root().join("scripts/copy-artifact.sh"));
+        cmd.args(args)
+            .args(["--config", &config_arg])
+            .current_dir(work.path())
+            .env("PATH", &path)
+            .env_remove("FORGE_BIN");
+        for var in [
+            "TF_BUILD",
+            "GITHUB_ACTIONS",
+            "GITHUB_OUTPUT",
+            "FORGE_CONFIG",
+        ] {
+            cmd.env_remove(var);
+        }
+        cmd.env("GIT_AUTHOR_NAME", "Forge Test")
+            .env("GIT_AUTHOR_EMAIL", "test@forge.invalid")
+            .env("GIT_COMMITTER_NAME", "Forge Test")
+            .env("GIT_COMMITTER_EMAIL", "test@forge.invalid");
+        cmd.output().unwrap()
+    };
+    let ledger_tag = |env: &str| {
+        let text = ledger.read(&format!("apps/{env}/payments.yaml"));
+        text.lines()
+            .find(|l| l.contains("value:"))
+            .and_then(|l| l.split('"').nth(1))
+            .unwrap()
+            .to_owned()
+    };
+
+    let evidence = work.path().join("evidence-qa.json");
+    let evidence_arg = evidence.to_string_lossy().into_owned();
+    let out = run(&[
+        "--service",
+        "payments",
+        "--to",
+        "qa",
+        "--tag",
+        "1001",
+        "--requested-by",
+        "alice@example.com",
+        "--evidence",
+        &evidence_arg,
+        "--output",
+        "json",
+    ]);
+    assert_success(&out);
+    assert_eq!(
+        skopeo_digest(&format!("docker://{}/payments/api:1001", qa.host())),
+        digest,
+        "QA holds the bytes CI built"
+    );
+    assert_eq!(ledger_tag("qa"), "1001");
+    assert!(
+        std::fs::read_to_string(&evidence)
+            .unwrap()
+            .contains(&digest),
+        "evidence names the digest"
+    );
+
+    // Prod needs an approver who is not the requester: forge refuses (exit 2), nothing written.
+    let log_before = ledger.log();
+    let out = run(&[
+        "--service",
+        "payments",
+        "--to",
+        "prod",
+        "--tag",
+        "1001",
+        "--requested-by",
+        "alice@example.com",
+        "--approved-by",
+        "Alice@Example.com",
+    ]);
+    assert_exit(&out, 2);
+    assert_eq!(ledger.log(), log_before, "nothing written to the Ledger");
+    assert_eq!(ledger_tag("prod"), "1000");
+    assert!(
+        !forge_testkit::skopeo_try(&[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{}/prod/payments/api:1001", qa.host()),
+        ])
+        .status
+        .success(),
+        "nothing copied to Prod"
+    );
+
+    // With a different approver it lands.
+    let out = run(&[
+        "--service",
+        "payments",
+        "--to",
+        "prod",
+        "--tag",
+        "1001",
+        "--requested-by",
+        "alice@example.com",
+        "--approved-by",
+        "bob@example.com",
+    ]);
+    assert_success(&out);
+    assert_eq!(ledger_tag("prod"), "1001");
+    assert_eq!(
+        skopeo_digest(&format!("docker://{}/prod/payments/api:1001", qa.host())),
+        digest
+    );
+}
