@@ -457,3 +457,14 @@ fn generated_scripts_pass_shellcheck() {
         "rollback to a named tag",
     );
 }
+
+/// The script is the product `forge ec2 render-script` shows and SSM runs: any change to it
+/// must be a reviewed snapshot change.
+#[test]
+fn rendered_scripts_snapshot() {
+    let mut deploy = request("/opt/dagster", "20261126.3");
+    deploy.parameters_region = Some("eu-west-1".to_owned());
+    insta::assert_snapshot!("deploy_script", render_script(&deploy));
+    let rollback = RollbackRequest::new(Targets::parse("tag:a=b").unwrap(), "/opt/dagster");
+    insta::assert_snapshot!("rollback_script", render_rollback_script(&rollback));
+}
