@@ -62,7 +62,7 @@ impl Pipeline {
 /// Prints `err` with its cause chain on stderr (as a pipeline error annotation under CI) and
 /// returns the exit code for it.
 pub fn report_error(err: &anyhow::Error) -> ExitCode {
-    let mut text = format!("error: {err}");
+    let mut text = err.to_string();
     for cause in err.chain().skip(1) {
         text.push_str(&format!("\n  caused by: {cause}"));
     }
@@ -74,7 +74,7 @@ pub fn report_error(err: &anyhow::Error) -> ExitCode {
             writeln!(stderr, "##vso[task.logissue type=error]{}", one_line(&text))
         }
         Pipeline::GitHubActions => writeln!(stderr, "::error::{}", escape_github(&text)),
-        Pipeline::None => writeln!(stderr, "{text}"),
+        Pipeline::None => writeln!(stderr, "error: {text}"),
     };
     let code = if err
         .chain()

@@ -598,3 +598,103 @@ print(json.dumps(ids))
         "recorded after the deploy succeeded"
     );
 }
+
+#[test]
+fn pipelines_get_error_annotations_and_output_variables() {
+    let Some(stage) = Stage::start(&[("payments", "payments/api", true)]) else {
+        return;
+    };
+    // Azure DevOps: a refusal is a logissue line; results are output variables on stdout.
+    let azure = |args: &[&str]| {
+        crate::support::forge()
+            .args(args)
+            .current_dir(stage.path())
+            .env("TF_BUILD", "True")
+            .output()
+            .unwrap()
+    };
+    let out = azure(&[
+        "promote",
+        "--service",
+        "payments",
+        "--to",
+        "dev",
+        "--tag",
+        "latest",
+    ]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).starts_with("##vso[task.logissue type=error]tag `latest` refused"),
+        "{}",
+        stderr(&out)
+    );
+    let out = azure(&[
+        "promote",
+        "--service",
+        "payments",
+        "--to",
+        "dev",
+        "--tag",
+        "1001",
+        "--requested-by",
+        "ci",
+    ]);
+    assert_success(&out);
+    let text = stdout(&out);
+    let digest = &stage.digests[0];
+    assert!(
+        text.contains(&format!(
+            "##vso[task.setvariable variable=FORGE_DIGEST;isOutput=true]{digest}\n"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("##vso[task.setvariable variable=FORGE_TAG;isOutput=true]1001\n"),
+        "{text}"
+    );
+
+    // GitHub Actions: ::error:: and $GITHUB_OUTPUT.
+    let outputs = stage.path().join("github-output");
+    let github = |args: &[&str]| {
+        crate::support::forge()
+            .args(args)
+            .current_dir(stage.path())
+            .env("GITHUB_ACTIONS", "true")
+            .env("GITHUB_OUTPUT", &outputs)
+            .output()
+            .unwrap()
+    };
+    let out = github(&[
+        "promote",
+        "--service",
+        "payments",
+        "--to",
+        "prod",
+        "--requested-by",
+        "a",
+        "--approved-by",
+        "A",
+    ]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).starts_with("::error::self-approval refused"),
+        "{}",
+        stderr(&out)
+    );
+    let out = github(&[
+        "promote",
+        "--service",
+        "payments",
+        "--to",
+        "qa",
+        "--requested-by",
+        "ci",
+    ]);
+    assert_success(&out);
+    let written = std::fs::read_to_string(&outputs).unwrap();
+    assert!(
+        written.contains(&format!("FORGE_DIGEST={digest}\n"))
+            && written.contains("FORGE_TAG=1001\n"),
+        "{written}"
+    );
+}
