@@ -507,6 +507,9 @@ struct WaitState {
     command_id: String,
     known: BTreeSet<String>,
     listing: Listing,
+    /// The last `TargetCount` ListCommands reported: a failed ListCommands must not make a
+    /// subset of the instances look like all of them.
+    target_count: Option<usize>,
 }
 
 enum Progress {
@@ -658,6 +661,7 @@ impl Ec2Deployer {
                 .cloned()
                 .collect(),
             listing: Listing::Unknown,
+            target_count: None,
         };
         let mut delay = self.poll.initial;
         let mut errors = 0u32;
@@ -760,6 +764,10 @@ impl Ec2Deployer {
         let info = self.command_info(&state.command_id).await;
         if let Some(info) = &info {
             state.known.extend(info.instance_ids.iter().cloned());
+            // Before the tag filters resolve, AWS reports TargetCount 0 on a pending command.
+            if info.target_count > 0 || info.terminal {
+                state.target_count = Some(info.target_count);
+            }
             if info.terminal && info.target_count == 0 && state.known.is_empty() {
                 return Ok(Progress::NoTargets);
             }
@@ -789,7 +797,7 @@ impl Ec2Deployer {
                 }
             },
         };
-        let target_count = info.as_ref().map(|i| i.target_count);
+        let target_count = state.target_count;
         let command_terminal = info.as_ref().is_some_and(|i| i.terminal);
         if invocations.is_empty() {
             if command_terminal && target_count == Some(0) {
@@ -801,7 +809,13 @@ impl Ec2Deployer {
         }
         let visible = invocations.iter().filter(|i| i.exists).count();
         let all_finished = invocations.iter().all(Invocation::finished);
-        let enough = command_terminal || target_count.is_none_or(|n| visible >= n);
+        let enough = command_terminal
+            || match target_count {
+                Some(n) => visible >= n,
+                // ListCommands answered but has no count yet: wait for it. Never answered
+                // (no permission): every visible invocation finished is the best evidence.
+                None => info.is_none(),
+            };
         if visible > 0 && all_finished && enough {
             return Ok(Progress::Done {
                 target_count: target_count.unwrap_or(0),

@@ -517,3 +517,52 @@ async fn persistent_poll_failures_report_retries_and_elapsed() {
         "{msg}"
     );
 }
+
+/// While AWS still resolves tag targets, ListCommands says Pending with TargetCount 0 and the
+/// listing may already show the first finished invocation: that is not "every instance".
+#[tokio::test]
+async fn a_partial_listing_before_targets_resolve_is_not_done() {
+    let fake = FakeSsm::start(|op, body, n| match op {
+        "SendCommand" => send_answer(&[]),
+        "ListCommands" if n < 3 => command("Pending", 0),
+        "ListCommands" => command("InProgress", 2),
+        "ListCommandInvocations" if n < 4 => (
+            200,
+            json!({"CommandInvocations": [listed("i-0000000000000000a", "Success", "Success", 0)]}),
+        ),
+        "ListCommandInvocations" => (
+            200,
+            json!({"CommandInvocations": [
+                listed("i-0000000000000000a", "Success", "Success", 0),
+                listed("i-0000000000000000b", "Success", "Success", 0)
+            ]}),
+        ),
+        "GetCommandInvocation" => got(
+            body_id(body),
+            "Success",
+            "Success",
+            0,
+            "forge-deployed-tag: 42\n",
+            "",
+        ),
+        _ => error(400, "UnknownOperationException"),
+    })
+    .await;
+    let report = fake
+        .deployer()
+        .await
+        .deploy(&request("tag:app=web"))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = report
+        .instances
+        .iter()
+        .map(|i| i.instance_id.as_str())
+        .collect();
+    assert_eq!(ids, ["i-0000000000000000a", "i-0000000000000000b"]);
+    assert!(report.succeeded);
+}
+
+fn body_id(body: &Value) -> &str {
+    body["InstanceId"].as_str().unwrap_or_default()
+}
