@@ -21,7 +21,7 @@
 //!    command itself is terminal. A terminal command with `TargetCount` 0 and no invocation is
 //!    [`Ec2Error::NoTargets`]: zero targeted instances is an error, not a success.
 //!
-//! Polls back off (×1.5 up to [`PollConfig::max`]); consecutive poll failures beyond
+//! Polls back off (×1.5 up to [`PollConfig::max`], ±20 % jitter); consecutive poll failures beyond
 //! [`PollConfig::max_consecutive_errors`] end the wait with an error carrying the retries and
 //! the elapsed time. Past the request's `deadline` the command is cancelled (`CancelCommand`)
 //! and [`Ec2Error::Deadline`] names the unfinished instances.
@@ -668,7 +668,9 @@ impl Ec2Deployer {
         let mut unfinished: Vec<String> = Vec::new();
         loop {
             let remaining = send.deadline.saturating_sub(started.elapsed());
-            tokio::time::sleep(delay.min(remaining)).await;
+            // ±20 % jitter: pipelines started together do not poll SSM in lockstep.
+            let jittered = delay.mul_f64(rand::random_range(0.8..1.2));
+            tokio::time::sleep(jittered.min(remaining)).await;
             match self.poll_once(&mut state).await {
                 Ok(Progress::Done {
                     invocations,
