@@ -28,6 +28,86 @@ pub mod trailer {
     pub const APPROVED_BY: &str = "Forge-Approved-By";
 }
 
+/// The options `promote` and `rollback` share.
+#[derive(Debug, clap::Args)]
+pub struct ChangeArgs {
+    /// Who asks (default: the pipeline's requester, else $USER).
+    #[arg(long)]
+    pub requested_by: Option<String>,
+    /// Who approved (required where `approval = "required"`; never the requester).
+    #[arg(long)]
+    pub approved_by: Option<String>,
+    /// Write the evidence record (JSON) to this file.
+    #[arg(long)]
+    pub evidence: Option<PathBuf>,
+    /// Check policy and prove the image; copy, deploy and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Config file.
+    #[arg(long, default_value = config::DEFAULT_PATH, env = "FORGE_CONFIG")]
+    pub config: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: crate::output::Format,
+}
+
+impl ChangeArgs {
+    /// `--requested-by`, else the pipeline's requester, else the local user.
+    pub fn requester(&self) -> Option<String> {
+        self.requested_by.clone().or_else(detect_requester)
+    }
+
+    /// The Ledger trailers of a change: action, digest, build id, source (promotions),
+    /// requester and approver.
+    pub fn trailers(
+        &self,
+        action: &str,
+        digest: &str,
+        build_id: &str,
+        source: Option<&str>,
+        requested_by: Option<&str>,
+    ) -> Vec<(String, String)> {
+        let mut trailers = vec![
+            (trailer::ACTION.to_owned(), action.to_owned()),
+            (trailer::DIGEST.to_owned(), digest.to_owned()),
+            (trailer::BUILD_ID.to_owned(), build_id.to_owned()),
+        ];
+        if let Some(source) = source {
+            trailers.push((trailer::SOURCE.to_owned(), source.to_owned()));
+        }
+        if let Some(who) = requested_by {
+            trailers.push((trailer::REQUESTED_BY.to_owned(), who.trim().to_owned()));
+        }
+        if let Some(who) = &self.approved_by {
+            trailers.push((trailer::APPROVED_BY.to_owned(), who.trim().to_owned()));
+        }
+        trailers
+    }
+
+    /// Writes the evidence file, publishes the pipeline outputs and prints the result
+    /// (`text` for humans, the evidence itself as JSON).
+    pub fn finish(
+        &self,
+        evidence: &Evidence,
+        text: &str,
+    ) -> anyhow::Result<std::process::ExitCode> {
+        if let Some(path) = &self.evidence {
+            write_evidence(path, evidence)?;
+        }
+        crate::output::set_pipeline_output("FORGE_TAG", &evidence.build_id)?;
+        crate::output::set_pipeline_output("FORGE_DIGEST", &evidence.destination.digest)?;
+        crate::output::set_pipeline_output(
+            "FORGE_LEDGER_COMMIT",
+            evidence.ledger.commit.as_deref().unwrap_or(""),
+        )?;
+        match self.output {
+            crate::output::Format::Json => crate::output::print_json(evidence)?,
+            crate::output::Format::Text => crate::output::print_stdout(text)?,
+        }
+        Ok(std::process::ExitCode::SUCCESS)
+    }
+}
+
 /// A command's view of the config, the service and its Ledger.
 pub struct Release {
     /// The config file as loaded.

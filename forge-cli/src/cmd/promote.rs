@@ -2,18 +2,15 @@
 //! Ledger (or, for EC2 services, the SSM deploy and then the Ledger). Nothing is written to the
 //! Ledger unless the copy verified.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
 use anyhow::Context as _;
 
-use crate::config::{self, ServiceKind};
+use crate::config::ServiceKind;
 use crate::output::{self, Format, InvalidInput};
 use crate::policy;
-use crate::release::{
-    self, Evidence, ImageEvidence, LedgerEvidence, Release, Verification, trailer,
-};
+use crate::release::{self, Evidence, ImageEvidence, LedgerEvidence, Release, Verification};
 
 /// `forge promote`
 #[derive(Debug, clap::Args)]
@@ -28,24 +25,8 @@ pub struct Args {
     /// Required for an environment without `from` (CI recording a new build).
     #[arg(long)]
     tag: Option<String>,
-    /// Who asks (default: the pipeline's requester, else $USER).
-    #[arg(long)]
-    requested_by: Option<String>,
-    /// Who approved (required where `approval = "required"`; never the requester).
-    #[arg(long)]
-    approved_by: Option<String>,
-    /// Write the evidence record (JSON) to this file.
-    #[arg(long)]
-    evidence: Option<PathBuf>,
-    /// Check policy and show what would happen; copy and write nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Config file.
-    #[arg(long, default_value = config::DEFAULT_PATH, env = "FORGE_CONFIG")]
-    config: PathBuf,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
-    output: Format,
+    #[command(flatten)]
+    change: release::ChangeArgs,
 }
 
 /// Runs `forge promote`.
@@ -55,16 +36,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn promote(args: Args) -> anyhow::Result<ExitCode> {
     let started = SystemTime::now();
-    let release = Release::open(&args.config, &args.service)?;
+    let release = Release::open(&args.change.config, &args.service)?;
     let to_env = release.environment(&args.to)?.clone();
-    let requested_by = args.requested_by.clone().or_else(release::detect_requester);
+    let requested_by = args.change.requester();
 
     // Policy before anything is read or written.
     policy::check_approval(
         &args.to,
         to_env.approval,
         requested_by.as_deref(),
-        args.approved_by.as_deref(),
+        args.change.approved_by.as_deref(),
     )?;
     let pattern = release.config().policy.tag_pattern.clone();
     if let Some(tag) = &args.tag {
@@ -121,7 +102,7 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
     let src_ref: forge_registry::Reference = source.parse().map_err(release::refused)?;
     let dst_ref: forge_registry::Reference = destination.parse().map_err(release::refused)?;
 
-    if args.dry_run {
+    if args.change.dry_run {
         let resolved = client.resolve(&src_ref).await.map_err(registry_error)?;
         let plan = serde_json::json!({
             "dry_run": true,
@@ -133,9 +114,9 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
             "destination": destination,
             "ledger": { "file": file, "old": current.value, "new": tag },
             "requested_by": requested_by,
-            "approved_by": args.approved_by,
+            "approved_by": args.change.approved_by,
         });
-        match args.output {
+        match args.change.output {
             Format::Json => output::print_json(&plan)?,
             Format::Text => output::print_stdout(&format!(
                 "dry run: would promote {} {tag} to {}\n  copy:   {source}\n          -> {destination}\n  digest: {}\n  ledger: {file} {} -> {tag}\nnothing was copied or written\n",
@@ -197,18 +178,13 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
         ServiceKind::Argocd => None,
     };
 
-    let mut trailers = vec![
-        (trailer::ACTION.to_owned(), "promote".to_owned()),
-        (trailer::DIGEST.to_owned(), digest.clone()),
-        (trailer::BUILD_ID.to_owned(), tag.clone()),
-        (trailer::SOURCE.to_owned(), source.clone()),
-    ];
-    if let Some(who) = &requested_by {
-        trailers.push((trailer::REQUESTED_BY.to_owned(), who.trim().to_owned()));
-    }
-    if let Some(who) = &args.approved_by {
-        trailers.push((trailer::APPROVED_BY.to_owned(), who.trim().to_owned()));
-    }
+    let trailers = args.change.trailers(
+        "promote",
+        &digest,
+        &tag,
+        Some(&source),
+        requested_by.as_deref(),
+    );
     let outcome = ledger
         .set_tag(&forge_ledger::SetTag {
             file: file.clone(),
@@ -248,25 +224,12 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
         },
         ec2,
         requested_by: requested_by.clone(),
-        approved_by: args.approved_by.clone(),
+        approved_by: args.change.approved_by.clone(),
         started_at: output::rfc3339(started),
         finished_at: output::rfc3339(SystemTime::now()),
         forge_version: env!("CARGO_PKG_VERSION"),
     };
-    if let Some(path) = &args.evidence {
-        release::write_evidence(path, &evidence)?;
-    }
-    output::set_pipeline_output("FORGE_TAG", &tag)?;
-    output::set_pipeline_output("FORGE_DIGEST", &digest)?;
-    output::set_pipeline_output(
-        "FORGE_LEDGER_COMMIT",
-        outcome.commit.as_deref().unwrap_or(""),
-    )?;
-    match args.output {
-        Format::Json => output::print_json(&evidence)?,
-        Format::Text => output::print_stdout(&describe(&evidence))?,
-    }
-    Ok(ExitCode::SUCCESS)
+    args.change.finish(&evidence, &describe(&evidence))
 }
 
 fn describe(e: &Evidence) -> String {

@@ -2,7 +2,6 @@
 //! the Ledger history) must still resolve in the environment's registry to the digest recorded
 //! when it was promoted; then a NEW Ledger commit sets it (never a history rewrite).
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
@@ -10,7 +9,7 @@ use anyhow::Context as _;
 
 use crate::cmd::promote::{ledger_error, registry_error};
 use crate::config::{self, ServiceKind};
-use crate::output::{self, Format, InvalidInput};
+use crate::output::{self, InvalidInput};
 use crate::policy;
 use crate::release::{
     self, Evidence, ImageEvidence, LedgerEvidence, Release, Verification, trailer,
@@ -28,24 +27,8 @@ pub struct Args {
     /// Tag to go back to (default: the value before the current one in the Ledger history).
     #[arg(long)]
     to: Option<String>,
-    /// Who asks (default: the pipeline's requester, else $USER).
-    #[arg(long)]
-    requested_by: Option<String>,
-    /// Who approved (recorded; never the requester).
-    #[arg(long)]
-    approved_by: Option<String>,
-    /// Write the evidence record (JSON) to this file.
-    #[arg(long)]
-    evidence: Option<PathBuf>,
-    /// Prove the target and show the change; write nothing.
-    #[arg(long)]
-    dry_run: bool,
-    /// Config file.
-    #[arg(long, default_value = config::DEFAULT_PATH, env = "FORGE_CONFIG")]
-    config: PathBuf,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t)]
-    output: Format,
+    #[command(flatten)]
+    change: release::ChangeArgs,
 }
 
 /// Runs `forge rollback`.
@@ -55,15 +38,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
     let started = SystemTime::now();
-    let release = Release::open(&args.config, &args.service)?;
+    let release = Release::open(&args.change.config, &args.service)?;
     release.environment(&args.env)?;
-    let requested_by = args.requested_by.clone().or_else(release::detect_requester);
+    let requested_by = args.change.requester();
     // A rollback is an emergency action: it needs no approval, but a recorded one is genuine.
     policy::check_approval(
         &args.env,
         config::Approval::None,
         requested_by.as_deref(),
-        args.approved_by.as_deref(),
+        args.change.approved_by.as_deref(),
     )?;
     if let Some(to) = &args.to {
         policy::check_tag(to, None)?;
@@ -137,7 +120,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
             )
         })?;
 
-    if args.dry_run {
+    if args.change.dry_run {
         output::print_stdout(&format!(
             "dry run: would roll {} in {} back from {current} to {target}\n  image:  {reference} = {recorded} (proven)\nnothing was written\n",
             args.service, args.env
@@ -149,17 +132,13 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
         ServiceKind::Ec2 => Some(crate::ec2_release::deploy(&release, &args.env, &target).await?),
         ServiceKind::Argocd => None,
     };
-    let mut trailers = vec![
-        (trailer::ACTION.to_owned(), "rollback".to_owned()),
-        (trailer::DIGEST.to_owned(), recorded.clone()),
-        (trailer::BUILD_ID.to_owned(), target.clone()),
-    ];
-    if let Some(who) = &requested_by {
-        trailers.push((trailer::REQUESTED_BY.to_owned(), who.trim().to_owned()));
-    }
-    if let Some(who) = &args.approved_by {
-        trailers.push((trailer::APPROVED_BY.to_owned(), who.trim().to_owned()));
-    }
+    let trailers = args.change.trailers(
+        "rollback",
+        &recorded,
+        &target,
+        None,
+        requested_by.as_deref(),
+    );
     let outcome = ledger
         .revert(&forge_ledger::Revert {
             file: file.clone(),
@@ -201,25 +180,17 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
         },
         ec2,
         requested_by,
-        approved_by: args.approved_by.clone(),
+        approved_by: args.change.approved_by.clone(),
         started_at: output::rfc3339(started),
         finished_at: output::rfc3339(SystemTime::now()),
         forge_version: env!("CARGO_PKG_VERSION"),
     };
-    if let Some(path) = &args.evidence {
-        release::write_evidence(path, &evidence)?;
-    }
-    output::set_pipeline_output("FORGE_TAG", &target)?;
-    output::set_pipeline_output("FORGE_DIGEST", &recorded)?;
-    match args.output {
-        Format::Json => output::print_json(&evidence)?,
-        Format::Text => output::print_stdout(&format!(
-            "rolled {} in {} back from {current} to {target}\n  image:  {reference}\n  digest: {recorded} (still the recorded digest)\n  ledger: {} commit {}\n",
-            args.service,
-            args.env,
-            outcome.file,
-            outcome.commit.as_deref().unwrap_or("(none)"),
-        ))?,
-    }
-    Ok(ExitCode::SUCCESS)
+    let text = format!(
+        "rolled {} in {} back from {current} to {target}\n  image:  {reference}\n  digest: {recorded} (still the recorded digest)\n  ledger: {} commit {}\n",
+        args.service,
+        args.env,
+        outcome.file,
+        outcome.commit.as_deref().unwrap_or("(none)"),
+    );
+    args.change.finish(&evidence, &text)
 }

@@ -271,68 +271,37 @@ fn self_approval_and_latest_are_refused_with_nothing_written() {
     stage.promote("payments", "qa", &[]);
     let before = stage.ledger.log();
 
-    let out = stage.forge(&[
-        "promote",
-        "--service",
-        "payments",
-        "--to",
-        "prod",
-        "--requested-by",
-        "alice@example.com",
-        "--approved-by",
-        "Alice@Example.COM",
-    ]);
-    assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("self-approval refused"),
-        "{}",
-        stderr(&out)
-    );
-    let out = stage.forge(&[
-        "promote",
-        "--service",
-        "payments",
-        "--to",
-        "prod",
-        "--requested-by",
-        "alice@example.com",
-    ]);
-    assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("requires an approval"),
-        "{}",
-        stderr(&out)
-    );
-    let out = stage.forge(&[
-        "promote",
-        "--service",
-        "payments",
-        "--to",
-        "dev",
-        "--tag",
-        "latest",
-    ]);
-    assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("`latest` refused"),
-        "{}",
-        stderr(&out)
-    );
-    let out = stage.forge(&[
-        "promote",
-        "--service",
-        "payments",
-        "--to",
-        "dev",
-        "--tag",
-        "abc",
-    ]);
-    assert_exit(&out, 2);
-    assert!(
-        stderr(&out).contains("does not match policy.tag_pattern"),
-        "{}",
-        stderr(&out)
-    );
+    let promote = ["promote", "--service", "payments"];
+    for (args, expected) in [
+        (
+            &[
+                "--to",
+                "prod",
+                "--requested-by",
+                "alice@example.com",
+                "--approved-by",
+                "Alice@Example.COM",
+            ][..],
+            "self-approval refused",
+        ),
+        (
+            &["--to", "prod", "--requested-by", "alice@example.com"][..],
+            "requires an approval",
+        ),
+        (&["--to", "dev", "--tag", "latest"][..], "`latest` refused"),
+        (
+            &["--to", "dev", "--tag", "abc"][..],
+            "does not match policy.tag_pattern",
+        ),
+    ] {
+        let out = stage.forge(&[&promote[..], args].concat());
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains(expected),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
 
     assert_eq!(stage.ledger.log(), before, "no Ledger commit");
     let prod = format!("{}/prod/payments/api:1001", stage.shared.host());
