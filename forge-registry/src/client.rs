@@ -184,6 +184,9 @@ impl ClientBuilder {
             .connect_timeout(self.connect_timeout)
             .read_timeout(self.read_timeout)
             .tcp_nodelay(true)
+            // Parallel blob streams may share one HTTP/2 connection: let the flow-control
+            // window grow with the bandwidth-delay product instead of capping each stream.
+            .http2_adaptive_window(true)
             .build()
             .map_err(|e| {
                 Error::new(ErrorKind::Transport {
