@@ -657,13 +657,23 @@ pub(crate) async fn copy_blob_once(
                 }
                 _ => None,
             };
-            let start =
-                start_upload(d, mount_from.as_deref().map(|from| (&desc.digest, from))).await?;
-            let session = match start {
-                UploadStart::Mounted => return Ok(BlobOutcome::Mounted),
-                UploadStart::Session(url) => url,
+            let (session, stream) = match mount_from.as_deref() {
+                Some(from) => match start_upload(d, Some((&desc.digest, from))).await? {
+                    UploadStart::Mounted => return Ok(BlobOutcome::Mounted),
+                    UploadStart::Session(url) => (url, src.open_blob(desc).await?),
+                },
+                // No mount possible: open the upload session and the source stream at once
+                // (one round trip less per blob).
+                None => {
+                    let (start, stream) =
+                        futures_util::future::join(start_upload(d, None), src.open_blob(desc))
+                            .await;
+                    match start? {
+                        UploadStart::Session(url) => (url, stream?),
+                        UploadStart::Mounted => return Ok(BlobOutcome::Mounted),
+                    }
+                }
             };
-            let stream = src.open_blob(desc).await?;
             let (stream, slot) = verifying(stream, desc, what, progress);
             match mode {
                 UploadMode::Monolithic => {
