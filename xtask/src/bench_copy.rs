@@ -30,6 +30,8 @@ const USAGE: &str = "usage: cargo xtask bench copy [--runs N] [--quick] [--case 
 
 const START: &str = "<!-- bench:copy:start -->";
 const END: &str = "<!-- bench:copy:end -->";
+const NOTES_START: &str = "<!-- bench:copy:notes:start -->";
+const NOTES_END: &str = "<!-- bench:copy:notes:end -->";
 const MIB: u64 = 1024 * 1024;
 
 struct Options {
@@ -147,6 +149,7 @@ pub fn bench_copy(args: &[String]) -> Result<(), String> {
     let want = |c: &str| o.cases.is_empty() || o.cases.iter().any(|x| x == c);
     let sizes = Sizes::new(o.quick);
     let work = tempdir()?;
+    let load_before = load_average();
 
     eprintln!("== fixtures");
     let source = Registry::start().ok_or("docker-registry did not start")?;
@@ -230,6 +233,7 @@ pub fn bench_copy(args: &[String]) -> Result<(), String> {
         o.runs,
         forge_version.trim(),
         skopeo_version.trim(),
+        (&load_before, &load_average()),
     );
     println!("{report}");
     if o.write && !o.quick {
@@ -248,13 +252,14 @@ struct CaseResult {
     skopeo: Vec<Run>,
     target: f64,
     rss_target_kib: Option<u64>,
-    note: String,
 }
 
 #[derive(Clone, Copy)]
 struct Run {
     wall: Duration,
     rss_kib: Option<u64>,
+    /// User + system CPU time (GNU time's `%U + %S`).
+    cpu: Option<Duration>,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -283,7 +288,6 @@ fn cold_case(
         skopeo: Vec::new(),
         target,
         rss_target_kib,
-        note: String::new(),
     };
     for run in 0..o.runs {
         // Alternate which tool goes first, so neither always gets the warmer page cache.
@@ -322,7 +326,6 @@ fn repromote_case(
         skopeo: Vec::new(),
         target: 0.3,
         rss_target_kib: None,
-        note: String::new(),
     };
     let dest = provisioned_destination(seed, "cold")?;
     copy_once(Tool::Skopeo, forge, source, &dest, "cold")?;
@@ -347,9 +350,11 @@ fn report_run(tool: Tool, run: usize, r: &Run) {
         Tool::Skopeo => "skopeo",
     };
     eprintln!(
-        "  run {} {name} {:>8.3}s  peak RSS {}",
+        "  run {} {name} {:>8.3}s  CPU {}  peak RSS {}",
         run + 1,
         r.wall.as_secs_f64(),
+        r.cpu
+            .map_or("n/a".into(), |c| format!("{:.2}s", c.as_secs_f64())),
         r.rss_kib
             .map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
     );
@@ -418,7 +423,7 @@ fn measure(cmd: &mut Command) -> Result<(Run, String), String> {
     let gnu_time = Path::new("/usr/bin/time").is_file();
     let mut child_cmd = if gnu_time {
         let mut c = Command::new("/usr/bin/time");
-        c.arg("-f").arg("%M").arg("-o").arg(&time_path);
+        c.arg("-f").arg("%M %U %S").arg("-o").arg(&time_path);
         c.arg(cmd.get_program()).args(cmd.get_args());
         c
     } else {
@@ -448,17 +453,26 @@ fn measure(cmd: &mut Command) -> Result<(Run, String), String> {
     let wall = start.elapsed();
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    let rss_kib = if gnu_time {
-        std::fs::read_to_string(&time_path)
-            .ok()
-            .and_then(|t| t.lines().last().and_then(|l| l.trim().parse().ok()))
-    } else {
-        hwm
+    // GNU time writes "Command exited with non-zero status" lines before the format on failure.
+    let time_line = std::fs::read_to_string(&time_path)
+        .ok()
+        .and_then(|t| t.lines().last().map(str::to_owned))
+        .unwrap_or_default();
+    let fields: Vec<&str> = time_line.split_whitespace().collect();
+    let (rss_kib, cpu) = match fields.as_slice() {
+        [rss, user, sys] if gnu_time => (
+            rss.parse().ok(),
+            user.parse::<f64>()
+                .ok()
+                .zip(sys.parse::<f64>().ok())
+                .map(|(u, s)| Duration::from_secs_f64(u + s)),
+        ),
+        _ => (hwm, None),
     };
     if !status.success() {
         return Err(format!("`{shown}` failed ({status}):\n{stderr}"));
     }
-    Ok((Run { wall, rss_kib }, stdout))
+    Ok((Run { wall, rss_kib, cpu }, stdout))
 }
 
 fn read_hwm(pid: u32) -> Option<u64> {
@@ -728,6 +742,20 @@ fn median(runs: &[Run]) -> Duration {
     }
 }
 
+fn median_cpu(runs: &[Run]) -> Option<Duration> {
+    let mut cpus: Vec<Duration> = runs.iter().filter_map(|r| r.cpu).collect();
+    cpus.sort();
+    cpus.get(cpus.len() / 2).copied()
+}
+
+/// The 1-minute load average (the machine may be shared: say so next to the numbers).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "n/a".into())
+}
+
 fn peak(runs: &[Run]) -> Option<u64> {
     runs.iter().filter_map(|r| r.rss_kib).max()
 }
@@ -738,6 +766,7 @@ fn render(
     runs: usize,
     forge_version: &str,
     skopeo_version: &str,
+    load: (&str, &str),
 ) -> String {
     let mut s = String::new();
     let date = output(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])).unwrap_or_default();
@@ -750,18 +779,25 @@ fn render(
          {forge_version}; {skopeo_version} run as `skopeo copy --all --preserve-digests \
          --src-tls-verify=false --dest-tls-verify=false`. Every cold run (either tool) gets a fresh \
          destination registry; results are checked with `skopeo inspect --raw` (digest equal to \
-         the source). Peak RSS is GNU time's `%M`.\n",
-        date.trim()
+         the source). Peak RSS is GNU time's `%M`, CPU its `%U + %S` (median). \
+         1-minute load average before/after: {} / {} (the machine may be shared with other \
+         work: compare the CPU column too, it is less sensitive to contention).\n",
+        date.trim(),
+        load.0,
+        load.1
     );
     let _ = writeln!(
         s,
-        "| case | forge (median) | skopeo (median) | forge/skopeo | target | met | peak RSS forge / skopeo |"
+        "| case | forge (median) | skopeo (median) | forge/skopeo | target | met | peak RSS forge / skopeo | CPU forge / skopeo |"
     );
-    let _ = writeln!(s, "|---|---:|---:|---:|---:|:-:|---:|");
+    let _ = writeln!(s, "|---|---:|---:|---:|---:|:-:|---:|---:|");
     for r in results {
         let f = median(&r.forge).as_secs_f64();
         let k = median(&r.skopeo).as_secs_f64();
         let ratio = if k > 0.0 { f / k } else { f64::NAN };
+        let cpu = |runs: &[Run]| {
+            median_cpu(runs).map_or("n/a".into(), |d| format!("{:.2} s", d.as_secs_f64()))
+        };
         let rss = |runs: &[Run]| {
             peak(runs).map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
         };
@@ -777,11 +813,13 @@ fn render(
         };
         let _ = writeln!(
             s,
-            "| {} | {f:.3} s | {k:.3} s | {ratio:.2}× | {target} | {} | {} / {} |",
+            "| {} | {f:.3} s | {k:.3} s | {ratio:.2}× | {target} | {} | {} / {} | {} / {} |",
             r.title,
             if met { "yes" } else { "**no**" },
             rss(&r.forge),
             rss(&r.skopeo),
+            cpu(&r.forge),
+            cpu(&r.skopeo),
         );
     }
     let _ = writeln!(s, "\nAll runs (seconds):\n");
@@ -794,20 +832,24 @@ fn render(
         };
         let _ = writeln!(
             s,
-            "- {}: forge [{}]; skopeo [{}]{}",
+            "- {}: forge [{}]; skopeo [{}]",
             r.title,
             list(&r.forge),
             list(&r.skopeo),
-            r.note
         );
     }
     s
 }
 
-/// Replaces the text between the markers (or appends the section) in BENCHMARKS.md.
+/// Replaces the text between the markers (or appends the section) in BENCHMARKS.md. A
+/// hand-written analysis between the notes markers inside the section is kept.
 fn write_section(path: &Path, report: &str) -> Result<(), String> {
     let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let section = format!("{START}\n{report}{END}");
+    let notes = match (existing.find(NOTES_START), existing.find(NOTES_END)) {
+        (Some(a), Some(b)) if a < b => format!("\n{}\n", &existing[a..b + NOTES_END.len()]),
+        _ => String::new(),
+    };
+    let section = format!("{START}\n{report}{notes}{END}");
     let updated = match (existing.find(START), existing.find(END)) {
         (Some(a), Some(b)) if a < b => {
             format!("{}{section}{}", &existing[..a], &existing[b + END.len()..])
