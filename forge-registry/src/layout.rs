@@ -107,9 +107,7 @@ impl Layout {
         // Like skopeo: `oci:<dir>` without a tag means the layout's only image.
         match tagged {
             Some(e) => Ok(Some(e.clone())),
-            None if reference == "latest" && entries.len() == 1 => {
-                Ok(entries.into_iter().next())
-            }
+            None if reference == "latest" && entries.len() == 1 => Ok(entries.into_iter().next()),
             None => Ok(None),
         }
     }
