@@ -612,6 +612,7 @@ async fn copy_blob(
         return Ok(());
     }
     let mut attempt = 0;
+    let mut reauthenticated = false;
     loop {
         if let Some(p) = &progress {
             p.blob_started(&desc.digest, desc.size);
@@ -645,6 +646,12 @@ async fn copy_blob(
                     r.count_retry();
                 }
                 tokio::time::sleep(delay).await;
+            }
+            // A token that expired during a long upload: the next request answers 401 and
+            // fetches a fresh one, so try once more.
+            Err(e) if matches!(e.kind, ErrorKind::Unauthorized { .. }) && !reauthenticated => {
+                reauthenticated = true;
+                tracing::warn!(digest = %desc.digest, error = %e, "blob upload unauthorized, retrying once with a fresh token");
             }
             Err(mut e) => {
                 e.elapsed = start.elapsed();
