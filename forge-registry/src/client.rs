@@ -612,8 +612,14 @@ impl Repo {
 
 /// Resolves a `Location` header (absolute or relative) against the request URL.
 pub(crate) fn resolve_location(request: &Url, resp: &Response) -> Option<Url> {
-    let loc = resp.headers().get(header::LOCATION)?.to_str().ok()?;
-    request.join(loc).ok()
+    join_location(
+        request,
+        resp.headers().get(header::LOCATION)?.to_str().ok()?,
+    )
+}
+
+fn join_location(request: &Url, location: &str) -> Option<Url> {
+    request.join(location).ok()
 }
 
 /// Reads `{"errors":[{"code":…,"message":…}]}`; falls back to the body text.
@@ -680,6 +686,26 @@ mod tests {
         assert!(p.backoff(1) <= p.initial_backoff);
         assert!(p.backoff(1) >= p.initial_backoff / 2);
         assert!(p.backoff(30) <= p.max_backoff);
+    }
+
+    #[test]
+    fn locations_resolve_against_the_request_url() {
+        let request = Url::parse("https://r.example:8443/v2/team/app/blobs/uploads/").unwrap();
+        let check = |location: &str, expected: &str| {
+            assert_eq!(
+                join_location(&request, location).unwrap().as_str(),
+                expected
+            );
+        };
+        check(
+            "/v2/team/app/blobs/uploads/u1?_state=x",
+            "https://r.example:8443/v2/team/app/blobs/uploads/u1?_state=x",
+        );
+        check("u2", "https://r.example:8443/v2/team/app/blobs/uploads/u2");
+        check(
+            "https://upload.example/session/3",
+            "https://upload.example/session/3",
+        );
     }
 
     #[test]
