@@ -45,11 +45,8 @@ pub async fn deploy(release: &Release, env: &str, tag: &str) -> anyhow::Result<s
         .deploy(&request)
         .await
         .map_err(|e| {
-            if e.is_invalid_input() {
-                crate::release::refused(e)
-            } else {
-                e.into()
-            }
+            let refused = e.is_invalid_input();
+            crate::output::classify(e, refused)
         })
         .with_context(|| {
             format!("SSM deploy of {name} {tag} to {env} failed; the Ledger was not changed")

@@ -37,7 +37,9 @@ pub fn client_with(
     }
     // Everything else (and an ECR host without a role chain) as `docker login` left it.
     let docker = forge_registry::DockerConfig::load_default().map_err(|e| {
-        crate::output::InvalidInput(format!("{e}; fix or remove the Docker config, or set DOCKER_CONFIG"))
+        crate::output::InvalidInput(format!(
+            "{e}; fix or remove the Docker config, or set DOCKER_CONFIG"
+        ))
     })?;
     Ok(builder.docker_config(docker).build()?)
 }

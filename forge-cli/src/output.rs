@@ -35,6 +35,19 @@ pub struct InvalidInput(pub String);
 #[error(transparent)]
 pub struct Refused(pub Box<dyn std::error::Error + Send + Sync>);
 
+/// Maps a library error to an exit code class: `refused` (the library's own verdict that the
+/// input or a policy was at fault) exits 2, anything else 1; the cause chain is kept either way.
+pub fn classify<E>(error: E, refused: bool) -> anyhow::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    if refused {
+        Refused(Box::new(error)).into()
+    } else {
+        error.into()
+    }
+}
+
 /// The CI system the binary runs under, which decides how errors and results are announced.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pipeline {

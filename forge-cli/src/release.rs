@@ -10,7 +10,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 
 use crate::config::{self, Config, EnvironmentConfig, Loaded, ServiceConfig};
-use crate::output::{InvalidInput, Refused};
+use crate::output::InvalidInput;
 
 /// Git trailer keys Forge writes on every Ledger commit; `audit` and `rollback` read them back.
 pub mod trailer {
@@ -300,7 +300,19 @@ pub fn environments_in_order(config: &Config) -> Vec<String> {
 
 /// Wraps a library error that refuses the caller's input so it exits 2, keeping its chain.
 pub fn refused(e: impl std::error::Error + Send + Sync + 'static) -> anyhow::Error {
-    Refused(Box::new(e)).into()
+    crate::output::classify(e, true)
+}
+
+/// Registry refusals (tag conflict, `latest`, missing repository) exit 2; failures exit 1.
+pub fn registry_error(e: forge_registry::Error) -> anyhow::Error {
+    let refused = e.is_invalid_input();
+    crate::output::classify(e, refused)
+}
+
+/// Ledger refusals (superseded, backwards, invalid tag, no target) exit 2; failures exit 1.
+pub fn ledger_error(e: forge_ledger::LedgerError) -> anyhow::Error {
+    let refused = e.is_refusal();
+    crate::output::classify(e, refused)
 }
 
 /// Who asked for this run, when not given: the pipeline's requester, else the local user.

@@ -45,11 +45,7 @@ pub struct Args {
 
 /// Runs `forge auth …`.
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
+    crate::runtime()?.block_on(async move {
         match command {
             Command::Whoami(args) => whoami(args).await,
             Command::Env(args) => env(args).await,

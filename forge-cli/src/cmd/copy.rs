@@ -7,7 +7,6 @@ use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use forge_registry::{Client, CopyOptions, CopyReport, Digest, DockerConfig, Progress, Reference};
 
 use crate::output::{self, Format, InvalidInput};
@@ -82,21 +81,6 @@ fn client(access: &Access, jobs: Option<usize>) -> anyhow::Result<Client> {
     Ok(builder.build()?)
 }
 
-fn registry_error(e: forge_registry::Error) -> anyhow::Error {
-    if e.is_invalid_input() {
-        InvalidInput(e.to_string()).into()
-    } else {
-        e.into()
-    }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")
-}
-
 /// Runs `forge copy`.
 pub fn run_copy(args: CopyArgs) -> anyhow::Result<ExitCode> {
     let src = parse_ref("source", &args.src)?;
@@ -125,9 +109,9 @@ pub fn run_copy(args: CopyArgs) -> anyhow::Result<ExitCode> {
         progress: Some(progress.clone()),
         ..CopyOptions::default()
     };
-    let report = runtime()?
+    let report = crate::runtime()?
         .block_on(client.copy(&src, &dst, &options))
-        .map_err(registry_error)?;
+        .map_err(crate::release::registry_error)?;
     drop(progress);
     match args.access.output {
         Format::Json => output::print_json(&report)?,
@@ -165,9 +149,9 @@ fn text_report(r: &CopyReport) -> String {
 pub fn run_digest(args: DigestArgs) -> anyhow::Result<ExitCode> {
     let reference = parse_ref("reference", &args.reference)?;
     let client = client(&args.access, None)?;
-    let resolved = runtime()?
+    let resolved = crate::runtime()?
         .block_on(client.resolve(&reference))
-        .map_err(registry_error)?;
+        .map_err(crate::release::registry_error)?;
     match args.access.output {
         Format::Json => output::print_json(&serde_json::json!({
             "reference": reference.to_string(),
@@ -188,9 +172,9 @@ pub fn run_verify(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         .parse()
         .map_err(|e| InvalidInput(format!("--digest: {e}")))?;
     let client = client(&args.access, None)?;
-    let report = runtime()?
+    let report = crate::runtime()?
         .block_on(client.verify(&reference, &expected))
-        .map_err(registry_error)?;
+        .map_err(crate::release::registry_error)?;
     match args.access.output {
         Format::Json => output::print_json(&report)?,
         Format::Text => output::print_stdout(&format!(

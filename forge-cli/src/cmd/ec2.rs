@@ -135,16 +135,9 @@ pub struct RenderArgs {
 pub fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::RenderScript(args) => render(args),
-        Command::Deploy(args) => runtime()?.block_on(deploy(args)),
-        Command::Rollback(args) => runtime()?.block_on(rollback(args)),
+        Command::Deploy(args) => crate::runtime()?.block_on(deploy(args)),
+        Command::Rollback(args) => crate::runtime()?.block_on(rollback(args)),
     }
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
 }
 
 fn read_compose(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
@@ -283,11 +276,8 @@ async fn deployer(run: &RunArgs, loaded: &Loaded) -> anyhow::Result<Ec2Deployer>
 }
 
 fn library_error(e: forge_ec2::Ec2Error) -> anyhow::Error {
-    if e.is_invalid_input() {
-        InvalidInput(e.to_string()).into()
-    } else {
-        e.into()
-    }
+    let refused = e.is_invalid_input();
+    crate::output::classify(e, refused)
 }
 
 async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {

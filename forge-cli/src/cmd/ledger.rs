@@ -437,11 +437,8 @@ fn chain_text(err: &(dyn std::error::Error + 'static)) -> String {
 
 /// Refusals (bad tag, superseded, backwards, no target, …) exit 2; everything else exits 1.
 fn ledger_error(err: LedgerError) -> anyhow::Error {
-    if err.is_refusal() {
-        anyhow::Error::new(InvalidInput(chain_text(&err)))
-    } else {
-        anyhow::Error::new(err)
-    }
+    let refused = err.is_refusal();
+    crate::output::classify(err, refused)
 }
 
 fn patch_error(file: &Path, err: PatchError) -> anyhow::Error {

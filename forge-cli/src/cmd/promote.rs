@@ -103,7 +103,10 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
     let dst_ref: forge_registry::Reference = destination.parse().map_err(release::refused)?;
 
     if args.change.dry_run {
-        let resolved = client.resolve(&src_ref).await.map_err(registry_error)?;
+        let resolved = client
+            .resolve(&src_ref)
+            .await
+            .map_err(release::registry_error)?;
         let plan = serde_json::json!({
             "dry_run": true,
             "service": args.service,
@@ -138,7 +141,7 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
         let report = client
             .copy(&src_ref, &dst_ref, &options)
             .await
-            .map_err(registry_error)?;
+            .map_err(release::registry_error)?;
         anyhow::ensure!(
             report.verified,
             "copy of {source} to {destination} finished unverified; the Ledger was not changed"
@@ -155,11 +158,14 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
         )
     } else {
         // CI already pushed to this environment: prove the tag exists and is complete.
-        let resolved = client.resolve(&dst_ref).await.map_err(registry_error)?;
+        let resolved = client
+            .resolve(&dst_ref)
+            .await
+            .map_err(release::registry_error)?;
         client
             .verify(&dst_ref, &resolved.digest)
             .await
-            .map_err(registry_error)?;
+            .map_err(release::registry_error)?;
         (
             resolved.digest.to_string(),
             Verification {
@@ -195,7 +201,7 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
             trailers,
             ..forge_ledger::SetTag::default()
         })
-        .map_err(ledger_error)
+        .map_err(release::ledger_error)
         .with_context(|| {
             format!("the image is verified at {destination}, but the Ledger was not updated")
         })?;
@@ -272,23 +278,4 @@ fn support_hint(release: &Release) -> String {
         "repositories are provisioned by the Platform team via Blueprint — ask in {}",
         release.config().policy.support
     )
-}
-
-/// Registry refusals (tag conflict, `latest`, missing repository) exit 2; failures exit 1.
-pub fn registry_error(e: forge_registry::Error) -> anyhow::Error {
-    if e.is_invalid_input() {
-        release::refused(e)
-    } else {
-        e.into()
-    }
-}
-
-/// Ledger refusals (superseded, backwards, invalid tag) exit 2; failures exit 1.
-pub fn ledger_error(e: forge_ledger::LedgerError) -> anyhow::Error {
-    match &e {
-        forge_ledger::LedgerError::Superseded { .. }
-        | forge_ledger::LedgerError::Backwards { .. }
-        | forge_ledger::LedgerError::InvalidTag { .. } => release::refused(e),
-        _ => e.into(),
-    }
 }

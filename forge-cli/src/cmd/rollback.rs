@@ -7,7 +7,6 @@ use std::time::SystemTime;
 
 use anyhow::Context as _;
 
-use crate::cmd::promote::{ledger_error, registry_error};
 use crate::config::{self, ServiceKind};
 use crate::output::{self, InvalidInput};
 use crate::policy;
@@ -99,7 +98,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
     let resolved = client
         .resolve(&image)
         .await
-        .map_err(registry_error)
+        .map_err(release::registry_error)
         .with_context(|| {
             format!("rollback target {reference} cannot be proven to exist; nothing was written")
         })?;
@@ -113,7 +112,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
     client
         .verify(&image, &resolved.digest)
         .await
-        .map_err(registry_error)
+        .map_err(release::registry_error)
         .with_context(|| {
             format!(
                 "rollback target {reference} is incomplete in the registry; nothing was written"
@@ -148,7 +147,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
             trailers,
             dry_run: false,
         })
-        .map_err(ledger_error)?;
+        .map_err(release::ledger_error)?;
 
     let evidence = Evidence {
         action: "rollback",
