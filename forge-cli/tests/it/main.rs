@@ -3,9 +3,9 @@
 #![allow(clippy::unwrap_used)]
 
 mod auth;
-mod pipelines;
-mod ledger;
 mod copy;
 mod ec2;
-mod support;
+mod ledger;
+mod pipelines;
 mod promote;
+mod support;

@@ -1,9 +1,9 @@
 //! Integration tests.
 
-mod patch;
-mod corpus;
 mod contention;
+mod corpus;
 mod history;
-mod writer;
-mod proptests;
 mod lint;
+mod patch;
+mod proptests;
+mod writer;

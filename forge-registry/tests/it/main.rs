@@ -1,8 +1,8 @@
 //! Integration tests.
 mod ecr;
 mod faults;
-mod proxy;
 mod fixtures;
 mod props;
+mod proxy;
 mod registry;
 mod token_auth;
