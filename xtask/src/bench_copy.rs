@@ -19,13 +19,14 @@ use forge_testkit::Registry;
 
 use crate::util::{cargo, root, run_cmd, which};
 
-const USAGE: &str = "usage: cargo xtask bench copy [--runs N] [--quick] [--case NAME]... [--no-build] [--forge PATH] [--no-write]
+const USAGE: &str = "usage: cargo xtask bench copy [--runs N] [--quick] [--case NAME]... [--no-build] [--forge PATH] [--jobs N] [--no-write]
 
   --runs N      runs per tool and case (default 3)
   --quick       small sizes for a smoke run (results are not written to BENCHMARKS.md)
   --case NAME   only this case (cold, repromote, small, big); repeatable
   --no-build    do not run `cargo build --release -p forge-cli` (use the existing binary)
   --forge PATH  the forge binary to measure (default: <target>/release/forge)
+  --jobs N      pass `--jobs N` to forge copy (default: forge's own default)
   --no-write    print the table only; leave BENCHMARKS.md alone";
 
 const START: &str = "<!-- bench:copy:start -->";
@@ -40,6 +41,7 @@ struct Options {
     cases: Vec<String>,
     build: bool,
     forge: Option<PathBuf>,
+    jobs: Option<usize>,
     write: bool,
 }
 
@@ -50,6 +52,7 @@ fn parse(args: &[String]) -> Result<Options, String> {
         cases: Vec::new(),
         build: true,
         forge: None,
+        jobs: None,
         write: true,
     };
     let mut it = args.iter();
@@ -76,6 +79,15 @@ fn parse(args: &[String]) -> Result<Options, String> {
             "--no-build" => o.build = false,
             "--forge" => o.forge = Some(PathBuf::from(it.next().ok_or(USAGE)?)),
             "--no-write" => o.write = false,
+            "--jobs" => {
+                let n = it.next().ok_or(USAGE)?;
+                o.jobs = Some(
+                    n.parse()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| format!("--jobs wants a positive number, got `{n}`"))?,
+                );
+            }
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown option `{other}`\n\n{USAGE}")),
         }
@@ -298,7 +310,7 @@ fn cold_case(
         };
         for tool in order {
             let dest = provisioned_destination(seed, name)?;
-            let r = copy_once(tool, forge, source, &dest, name)?;
+            let r = copy_once(o, tool, forge, source, &dest, name)?;
             check_destination(&dest, name, &layout.digest)?;
             report_run(tool, run, &r);
             match tool {
@@ -328,11 +340,11 @@ fn repromote_case(
         rss_target_kib: None,
     };
     let dest = provisioned_destination(seed, "cold")?;
-    copy_once(Tool::Skopeo, forge, source, &dest, "cold")?;
+    copy_once(o, Tool::Skopeo, forge, source, &dest, "cold")?;
     check_destination(&dest, "cold", &layout.digest)?;
     for run in 0..o.runs {
         for tool in [Tool::Forge, Tool::Skopeo] {
-            let r = copy_once(tool, forge, source, &dest, "cold")?;
+            let r = copy_once(o, tool, forge, source, &dest, "cold")?;
             report_run(tool, run, &r);
             match tool {
                 Tool::Forge => result.forge.push(r),
@@ -374,6 +386,7 @@ fn provisioned_destination(seed: &Layout, name: &str) -> Result<Registry, String
 }
 
 fn copy_once(
+    o: &Options,
     tool: Tool,
     forge: &Path,
     source: &Registry,
@@ -386,6 +399,9 @@ fn copy_once(
         Tool::Forge => {
             let mut c = Command::new(forge);
             c.args(["copy", &src, &dst, "--output", "json"]);
+            if let Some(jobs) = o.jobs {
+                c.args(["--jobs", &jobs.to_string()]);
+            }
             c
         }
         Tool::Skopeo => {
