@@ -303,9 +303,71 @@ fn self_approval_and_latest_are_refused_with_nothing_written() {
         );
     }
 
+    // A dry run passes policy, resolves the source and shows the change, and writes nothing.
+    let out = stage.forge(&[
+        "promote",
+        "--service",
+        "payments",
+        "--to",
+        "prod",
+        "--requested-by",
+        "alice@example.com",
+        "--approved-by",
+        "bob@example.com",
+        "--dry-run",
+    ]);
+    assert_success(&out);
+    let plan = stdout(&out);
+    assert!(
+        plan.contains("dry run: would promote payments 1001 to prod"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains(&stage.digests[0]) && plan.contains("nothing was copied or written"),
+        "{plan}"
+    );
+
     assert_eq!(stage.ledger.log(), before, "no Ledger commit");
     let prod = format!("{}/prod/payments/api:1001", stage.shared.host());
     assert_eq!(stage.oracle_digest(&prod), None, "no tag pushed to Prod");
+}
+
+#[test]
+fn config_check_lists_every_problem_with_its_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/../forge.example.toml");
+    let out = forge_in(dir.path(), &["config", "check", "--config", example]);
+    assert_success(&out);
+    assert!(
+        stdout(&out)
+            .contains("valid (3 environments: dev, prod, qa; 2 services: dagster, payments)"),
+        "{}",
+        stdout(&out)
+    );
+
+    std::fs::write(
+        dir.path().join("forge.toml"),
+        "[policy]\ntag_pattern = \"[\"\n[environments.qa]\nfrom = \"dev\"\nrole = \"arn:aws:iam::1:role/x\"\n",
+    )
+    .unwrap();
+    let out = forge_in(dir.path(), &["config", "check"]);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    for expected in [
+        "3 problem(s)",
+        "policy.tag_pattern",
+        "environments.qa.role",
+        "environments.qa.from: unknown environment `dev`",
+    ] {
+        assert!(err.contains(expected), "missing {expected}: {err}");
+    }
+    let out = forge_in(dir.path(), &["config", "check", "--config", "missing.toml"]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("missing.toml does not exist"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
