@@ -870,9 +870,65 @@ fn write_section(path: &Path, report: &str) -> Result<(), String> {
         (Some(a), Some(b)) if a < b => {
             format!("{}{section}{}", &existing[..a], &existing[b + END.len()..])
         }
-        _ => format!("{}\n{section}\n", existing.trim_end()),
+        _ => format!("{}\n\n{section}\n", existing.trim_end()),
     };
     let tmp = path.with_extension("md.tmp");
     std::fs::write(&tmp, updated).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_section_replaces_only_its_section_and_keeps_the_notes() {
+        let dir = tempdir().unwrap();
+        let path = dir.join("BENCHMARKS.md");
+        std::fs::write(
+            &path,
+            format!(
+                "# Benchmarks\n\n<!-- bench:ledger:start -->\nledger numbers\n<!-- bench:ledger:end -->\n\n\
+                 {START}\nold table\n\n{NOTES_START}\nwhy it is slow\n{NOTES_END}\n{END}\ntrailer\n"
+            ),
+        )
+        .unwrap();
+        write_section(&path, "new table\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!(
+                "# Benchmarks\n\n<!-- bench:ledger:start -->\nledger numbers\n<!-- bench:ledger:end -->\n\n\
+                 {START}\nnew table\n\n{NOTES_START}\nwhy it is slow\n{NOTES_END}\n{END}\ntrailer\n"
+            )
+        );
+    }
+
+    #[test]
+    fn write_section_appends_to_a_file_without_it() {
+        let dir = tempdir().unwrap();
+        let path = dir.join("BENCHMARKS.md");
+        std::fs::write(&path, "# Benchmarks\n\nother\n").unwrap();
+        write_section(&path, "table\n").unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(
+            text,
+            format!("# Benchmarks\n\nother\n\n{START}\ntable\n{END}\n")
+        );
+    }
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        let runs = |secs: &[u64]| -> Vec<Run> {
+            secs.iter()
+                .map(|s| Run {
+                    wall: Duration::from_secs(*s),
+                    rss_kib: None,
+                    cpu: None,
+                })
+                .collect()
+        };
+        assert_eq!(median(&runs(&[5, 1, 3])), Duration::from_secs(3));
+        assert_eq!(median(&runs(&[4, 1, 2, 3])), Duration::from_millis(2500));
+    }
 }
