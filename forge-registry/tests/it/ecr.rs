@@ -18,7 +18,7 @@ use hyper::header;
 
 use crate::proxy::{
     Ecr, Fault, MANIFEST_ACCEPT, Proxy, Pushed, Route, Rule, blob_exists, manifest_digest,
-    push_image, push_image_as, random_bytes, skopeo_digest,
+    push_image, push_image_as, push_index, random_bytes, skopeo_digest,
 };
 
 const ACCOUNT: &str = "123456789012";
@@ -452,6 +452,55 @@ async fn losing_the_race_for_an_immutable_tag_fails_and_keeps_the_winner() {
     assert_eq!(
         manifest_digest(&s.dest.host(), "team/app", "1").await,
         Some(winner.digest)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_arch_index_goes_to_ecr_with_children_pushed_by_digest() {
+    let Some(s) = setup(&["team/app"], &[random_bytes(71, 1000)]).await else {
+        return;
+    };
+    let (index, children) = push_index(
+        &s.source.host(),
+        "team/multi",
+        "2",
+        &[
+            ("amd64", vec![random_bytes(72, 30_000)]),
+            ("arm64", vec![random_bytes(73, 30_000)]),
+        ],
+    )
+    .await;
+    let (client, _) = s.client(PASSWORD);
+    let src: Reference = format!("{}/team/multi:2", s.source_proxy.host())
+        .parse()
+        .unwrap();
+    let report = client
+        .copy(&src, &s.dst("team/app", "2"), &CopyOptions::default())
+        .await
+        .unwrap();
+    assert!(report.verified);
+    assert_eq!(report.digest.to_string(), index.digest);
+    assert_eq!(skopeo_digest(&s.dest.host(), "team/app", "2"), index.digest);
+    for child in &children {
+        assert_eq!(
+            manifest_digest(&s.dest.host(), "team/app", &child.digest).await,
+            Some(child.digest.clone())
+        );
+    }
+    // Children by digest (an immutable ECR repository refuses re-tagging), then the index by tag,
+    // exactly once: nothing else was tagged.
+    let puts: Vec<String> = s
+        .ecr
+        .log()
+        .into_iter()
+        .filter(|l| l.route == Route::ManifestPut)
+        .map(|l| l.path.rsplit('/').next().unwrap().to_owned())
+        .collect();
+    assert_eq!(puts.len(), 3, "{puts:?}");
+    assert_eq!(puts.last().map(String::as_str), Some("2"), "{puts:?}");
+    assert!(
+        puts[..2].iter().all(|p| p.starts_with("sha256:")),
+        "{puts:?}"
     );
 }
 

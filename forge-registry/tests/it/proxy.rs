@@ -841,6 +841,54 @@ pub async fn push_image_as(
     }
 }
 
+/// Pushes a multi-arch OCI index at `host/repo:tag` whose children (one per entry of
+/// `platforms`, each with its layers) are pushed first under the tags `<tag>-<arch>`. Like the
+/// single-arch manifests, the index JSON is not canonical.
+pub async fn push_index(
+    host: &str,
+    repo: &str,
+    tag: &str,
+    platforms: &[(&str, Vec<Vec<u8>>)],
+) -> (Pushed, Vec<Pushed>) {
+    let mut children = Vec::new();
+    let mut entries = Vec::new();
+    for (arch, layers) in platforms {
+        let child = push_image(host, repo, &format!("{tag}-{arch}"), layers).await;
+        entries.push(format!(
+            "{{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\", \"size\": {}, \"digest\":\"{}\",\n   \"platform\": {{\"os\":\"linux\",\"architecture\":\"{arch}\"}}}}",
+            child.manifest.len(),
+            child.digest
+        ));
+        children.push(child);
+    }
+    let index = format!(
+        "{{\"manifests\": [\n   {}\n ],\n \"schemaVersion\":2, \"mediaType\": \"application/vnd.oci.image.index.v1+json\"}}",
+        entries.join(",\n   ")
+    )
+    .into_bytes();
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+    let resp = client
+        .put(format!("http://{host}/v2/{repo}/manifests/{tag}"))
+        .header(
+            header::CONTENT_TYPE,
+            "application/vnd.oci.image.index.v1+json",
+        )
+        .body(index.clone())
+        .send()
+        .await
+        .expect("PUT index");
+    assert_eq!(resp.status(), StatusCode::CREATED, "index push failed");
+    let pushed = Pushed {
+        digest: sha256(&index),
+        manifest: index,
+        blobs: children.iter().flat_map(|c| c.blobs.clone()).collect(),
+    };
+    (pushed, children)
+}
+
 async fn push_blob(client: &reqwest::Client, host: &str, repo: &str, blob: &[u8]) {
     let resp = client
         .post(format!("http://{host}/v2/{repo}/blobs/uploads/"))
