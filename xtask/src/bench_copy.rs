@@ -795,10 +795,16 @@ fn render(
          {forge_version}; {skopeo_version} run as `skopeo copy --all --preserve-digests \
          --src-tls-verify=false --dest-tls-verify=false`. Every cold run (either tool) gets a fresh \
          destination registry; results are checked with `skopeo inspect --raw` (digest equal to \
-         the source). Peak RSS is GNU time's `%M`, CPU its `%U + %S` (median). \
-         1-minute load average before/after: {} / {} (the machine may be shared with other \
-         work: compare the CPU column too, it is less sensitive to contention).\n",
+         the source). {} 1-minute load average before/after: {} / {} (the machine may be \
+         shared with other work: compare the CPU column too, it is less sensitive to \
+         contention).\n",
         date.trim(),
+        if Path::new("/usr/bin/time").is_file() {
+            "Peak RSS is GNU time's `%M`, CPU its `%U + %S` (median)."
+        } else {
+            "Peak RSS is the last `VmHWM` polled from /proc (GNU time is not installed: no CPU \
+             times)."
+        },
         load.0,
         load.1
     );
