@@ -162,6 +162,7 @@ pub fn bench_ledger(args: &[String]) -> Result<(), String> {
     let naive = work.path().join("update-ledger-naive.sh");
     std::fs::write(&naive, NAIVE_SCRIPT).map_err(|e| format!("{}: {e}", naive.display()))?;
 
+    let load_before = loadavg();
     let mut forge_runs = Vec::new();
     let mut naive_runs = Vec::new();
     for run in 0..o.runs {
@@ -214,12 +215,13 @@ pub fn bench_ledger(args: &[String]) -> Result<(), String> {
         "cargo xtask bench ledger{}",
         args.iter().fold(String::new(), |acc, a| acc + " " + a)
     );
+    let load = format!("load average before {load_before}, after {}", loadavg());
     let report = render(
         &forge_runs,
         &naive_runs,
         big.as_ref(),
         &command,
-        git_version.trim(),
+        &format!("{}; {load}", git_version.trim()),
     );
     println!("{report}");
     if o.write {
@@ -491,6 +493,16 @@ fn render(
             if ratio <= 0.5 { "met" } else { "NOT met" }
         );
     }
+    let paired: Vec<String> = forge
+        .iter()
+        .zip(naive)
+        .map(|(f, n)| format!("{:.2}", f.wall.as_secs_f64() / n.wall.as_secs_f64()))
+        .collect();
+    let _ = writeln!(
+        s,
+        "Paired ratios (forge / naive within each run): {}.",
+        paired.join(", ")
+    );
     if let Some(b) = big {
         let attempts = &b.attempts;
         let _ = writeln!(
@@ -527,6 +539,14 @@ fn write_section(path: &Path, report: &str) -> Result<(), String> {
     let tmp = path.with_extension("md.ledger.tmp");
     std::fs::write(&tmp, updated).map_err(|e| format!("{}: {e}", tmp.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The 1-minute load average (Linux), or `?`.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
 }
 
 fn target_dir() -> PathBuf {
