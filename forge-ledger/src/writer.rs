@@ -202,7 +202,10 @@ pub struct SetTag {
     pub selector: Selector,
     /// The new tag.
     pub tag: String,
-    /// Compare-and-swap: fail with [`LedgerError::Superseded`] unless the file holds this tag.
+    /// Compare-and-swap: fail with [`LedgerError::Superseded`] unless the freshly fetched file
+    /// holds this tag (`TAG` compares the tag, `TAG@sha256:…` tag and digest); re-checked on
+    /// every retry. Setting the value the file already has succeeds without a commit before
+    /// this check, so two pipelines racing to the same tag both succeed.
     pub expect_tag: Option<String>,
     /// `(service, env)` for the commit subject `<service> <env>: <old> -> <new>`; without it
     /// the subject names the file.
@@ -542,7 +545,8 @@ impl Ledger {
 
     /// The tag's values over the file's history, newest first; consecutive commits with the same
     /// value collapse into the one that set it. Commits where the file has no readable tag are
-    /// skipped.
+    /// skipped; renames are not followed (a Ledger path is an identity). Fetches the full
+    /// history of the branch (once per work repository).
     pub fn history(
         &self,
         file: &str,
