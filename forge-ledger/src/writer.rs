@@ -397,6 +397,11 @@ impl Ledger {
         &self.branch
     }
 
+    /// The private work repository, once the first operation has created it.
+    pub fn work_repo_path(&self) -> Option<PathBuf> {
+        self.lock().as_ref().map(|w| w.path.clone())
+    }
+
     /// Reads the tag at the tip of the branch.
     pub fn get(&self, file: &str, selector: &Selector) -> Result<Current, LedgerError> {
         let file = normalise_file(file)?;

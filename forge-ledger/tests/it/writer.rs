@@ -374,3 +374,49 @@ fn bounded_retries_end_in_a_rejected_error_that_counts_attempts() {
         .unwrap();
     assert_eq!(outcome.attempts, 1);
 }
+
+#[test]
+fn a_chosen_workdir_is_kept_and_reused_and_the_identity_is_used() {
+    let Some(remote) = remote(&[("a.yaml", VALUES)]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path().join("ledger-cache");
+    for tag in ["101", "102"] {
+        let ledger = Ledger::new(remote.url(), "main")
+            .workdir(&work)
+            .identity("Release Bot", "release-bot@forge.invalid");
+        ledger.set_tag(&set("a.yaml", tag)).unwrap();
+        drop(ledger);
+        assert!(
+            work.join("HEAD").is_file(),
+            "the work repo outlives the Ledger"
+        );
+    }
+    assert_eq!(remote.read("a.yaml"), values("102").trim_end());
+    assert_eq!(
+        git(
+            &remote.path(),
+            &["log", "-1", "--format=%an <%ae>|%cn <%ce>", "main"]
+        ),
+        "Release Bot <release-bot@forge.invalid>|Release Bot <release-bot@forge.invalid>"
+    );
+}
+
+#[test]
+fn a_temporary_workdir_is_removed_on_drop() {
+    let Some(remote) = remote(&[("a.yaml", VALUES)]) else {
+        return;
+    };
+    let ledger = Ledger::new(remote.url(), "main");
+    assert_eq!(
+        ledger.work_repo_path(),
+        None,
+        "nothing is created before it is needed"
+    );
+    ledger.get("a.yaml", &Selector::default()).unwrap();
+    let work = ledger.work_repo_path().unwrap();
+    assert!(work.join("HEAD").is_file());
+    drop(ledger);
+    assert!(!work.exists(), "{} was left behind", work.display());
+}
