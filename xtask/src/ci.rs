@@ -90,8 +90,8 @@ pub fn ci(args: &[String]) -> Result<(), String> {
             .args(["test", "--workspace", "--locked"])
             .env("CI", "true"),
     )?;
-    // The newcomer's first command must keep working: run the demo (the binary is already built).
-    run_cmd(Command::new(&cargo).args(["xtask", "demo", "--dir", "target/demo-ci"]))?;
+    // The newcomer's first command must keep working: run the demo on the binary the tests built.
+    run_cmd(Command::new(&cargo).args(["xtask", "demo", "--dir", "target/demo-ci", "--no-build"]))?;
     if !skip_deny {
         deny()?;
     }

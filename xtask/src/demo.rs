@@ -19,10 +19,14 @@ const BUILDS: &[&str] = &["1001", "1002"];
 
 /// Runs the demo in `target/demo` (wiped first), or in `--dir DIR`.
 pub fn demo(args: &[String]) -> Result<(), String> {
-    let dir = match args {
+    // `--no-build` reuses the forge binary `cargo test` just built (CI), saving a rebuild with
+    // the non-test feature set.
+    let no_build = args.iter().any(|a| a == "--no-build");
+    let rest: Vec<&String> = args.iter().filter(|a| *a != "--no-build").collect();
+    let dir = match rest.as_slice() {
         [] => root().join("target/demo"),
-        [flag, dir] if flag == "--dir" => PathBuf::from(dir),
-        _ => return Err("usage: cargo xtask demo [--dir DIR]".into()),
+        [flag, dir] if *flag == "--dir" => PathBuf::from(dir),
+        _ => return Err("usage: cargo xtask demo [--dir DIR] [--no-build]".into()),
     };
     if dir.exists() {
         std::fs::remove_dir_all(&dir)
@@ -31,8 +35,17 @@ pub fn demo(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let dir = dir.canonicalize().map_err(|e| e.to_string())?;
 
-    run_cmd(Command::new(cargo()).args(["build", "--quiet", "-p", "forge-cli", "--bin", "forge"]))?;
     let forge = target_dir().join("debug/forge");
+    if !no_build || !forge.exists() {
+        run_cmd(Command::new(cargo()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "forge-cli",
+            "--bin",
+            "forge",
+        ]))?;
+    }
 
     banner("Sandbox");
     let mut digests = Vec::new();
