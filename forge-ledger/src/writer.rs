@@ -246,7 +246,7 @@ pub struct HistoryEntry {
     pub time: String,
     /// `Name <email>` of the author.
     pub author: String,
-    /// The tag.
+    /// The tag, as `TAG@sha256:…` where the entry pins a digest.
     pub value: String,
     /// Commit subject.
     pub subject: String,
@@ -600,7 +600,12 @@ impl Ledger {
         {
             let Some(text) = content else { continue };
             let value = match crate::read_tag(&text, selector) {
-                Ok(found) => found.value,
+                // A digest-pinned entry is `TAG@sha256:…`, the same form `set_tag` takes, so a
+                // revert restores tag and digest together and a digest-only change shows up.
+                Ok(found) => match found.digest {
+                    Some(digest) => format!("{}@{digest}", found.value),
+                    None => found.value,
+                },
                 Err(e) => {
                     tracing::debug!(%commit, error = %e, "no readable tag at this commit; skipped");
                     continue;

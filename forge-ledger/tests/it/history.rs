@@ -172,3 +172,34 @@ fn revert_to_a_named_value_and_its_refusals() {
     assert_eq!(remote.read("a.yaml"), VALUES.trim_end());
     assert_eq!(remote.log().len(), 4);
 }
+
+#[test]
+fn history_and_revert_keep_pinned_digests() {
+    const D1: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+    const D2: &str = "sha256:2222222222222222222222222222222222222222222222222222222222222222";
+    let app = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: api\nspec:\n  source:\n    kustomize:\n      images:\n        - registry.example/api:100@{D1}\n"
+    );
+    let Some(remote) = remote(&[("app.yaml", app.as_str())]) else {
+        return;
+    };
+    let ledger = Ledger::new(remote.url(), "main");
+    ledger
+        .set_tag(&set("app.yaml", &format!("101@{D2}")))
+        .unwrap();
+    let history: Vec<String> = ledger
+        .history("app.yaml", &Selector::default())
+        .unwrap()
+        .into_iter()
+        .map(|e| e.value)
+        .collect();
+    assert_eq!(history, [format!("101@{D2}"), format!("100@{D1}")]);
+
+    let outcome = ledger.revert(&revert("app.yaml")).unwrap();
+    assert_eq!(outcome.new, format!("100@{D1}"));
+    assert!(
+        remote
+            .read("app.yaml")
+            .contains(&format!("registry.example/api:100@{D1}"))
+    );
+}
