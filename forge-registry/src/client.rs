@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -112,7 +112,7 @@ impl Default for ClientBuilder {
 }
 
 /// Parallel blob transfers when neither the client nor the copy options say otherwise.
-pub const DEFAULT_JOBS: usize = 4;
+pub const DEFAULT_JOBS: usize = 8;
 
 impl ClientBuilder {
     /// Adds a credential provider; providers are asked in the order added, the first
@@ -179,21 +179,18 @@ impl ClientBuilder {
 
     /// Builds the client.
     pub fn build(self) -> Result<Client, Error> {
-        let http = reqwest::Client::builder()
-            .user_agent(self.user_agent.clone())
-            .connect_timeout(self.connect_timeout)
-            .read_timeout(self.read_timeout)
-            .tcp_nodelay(true)
-            // Parallel blob streams may share one HTTP/2 connection: let the flow-control
-            // window grow with the bandwidth-delay product instead of capping each stream.
-            .http2_adaptive_window(true)
-            .build()
-            .map_err(|e| {
-                Error::new(ErrorKind::Transport {
-                    context: "building the HTTP client".to_owned(),
-                    source: Box::new(e),
-                })
-            })?;
+        let http = Transports {
+            settings: TransportSettings {
+                user_agent: self.user_agent.clone(),
+                connect_timeout: self.connect_timeout,
+                read_timeout: self.read_timeout,
+            },
+            plain: OnceLock::new(),
+            tls: OnceLock::new(),
+        };
+        // Fail at build time if even the plain client cannot be built.
+        let plain_probe = Url::parse("http://localhost/").expect("a constant, valid URL");
+        http.for_url(&plain_probe)?;
         let providers = if self.providers.is_empty() {
             vec![Arc::new(Anonymous) as Arc<dyn CredentialProvider>]
         } else {
@@ -280,8 +277,64 @@ impl Client {
     }
 }
 
+/// What both HTTP clients are built with.
+struct TransportSettings {
+    user_agent: String,
+    connect_timeout: Duration,
+    read_timeout: Duration,
+}
+
+/// Two HTTP clients, each built on first use: plain HTTP for loopback and configured hosts,
+/// and TLS. The TLS client loads the platform's root certificates when built (about half of
+/// a no-op re-promotion's run time), so a copy between plain-HTTP registries never pays it.
+struct Transports {
+    settings: TransportSettings,
+    plain: OnceLock<reqwest::Client>,
+    tls: OnceLock<reqwest::Client>,
+}
+
+impl Transports {
+    fn build(&self, tls: bool) -> Result<reqwest::Client, reqwest::Error> {
+        let s = &self.settings;
+        let mut builder = reqwest::Client::builder()
+            .user_agent(s.user_agent.clone())
+            .connect_timeout(s.connect_timeout)
+            .read_timeout(s.read_timeout)
+            .tcp_nodelay(true)
+            // Parallel blob streams may share one HTTP/2 connection: let the flow-control
+            // window grow with the bandwidth-delay product instead of capping each stream.
+            .http2_adaptive_window(true);
+        if !tls {
+            // No roots: this client never speaks TLS (https URLs use the other one).
+            builder = builder.tls_certs_only([]);
+        }
+        builder.build()
+    }
+
+    /// The client for `url`'s scheme, built on first use.
+    fn client(&self, url: &Url) -> Result<&reqwest::Client, reqwest::Error> {
+        let tls = url.scheme() == "https";
+        let cell = if tls { &self.tls } else { &self.plain };
+        if let Some(client) = cell.get() {
+            return Ok(client);
+        }
+        let client = self.build(tls)?;
+        Ok(cell.get_or_init(|| client))
+    }
+
+    /// [`Transports::client`] with the error as a registry transport error.
+    fn for_url(&self, url: &Url) -> Result<&reqwest::Client, Error> {
+        self.client(url).map_err(|e| {
+            Error::new(ErrorKind::Transport {
+                context: "building the HTTP client".to_owned(),
+                source: Box::new(e),
+            })
+        })
+    }
+}
+
 pub(crate) struct Inner {
-    http: reqwest::Client,
+    http: Transports,
     providers: Vec<Arc<dyn CredentialProvider>>,
     pub(crate) retry: RetryPolicy,
     pub(crate) jobs: usize,
@@ -451,7 +504,7 @@ impl Repo {
                         }
                     }
                 }
-                let mut req = self.inner.http.get(url.clone());
+                let mut req = self.inner.http.for_url(&url)?.get(url.clone());
                 if let Some(basic) = credential.as_ref().and_then(Credential::basic_header) {
                     req = req.header(header::AUTHORIZATION, basic);
                 }
@@ -507,6 +560,7 @@ impl Repo {
             let mut req = self
                 .inner
                 .http
+                .for_url(&url)?
                 .request(method.clone(), url.clone())
                 .headers(headers.clone());
             if let Some(b) = &body {
@@ -566,6 +620,7 @@ impl Repo {
         let mut req = self
             .inner
             .http
+            .client(&url)?
             .request(method, url.clone())
             .headers(headers)
             .body(body);

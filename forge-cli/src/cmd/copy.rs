@@ -30,7 +30,7 @@ pub struct CopyArgs {
     src: String,
     /// Destination image with an immutable tag (the repository must already exist).
     dst: String,
-    /// Parallel blob transfers (default 4).
+    /// Parallel blob transfers (default 8).
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
     /// Do not copy OCI referrers (signatures, SBOMs) of the image.
