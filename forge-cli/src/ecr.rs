@@ -43,3 +43,43 @@ pub fn client_with(
     })?;
     Ok(builder.docker_config(docker).build()?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The glue end to end against moto's ECR: an ECR host gets forge-auth's Basic `AWS:…`
+    /// credential, any other host none (so the Docker config is asked next).
+    #[test]
+    fn ecr_hosts_get_basic_credentials_from_ecr_and_others_none() {
+        let Some(moto) = forge_testkit::Moto::start() else {
+            return;
+        };
+        let runtime = crate::runtime().unwrap();
+        runtime.block_on(async {
+            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                .region(aws_config::Region::new("eu-west-1"))
+                .endpoint_url(moto.endpoint())
+                .credentials_provider(aws_credential_types::Credentials::new(
+                    "testing", "testing", None, None, "test",
+                ))
+                .load()
+                .await;
+            let host = "111111111111.dkr.ecr.eu-west-1.amazonaws.com";
+            let provider = EcrRegistries {
+                by_host: HashMap::from([(
+                    host.to_owned(),
+                    Arc::new(forge_auth::ecr::EcrCredentials::new(&sdk)),
+                )]),
+            };
+            match provider.credential(host).await.unwrap() {
+                Some(Credential::Basic { username, password }) => {
+                    assert_eq!(username, "AWS");
+                    assert!(!password.is_empty());
+                }
+                other => panic!("expected Basic AWS credentials, got {other:?}"),
+            }
+            assert_eq!(provider.credential("127.0.0.1:5000").await.unwrap(), None);
+        });
+    }
+}
