@@ -457,14 +457,17 @@ fn measure(cmd: &mut Command) -> Result<(Run, String), String> {
         .spawn()
         .map_err(|e| format!("cannot start `{shown}`: {e}"))?;
     let mut hwm = None;
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-            break status;
-        }
-        if !gnu_time {
+    let status = if gnu_time {
+        // Block: a polling loop would round a 10 ms run up to its poll interval.
+        child.wait().map_err(|e| e.to_string())?
+    } else {
+        loop {
+            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
+                break status;
+            }
             hwm = read_hwm(child.id()).or(hwm);
+            std::thread::sleep(Duration::from_millis(2));
         }
-        std::thread::sleep(Duration::from_millis(2));
     };
     let wall = start.elapsed();
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
