@@ -1,5 +1,7 @@
 //! `cargo xtask ci` and `cargo xtask test-deps`.
 
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::Command;
 
 use crate::util::{cargo, run, run_cmd, which};
@@ -11,9 +13,11 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("shellcheck", "shellcheck"),
 ];
 
-/// Installs what the tests need when it is missing. Starts nothing: tests start their own
-/// instances on free loopback ports.
-pub fn test_deps() -> Result<(), String> {
+/// Installs what the tests need when it is missing, and returns the `PATH` the tests run with
+/// (pip's script directory added when `moto_server` is only there: a pyenv shim appears only
+/// after a rehash, a `--user` install lands in ~/.local/bin). Starts nothing: tests start their
+/// own instances on free loopback ports.
+pub fn test_deps() -> Result<OsString, String> {
     let missing: Vec<&str> = APT_TOOLS
         .iter()
         .filter(|(bin, _)| which(bin).is_none())
@@ -42,9 +46,21 @@ pub fn test_deps() -> Result<(), String> {
         let python = which("python3")
             .ok_or("python3 is needed to install moto[server] (apt-get install python3-pip)")?;
         run_cmd(Command::new(python).args(["-m", "pip", "install", "--quiet", "moto[server]"]))?;
-        if which("moto_server").is_none() {
-            return Err("pip installed moto[server] but `moto_server` is not on PATH; add pip's script directory to PATH".into());
+        if which("pyenv").is_some() {
+            let _ = run("pyenv", &["rehash"]);
         }
+    }
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if which("moto_server").is_none() {
+        let scripts = python_scripts_dirs();
+        if !scripts.iter().any(|d| d.join("moto_server").is_file()) {
+            return Err(format!(
+                "pip installed moto[server] but `moto_server` is in none of PATH or {scripts:?}; add pip's script directory to PATH"
+            ));
+        }
+        dirs.extend(scripts);
     }
     for (bin, _) in APT_TOOLS {
         if which(bin).is_none() {
@@ -52,7 +68,24 @@ pub fn test_deps() -> Result<(), String> {
         }
     }
     eprintln!("test components present: docker-registry, skopeo, shellcheck, moto_server, git");
-    Ok(())
+    std::env::join_paths(dirs).map_err(|e| format!("cannot build PATH: {e}"))
+}
+
+/// Where pip puts console scripts for python3: the interpreter's and the user scheme's.
+fn python_scripts_dirs() -> Vec<PathBuf> {
+    let code = "import sysconfig; print(sysconfig.get_path('scripts')); print(sysconfig.get_path('scripts', 'posix_user'))";
+    Command::new("python3")
+        .args(["-c", code])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .map(PathBuf::from)
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn is_root() -> bool {
@@ -69,7 +102,7 @@ pub fn ci(args: &[String]) -> Result<(), String> {
     if let Some(unknown) = args.iter().find(|a| *a != "--no-deny") {
         return Err(format!("unknown ci option `{unknown}` (known: --no-deny)"));
     }
-    test_deps()?;
+    let test_path = test_deps()?;
     let cargo = cargo();
     run(&cargo, &["fmt", "--all", "--check"]).map_err(|e| format!("{e}: run `cargo fmt --all`"))?;
     run(
@@ -88,7 +121,8 @@ pub fn ci(args: &[String]) -> Result<(), String> {
     run_cmd(
         Command::new(&cargo)
             .args(["test", "--workspace", "--locked"])
-            .env("CI", "true"),
+            .env("CI", "true")
+            .env("PATH", &test_path),
     )?;
     // The newcomer's first command must keep working: run the demo on the binary the tests built.
     run_cmd(Command::new(&cargo).args(["xtask", "demo", "--dir", "target/demo-ci", "--no-build"]))?;

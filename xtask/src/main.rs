@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     };
     let result = match task.as_str() {
         "ci" => ci::ci(rest),
-        "test-deps" => ci::test_deps(),
+        "test-deps" => ci::test_deps().map(drop),
         "demo" => demo::demo(rest),
         "release" => release::release(rest),
         "bench" => bench(rest),
