@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use forge_testkit::Registry;
 
-use crate::util::{cargo, root, run_cmd, which};
+use crate::util::{root, which};
 
 const USAGE: &str = "usage: cargo xtask bench copy [--runs N] [--quick] [--case NAME]... [--no-build] [--forge PATH] [--jobs N] [--no-write]
 
@@ -138,26 +138,7 @@ pub fn bench_copy(args: &[String]) -> Result<(), String> {
             ));
         }
     }
-    let forge = match &o.forge {
-        Some(p) => p.clone(),
-        None => target_dir().join("release/forge"),
-    };
-    if o.build && o.forge.is_none() {
-        run_cmd(Command::new(cargo()).args([
-            "build",
-            "--release",
-            "-p",
-            "forge-cli",
-            "--bin",
-            "forge",
-        ]))?;
-    }
-    if !forge.is_file() {
-        return Err(format!(
-            "forge binary {} not found (build it with `cargo build --release -p forge-cli`)",
-            forge.display()
-        ));
-    }
+    let forge = crate::util::release_forge(o.forge.as_deref(), o.build)?;
     let want = |c: &str| o.cases.is_empty() || o.cases.iter().any(|x| x == c);
     let sizes = Sizes::new(o.quick);
     let work = tempdir()?;
@@ -740,12 +721,6 @@ fn tempdir() -> Result<TempDir, String> {
     ));
     std::fs::create_dir_all(&base).map_err(|e| format!("{}: {e}", base.display()))?;
     Ok(TempDir(base))
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
 }
 
 // ---------------------------------------------------------------------------------------------

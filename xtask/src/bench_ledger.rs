@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{cargo, root, run_cmd, which};
+use crate::util::{root, which};
 
 const USAGE: &str = "usage: cargo xtask bench ledger [--runs N] [--writers N] [--big N] [--no-build] [--forge PATH] [--no-write]
 
@@ -138,26 +138,7 @@ pub fn bench_ledger(args: &[String]) -> Result<(), String> {
             return Err(format!("`{tool}` is not on PATH"));
         }
     }
-    let forge = match &o.forge {
-        Some(p) => p.clone(),
-        None => target_dir().join("release/forge"),
-    };
-    if o.build && o.forge.is_none() {
-        run_cmd(Command::new(cargo()).args([
-            "build",
-            "--release",
-            "-p",
-            "forge-cli",
-            "--bin",
-            "forge",
-        ]))?;
-    }
-    if !forge.is_file() {
-        return Err(format!(
-            "forge binary {} not found (build it with `cargo build --release -p forge-cli`)",
-            forge.display()
-        ));
-    }
+    let forge = crate::util::release_forge(o.forge.as_deref(), o.build)?;
     let work = TempDir::new()?;
     let naive = work.path().join("update-ledger-naive.sh");
     std::fs::write(&naive, NAIVE_SCRIPT).map_err(|e| format!("{}: {e}", naive.display()))?;
@@ -547,12 +528,6 @@ fn loadavg() -> String {
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".into())
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
 }
 
 /// A temp directory removed on drop (xtask has no tempfile dependency at runtime).

@@ -35,7 +35,7 @@ pub fn demo(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let dir = dir.canonicalize().map_err(|e| e.to_string())?;
 
-    let forge = target_dir().join("debug/forge");
+    let forge = crate::util::target_dir().join("debug/forge");
     if !no_build || !forge.exists() {
         run_cmd(Command::new(cargo()).args([
             "build",
@@ -288,12 +288,6 @@ fn banner(title: &str) {
 
 fn say(line: &str) {
     println!("{line}");
-}
-
-fn target_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target"))
 }
 
 fn write(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), String> {

@@ -48,3 +48,33 @@ pub fn which(name: &str) -> Option<PathBuf> {
 pub fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
 }
+
+/// Cargo's target directory (`CARGO_TARGET_DIR`, else `target/` in the workspace).
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target"))
+}
+
+/// The release `forge` binary a benchmark runs: `explicit` when given, else the one in the
+/// target directory, built first when `build` is set.
+pub fn release_forge(explicit: Option<&std::path::Path>, build: bool) -> Result<PathBuf, String> {
+    let forge = explicit.map_or_else(|| target_dir().join("release/forge"), PathBuf::from);
+    if build && explicit.is_none() {
+        run_cmd(Command::new(cargo()).args([
+            "build",
+            "--release",
+            "-p",
+            "forge-cli",
+            "--bin",
+            "forge",
+        ]))?;
+    }
+    if !forge.is_file() {
+        return Err(format!(
+            "forge binary {} not found (build it with `cargo build --release -p forge-cli`)",
+            forge.display()
+        ));
+    }
+    Ok(forge)
+}
