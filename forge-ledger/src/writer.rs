@@ -185,6 +185,9 @@ impl LedgerError {
 pub struct Current {
     /// The tag.
     pub value: String,
+    /// The digest pinned next to the tag (`…:TAG@sha256:…` kustomize images), if any. A
+    /// writer that knows the new digest should then set `TAG@sha256:…`.
+    pub digest: Option<String>,
     /// Where it lives in the document (`spec.source.helm.parameters[name=image.tag].value`).
     pub path: String,
     /// 1-based line of the value.
@@ -422,6 +425,7 @@ impl Ledger {
         })?;
         Ok(Current {
             value: found.value,
+            digest: found.digest,
             path: found.path,
             line: found.line,
             commit,

@@ -195,7 +195,12 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
         .set_tag(&forge_ledger::SetTag {
             file: file.clone(),
             selector,
-            tag: tag.clone(),
+            // A digest-pinned entry gets the digest just proven at the destination, so the
+            // pin always names the bytes the tag was promoted with.
+            tag: match &current.digest {
+                Some(_) => format!("{tag}@{digest}"),
+                None => tag.clone(),
+            },
             expect_tag: Some(current.value.clone()),
             subject: Some((args.service.clone(), args.to.clone())),
             trailers,

@@ -729,3 +729,36 @@ fn pipelines_get_error_annotations_and_output_variables() {
         "{written}"
     );
 }
+
+#[test]
+fn a_digest_pinned_entry_gets_the_proven_digest() {
+    let Some(stage) = Stage::start(&[("payments", "payments/api", true)]) else {
+        return;
+    };
+    // QA's Application pins its image by digest (kustomize `name:tag@sha256:…`), edited by hand.
+    let pinned = format!(
+        "apiVersion: argoproj.io/v1alpha1\nkind: Application\nmetadata:\n  name: payments-qa\nspec:\n  source:\n    kustomize:\n      images:\n        - registry.example.invalid/payments/api:1000@sha256:{}\n",
+        "0".repeat(64)
+    );
+    let scratch = tempfile::tempdir().unwrap();
+    git(
+        scratch.path(),
+        &["clone", "--quiet", &stage.ledger.url(), "c"],
+    );
+    let clone = scratch.path().join("c");
+    std::fs::write(clone.join("apps/qa/payments.yaml"), pinned).unwrap();
+    git(&clone, &["commit", "--quiet", "-am", "qa pins by digest"]);
+    git(&clone, &["push", "--quiet", "origin", "main"]);
+
+    stage.promote("payments", "dev", &["--tag", "1001"]);
+    let qa = stage.promote("payments", "qa", &[]);
+    let digest = &stage.digests[0];
+    assert_eq!(qa["ledger"]["new"], format!("1001@{digest}"));
+    let text = stage.ledger.read("apps/qa/payments.yaml");
+    assert!(
+        text.contains(&format!(
+            "registry.example.invalid/payments/api:1001@{digest}"
+        )),
+        "{text}"
+    );
+}
