@@ -519,7 +519,24 @@ impl Client {
         counters: &Arc<Counters>,
     ) -> Result<(), Error> {
         let policy = self.inner.retry;
-        let tasks = blobs.into_iter().map(|desc| {
+        // Presence checks are cheap HEADs: run them all first, wider than the transfer limit,
+        // so no transfer slot sits idle on a round trip.
+        let present: Vec<bool> = futures_util::stream::iter(blobs.iter().map(|d| dst.has_blob(d)))
+            .buffered(CHECK_PARALLELISM)
+            .try_collect()
+            .await?;
+        let mut missing = Vec::with_capacity(blobs.len());
+        for (desc, present) in blobs.into_iter().zip(present) {
+            if present {
+                counters.blobs_skipped.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = &options.progress {
+                    p.blob_skipped(&desc.digest, desc.size);
+                }
+            } else {
+                missing.push(desc);
+            }
+        }
+        let tasks = missing.into_iter().map(|desc| {
             let src = src.clone();
             let dst = dst.clone();
             let progress = options.progress.clone();
@@ -603,14 +620,8 @@ async fn copy_blob(
     policy: crate::client::RetryPolicy,
     counters: &Counters,
 ) -> Result<(), Error> {
+    // The caller has checked the blob is not at the destination.
     let start = Instant::now();
-    if dst.has_blob(desc).await? {
-        counters.blobs_skipped.fetch_add(1, Ordering::Relaxed);
-        if let Some(p) = &progress {
-            p.blob_skipped(&desc.digest, desc.size);
-        }
-        return Ok(());
-    }
     let mut attempt = 0;
     let mut reauthenticated = false;
     loop {
@@ -858,4 +869,7 @@ async fn verify_tree(
 }
 
 /// Concurrent `HEAD` requests while verifying.
-const VERIFY_PARALLELISM: usize = 8;
+const VERIFY_PARALLELISM: usize = 16;
+
+/// Concurrent presence checks (HEAD) before blob transfers.
+const CHECK_PARALLELISM: usize = 16;
