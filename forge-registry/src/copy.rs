@@ -1,7 +1,7 @@
 //! `Client::copy`, `resolve`, `verify`, `repository_exists`: options, progress events and
 //! reports.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -309,12 +309,26 @@ impl Client {
                 None => Ok(None),
             }
         };
-        let (exists, top, existing) = futures_util::future::join3(
-            dst_ep.exists(),
-            self.fetch_source_top(&src_ep, src),
-            dst_tag,
-        )
-        .await;
+        // As soon as the source manifest is in, HEAD its blobs at the destination, overlapping
+        // the other reads. Read-only, so policy below still decides before anything is
+        // written; the answers serve the skip check and an already-present tag's verification.
+        // A failed check is only a missed shortcut: the normal checks run later.
+        let top_and_presence = async {
+            let top = self.fetch_source_top(&src_ep, src).await?;
+            let presence = match top.refs(top.digest.as_str()) {
+                Ok(refs) if !top.is_index() => presence(&dst_ep, refs.blobs().cloned().collect())
+                    .await
+                    .unwrap_or_default(),
+                _ => HashMap::new(),
+            };
+            Ok::<_, Error>((top, presence))
+        };
+        let (exists, top_and_presence, existing) =
+            futures_util::future::join3(dst_ep.exists(), top_and_presence, dst_tag).await;
+        let (top, known) = match top_and_presence {
+            Ok((top, known)) => (Ok(top), known),
+            Err(e) => (Err(e), HashMap::new()),
+        };
 
         // 1. The destination must exist: nothing is created implicitly.
         if !exists? {
@@ -345,7 +359,8 @@ impl Client {
         {
             if existing.digest == top.digest {
                 tracing::debug!(destination = %dst, "destination tag already holds the digest");
-                let check = verify_tree(&dst_ep, dst, tag, &top.digest, Some(existing)).await?;
+                let check =
+                    verify_tree(&dst_ep, dst, tag, &top.digest, Some(existing), &known).await?;
                 return Ok(CopyReport {
                     source: src.to_string(),
                     destination: dst.to_string(),
@@ -411,14 +426,13 @@ impl Client {
 
         // 5. Blobs, in parallel.
         let counters = Arc::new(Counters::default());
-        let jobs = options.jobs.unwrap_or(self.inner.jobs).max(1);
         let all_blobs: Vec<Descriptor> = tree
             .blobs
             .iter()
             .chain(referrer_tree.blobs.iter())
             .cloned()
             .collect();
-        self.copy_blobs(&src_ep, &dst_ep, all_blobs, jobs, options, &counters)
+        self.copy_blobs(&src_ep, &dst_ep, all_blobs, options, &counters, &known)
             .await?;
 
         // 6. Child manifests by digest, then referrers, then the top manifest by tag.
@@ -456,7 +470,9 @@ impl Client {
 
         // 7. Prove it.
         let reference = tag.map_or_else(|| top.digest.to_string(), str::to_owned);
-        let check = verify_tree(&dst_ep, dst, &reference, &top.digest, None).await?;
+        // After writing, everything is checked again: no answer from before the copy counts.
+        let check =
+            verify_tree(&dst_ep, dst, &reference, &top.digest, None, &HashMap::new()).await?;
         Ok(CopyReport {
             source: src.to_string(),
             destination: dst.to_string(),
@@ -514,20 +530,23 @@ impl Client {
         src: &Endpoint,
         dst: &Endpoint,
         blobs: Vec<Descriptor>,
-        jobs: usize,
         options: &CopyOptions,
         counters: &Arc<Counters>,
+        known: &HashMap<Digest, bool>,
     ) -> Result<(), Error> {
         let policy = self.inner.retry;
-        // Presence checks are cheap HEADs: run them all first, wider than the transfer limit,
-        // so no transfer slot sits idle on a round trip.
-        let present: Vec<bool> = futures_util::stream::iter(blobs.iter().map(|d| dst.has_blob(d)))
-            .buffered(CHECK_PARALLELISM)
-            .try_collect()
-            .await?;
+        // Presence checks are cheap HEADs: run them all first (those not answered already),
+        // wider than the transfer limit, so no transfer slot sits idle on a round trip.
+        let unknown: Vec<Descriptor> = blobs
+            .iter()
+            .filter(|d| !known.contains_key(&d.digest))
+            .cloned()
+            .collect();
+        let mut answers = presence(dst, unknown).await?;
+        answers.extend(known.iter().map(|(d, p)| (d.clone(), *p)));
         let mut missing = Vec::with_capacity(blobs.len());
-        for (desc, present) in blobs.into_iter().zip(present) {
-            if present {
+        for desc in blobs {
+            if answers.get(&desc.digest).copied().unwrap_or(false) {
                 counters.blobs_skipped.fetch_add(1, Ordering::Relaxed);
                 if let Some(p) = &options.progress {
                     p.blob_skipped(&desc.digest, desc.size);
@@ -557,6 +576,7 @@ impl Client {
                 }
             }
         });
+        let jobs = options.jobs.unwrap_or(self.inner.jobs).max(1);
         // `buffer_unordered` only polls (and so only spawns) `jobs` tasks at a time.
         futures_util::stream::iter(tasks)
             .buffer_unordered(jobs)
@@ -589,13 +609,20 @@ impl Client {
         if let Endpoint::Layout(l) = &ep {
             l.require()?;
         }
-        verify_tree(&ep, r, &r.manifest_reference(), expected, None)
-            .await
-            .map_err(|mut e| {
-                e.retries = retries.load(Ordering::Relaxed);
-                e.elapsed = start.elapsed();
-                e
-            })
+        verify_tree(
+            &ep,
+            r,
+            &r.manifest_reference(),
+            expected,
+            None,
+            &HashMap::new(),
+        )
+        .await
+        .map_err(|mut e| {
+            e.retries = retries.load(Ordering::Relaxed);
+            e.elapsed = start.elapsed();
+            e
+        })
     }
 
     /// Whether the repository of `r` exists (`GET /v2/<repo>/tags/list` is not 404); for an
@@ -777,12 +804,24 @@ async fn update_fallback_index(
 /// Fetches `reference` at `ep` (or takes `fetched`, the manifest just read by that reference),
 /// proves it hashes to `expected` (and matches `Docker-Content-Digest`), and confirms every
 /// child manifest and blob is present.
+/// Which of `blobs` the endpoint holds, `CHECK_PARALLELISM` HEADs at a time.
+async fn presence(ep: &Endpoint, blobs: Vec<Descriptor>) -> Result<HashMap<Digest, bool>, Error> {
+    let answers: Vec<bool> = futures_util::stream::iter(blobs.iter().map(|d| ep.has_blob(d)))
+        .buffered(CHECK_PARALLELISM)
+        .try_collect()
+        .await?;
+    Ok(blobs.into_iter().map(|d| d.digest).zip(answers).collect())
+}
+
+/// `known_present`: blobs this run has already seen present at `ep` (checked in the same
+/// run, before any write); they are not asked again.
 async fn verify_tree(
     ep: &Endpoint,
     r: &Reference,
     reference: &str,
     expected: &Digest,
     fetched: Option<Fetched>,
+    known_present: &HashMap<Digest, bool>,
 ) -> Result<VerifyReport, Error> {
     let fail = |reason: String| {
         Error::new(ErrorKind::VerificationFailed {
@@ -843,7 +882,10 @@ async fn verify_tree(
         }
     }
     let blobs_checked = u32::try_from(blobs.len()).unwrap_or(u32::MAX);
-    let checks = futures_util::stream::iter(blobs.into_iter().map(|b| async move {
+    let to_check = blobs
+        .into_iter()
+        .filter(|b| known_present.get(&b.digest) != Some(&true));
+    let checks = futures_util::stream::iter(to_check.map(|b| async move {
         let present = ep.has_blob(&b).await?;
         Ok::<_, Error>((b, present))
     }))
