@@ -26,7 +26,6 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -741,24 +740,8 @@ fn json_error(status: StatusCode, code: &str, message: &str) -> Response<ProxyBo
 // ---------------------------------------------------------------------------------------------
 // Fixtures and direct (proxy-bypassing) checks against the real registry.
 
-/// `sha256:<hex>` of `bytes`.
-pub fn sha256(bytes: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*), so fixtures are reproducible.
-pub fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
+// `sha256` and the deterministic byte generator are shared with the real-registry fixtures.
+pub use crate::fixtures::{bytes as random_bytes, sha256};
 
 /// An image pushed to a registry by [`push_image`].
 #[derive(Debug, Clone)]
