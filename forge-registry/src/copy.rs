@@ -303,11 +303,16 @@ impl Client {
         if let Endpoint::Layout(l) = &src_ep {
             l.require()?;
         }
-        let dst_tag = async {
-            match dst.tag() {
-                Some(tag) => dst_ep.get_manifest(tag).await,
-                None => Ok(None),
-            }
+        // A manifest under the destination tag proves the repository exists; only a miss
+        // needs `tags/list` (one request fewer on the re-promotion path, where every request
+        // counts).
+        let dst_tag_and_exists = async {
+            let existing = match dst.tag() {
+                Some(tag) => dst_ep.get_manifest(tag).await?,
+                None => None,
+            };
+            let exists = existing.is_some() || dst_ep.exists().await?;
+            Ok::<_, Error>((exists, existing))
         };
         // As soon as the source manifest is in, HEAD its blobs at the destination, overlapping
         // the other reads. Read-only, so policy below still decides before anything is
@@ -323,15 +328,16 @@ impl Client {
             };
             Ok::<_, Error>((top, presence))
         };
-        let (exists, top_and_presence, existing) =
-            futures_util::future::join3(dst_ep.exists(), top_and_presence, dst_tag).await;
+        let (top_and_presence, dst_tag_and_exists) =
+            futures_util::future::join(top_and_presence, dst_tag_and_exists).await;
         let (top, known) = match top_and_presence {
             Ok((top, known)) => (Ok(top), known),
             Err(e) => (Err(e), HashMap::new()),
         };
+        let (exists, existing) = dst_tag_and_exists?;
 
         // 1. The destination must exist: nothing is created implicitly.
-        if !exists? {
+        if !exists {
             return Err(Error::new(ErrorKind::RepositoryMissing {
                 repository: dst.repository().to_owned(),
                 registry: dst.registry().to_owned(),
@@ -355,7 +361,7 @@ impl Client {
 
         // 3. Immutable tags: checked before anything is pushed.
         if let Some(tag) = dst.tag()
-            && let Some(existing) = existing?
+            && let Some(existing) = existing
         {
             if existing.digest == top.digest {
                 tracing::debug!(destination = %dst, "destination tag already holds the digest");
@@ -801,9 +807,6 @@ async fn update_fallback_index(
     Ok(())
 }
 
-/// Fetches `reference` at `ep` (or takes `fetched`, the manifest just read by that reference),
-/// proves it hashes to `expected` (and matches `Docker-Content-Digest`), and confirms every
-/// child manifest and blob is present.
 /// Which of `blobs` the endpoint holds, `CHECK_PARALLELISM` HEADs at a time.
 async fn presence(ep: &Endpoint, blobs: Vec<Descriptor>) -> Result<HashMap<Digest, bool>, Error> {
     let answers: Vec<bool> = futures_util::stream::iter(blobs.iter().map(|d| ep.has_blob(d)))
@@ -813,6 +816,10 @@ async fn presence(ep: &Endpoint, blobs: Vec<Descriptor>) -> Result<HashMap<Diges
     Ok(blobs.into_iter().map(|d| d.digest).zip(answers).collect())
 }
 
+/// Fetches `reference` at `ep` (or takes `fetched`, the manifest just read by that reference),
+/// proves it hashes to `expected` (and matches `Docker-Content-Digest`), and confirms every
+/// child manifest and blob is present.
+///
 /// `known_present`: blobs this run has already seen present at `ep` (checked in the same
 /// run, before any write); they are not asked again.
 async fn verify_tree(
