@@ -161,6 +161,18 @@ impl Registry {
         self.port
     }
 
+    /// CPU time (user + system) the registry process has used so far, from `/proc/<pid>/stat`
+    /// (Linux; `None` elsewhere). Tick resolution (USER_HZ, 100 on Linux): average many runs.
+    pub fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self._process.0.id())).ok()?;
+        // The command name (field 2) may hold spaces: count fields after its closing ')'.
+        let rest = stat.rsplit_once(')')?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11)?.parse().ok()?;
+        let stime: u64 = fields.get(12)?.parse().ok()?;
+        Some(Duration::from_millis((utime + stime) * 10))
+    }
+
     /// The storage root (`docker/registry/v2/...` lives below it).
     pub fn storage(&self) -> PathBuf {
         self.dir.path().join("storage")
