@@ -318,11 +318,31 @@ async fn forge_copies_to_ecr_with_basic_credentials_and_recopy_pushes_nothing() 
 
     // Re-promotion: ECR would answer TAG_INVALID to any manifest PUT, so Forge must not send one.
     let writes_before = s.writes();
+    let seen_before = s.ecr.log().len();
     let again = client
         .copy(&s.src(), &s.dst("team/app", "1"), &CopyOptions::default())
         .await
         .unwrap();
     assert!(again.already_present, "{again:?}");
+    // Exactly the reads the verification needs: the manifest by tag (hashed) and one HEAD per
+    // blob. The tag answering proves the repository exists, so no tags/list either.
+    let answered: Vec<Route> = s.ecr.log()[seen_before..]
+        .iter()
+        .filter(|l| l.status != 401)
+        .map(|l| l.route)
+        .collect();
+    let mut routes = answered.clone();
+    routes.sort_by_key(|r| format!("{r:?}"));
+    assert_eq!(
+        routes,
+        [
+            Route::BlobHead,
+            Route::BlobHead,
+            Route::BlobHead,
+            Route::ManifestGet
+        ],
+        "{answered:?}"
+    );
     assert!(again.verified);
     assert_eq!(again.blobs_copied, 0);
     assert_eq!(again.manifests_pushed, 0);
