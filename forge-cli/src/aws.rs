@@ -138,17 +138,20 @@ pub async fn resolve(
             )
         })?;
     let hub = RoleArn::parse(&hub).map_err(|e| InvalidInput(format!("hub role: {e}")))?;
-    let role = overrides
-        .role
-        .clone()
-        .or_else(|| environment.role.clone())
-        .ok_or_else(|| {
-            InvalidInput(format!(
-                "environment `{env}` has no role: set `[environments.{env}] role` to the ARN of ConveyorDeployRole-{env} (or pass --role)"
-            ))
-        })?;
-    let role = RoleArn::from_template(&role, env, None)
-        .map_err(|e| InvalidInput(format!("environments.{env}.role: {e}")))?;
+    let role = match &overrides.role {
+        Some(role) => crate::config::expand_role(role, env, environment.account.as_deref())
+            .map_err(|e| InvalidInput(format!("--role: {e}")))?,
+        None => config
+            .config
+            .environment_role(env)
+            .map_err(InvalidInput)?
+            .ok_or_else(|| {
+                InvalidInput(format!(
+                    "environment `{env}` has no role: set `[environments.{env}] role` to the ARN of ConveyorDeployRole-{env}, or `[auth] env_role` to a template such as arn:aws:iam::{{account}}:role/ConveyorDeployRole-{{env}} (or pass --role)"
+                ))
+            })?,
+    };
+    let role = RoleArn::parse(&role).map_err(|e| InvalidInput(format!("environment role: {e}")))?;
     let source = TokenSource::detect(
         &setting,
         &lookup,

@@ -92,6 +92,10 @@ pub struct AuthConfig {
     /// environment role; its trust policy must then allow `sts:TagSession`. Default off.
     #[serde(default)]
     pub session_tags: bool,
+    /// The environment role of every environment without its own `role`: an ARN template with
+    /// `{env}` and `{account}` (the environment's `account`), e.g.
+    /// `arn:aws:iam::{account}:role/ConveyorDeployRole-{env}`.
+    pub env_role: Option<String>,
 }
 
 /// `[policy]`.
@@ -124,8 +128,11 @@ fn default_support() -> String {
 pub struct EnvironmentConfig {
     /// Registry host (`…dkr.ecr….amazonaws.com`, `host:port`) or `oci:DIR`.
     pub registry: Option<String>,
-    /// ARN of `ConveyorDeployRole-<env>`.
+    /// ARN of `ConveyorDeployRole-<env>` (`{env}` and `{account}` are filled in); defaults to
+    /// `[auth] env_role`.
     pub role: Option<String>,
+    /// The environment's 12-digit AWS account id, for `{account}` in role templates.
+    pub account: Option<String>,
     /// The environment promotions into this one come from.
     pub from: Option<String>,
     /// Who must approve a promotion.
@@ -215,6 +222,22 @@ impl Loaded {
 }
 
 impl Config {
+    /// The role ARN of environment `name`: its own `role`, else `[auth] env_role`, with `{env}`
+    /// and `{account}` filled in. `Ok(None)` when neither is set; `Err` names the key to fix.
+    pub fn environment_role(&self, name: &str) -> Result<Option<String>, String> {
+        let Some(env) = self.environments.get(name) else {
+            return Ok(None);
+        };
+        let (key, template) = match (&env.role, &self.auth.env_role) {
+            (Some(role), _) => (format!("environments.{name}.role"), role),
+            (None, Some(template)) => ("auth.env_role".to_owned(), template),
+            (None, None) => return Ok(None),
+        };
+        expand_role(template, name, env.account.as_deref())
+            .map(Some)
+            .map_err(|e| format!("{key}: {e}"))
+    }
+
     /// Reads and parses `path`. A missing file or a parse error is [`InvalidInput`] naming the
     /// file and, for parse errors, the line and key.
     pub fn load(path: &Path) -> anyhow::Result<Loaded> {
@@ -280,7 +303,7 @@ impl Config {
             problems.push(format!("auth.token: {e}"));
         }
         if let Some(role) = &self.auth.hub_role
-            && let Err(e) = check_role_arn(role)
+            && let Err(e) = forge_auth::RoleArn::parse(role)
         {
             problems.push(format!("auth.hub_role: {e}"));
         }
@@ -292,10 +315,14 @@ impl Config {
                 ));
         }
         for (name, env) in &self.environments {
-            if let Some(role) = &env.role
-                && let Err(e) = check_role_arn(role)
+            if let Some(account) = &env.account
+                && !is_account_id(account)
             {
-                problems.push(format!("environments.{name}.role: {e}"));
+                problems.push(format!(
+                    "environments.{name}.account: `{account}` is not a 12-digit AWS account id"
+                ));
+            } else if let Err(e) = self.environment_role(name) {
+                problems.push(e);
             }
             if let Some(from) = &env.from {
                 if from == name {
@@ -413,24 +440,24 @@ fn check_token_setting(token: &str) -> Result<(), String> {
     }
 }
 
-/// `arn:<partition>:iam::<12 digits>:role/<path/name>`.
-pub fn check_role_arn(arn: &str) -> Result<(), String> {
-    let ok = (|| {
-        let rest = arn.strip_prefix("arn:")?;
-        let (partition, rest) = rest.split_once(':')?;
-        let rest = rest.strip_prefix("iam::")?;
-        let (account, name) = rest.split_once(":role/")?;
-        let valid = partition.starts_with("aws")
-            && account.len() == 12
-            && account.bytes().all(|b| b.is_ascii_digit())
-            && !name.is_empty();
-        valid.then_some(())
-    })();
-    ok.ok_or_else(|| {
-        format!(
-            "`{arn}` is not an IAM role ARN; expected arn:aws:iam::<12-digit account>:role/<name>"
-        )
-    })
+fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Fills `{env}` and `{account}` into a role template and checks the result is a role ARN.
+pub fn expand_role(template: &str, env: &str, account: Option<&str>) -> Result<String, String> {
+    let mut arn = template.replace("{env}", env);
+    if arn.contains("{account}") {
+        let account = account.ok_or_else(|| {
+            format!(
+                "`{template}` uses {{account}} but environments.{env}.account is not set: set it to the environment's 12-digit AWS account id"
+            )
+        })?;
+        arn = arn.replace("{account}", account);
+    }
+    // forge-auth's parser: the same rules (and the same specific messages) as the chain itself.
+    forge_auth::RoleArn::parse(&arn).map_err(|e| e.to_string())?;
+    Ok(arn)
 }
 
 /// Renders problems as the message of a failed `forge config check`.
@@ -484,7 +511,7 @@ mod tests {
         check(
             "[environments.dev]\nrole = \"arn:aws:iam::12:role/x\"\n",
             &[
-                "environments.dev.role: `arn:aws:iam::12:role/x` is not an IAM role ARN; expected arn:aws:iam::<12-digit account>:role/<name>",
+                "environments.dev.role: `arn:aws:iam::12:role/x` is not an IAM role ARN (the account is not 12 digits); expected arn:aws:iam::<12-digit account>:role/<name>",
             ],
         );
         check(
@@ -499,6 +526,38 @@ mod tests {
         assert!(
             problems[0].starts_with("policy.tag_pattern: `^[0-9+$` is not a valid regex"),
             "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn role_templates_take_the_environment_and_its_account() {
+        let template =
+            "[auth]\nenv_role = \"arn:aws:iam::{account}:role/ConveyorDeployRole-{env}\"\n";
+        let config = Config::parse(&format!(
+            "{template}[environments.qa]\naccount = \"222222222222\"\n[environments.prod]\naccount = \"333333333333\"\nrole = \"arn:aws:iam::{{account}}:role/Break-glass-{{env}}\"\n"
+        ))
+        .expect("parses");
+        assert_eq!(config.problems(), Vec::<String>::new());
+        assert_eq!(
+            config.environment_role("qa").unwrap().as_deref(),
+            Some("arn:aws:iam::222222222222:role/ConveyorDeployRole-qa")
+        );
+        // An environment's own role wins over the template.
+        assert_eq!(
+            config.environment_role("prod").unwrap().as_deref(),
+            Some("arn:aws:iam::333333333333:role/Break-glass-prod")
+        );
+        assert_eq!(config.environment_role("nowhere").unwrap(), None);
+
+        check(
+            &format!("{template}[environments.dev]\n"),
+            &[
+                "auth.env_role: `arn:aws:iam::{account}:role/ConveyorDeployRole-{env}` uses {account} but environments.dev.account is not set: set it to the environment's 12-digit AWS account id",
+            ],
+        );
+        check(
+            &format!("{template}[environments.dev]\naccount = \"1111\"\n"),
+            &["environments.dev.account: `1111` is not a 12-digit AWS account id"],
         );
     }
 

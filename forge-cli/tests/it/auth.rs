@@ -248,6 +248,45 @@ fn whoami_env_and_credential_process_end_in_the_env_role() {
 }
 
 #[test]
+fn one_role_template_serves_every_environment_through_its_account() {
+    let Some(moto) = forge_testkit::Moto::start() else {
+        return;
+    };
+    let dir = setup("", DEV_ROLE, Some(JWT));
+    std::fs::write(
+        dir.path().join("forge.toml"),
+        format!(
+            "[auth]\nhub_role = \"arn:aws:iam::999999999999:role/ConveyorHub\"\ntoken = \"file:{}\"\nregion = \"eu-west-1\"\nenv_role = \"arn:aws:iam::{{account}}:role/ConveyorDeployRole-{{env}}\"\n\n[environments.qa]\naccount = \"222222222222\"\n\n[environments.prod]\n",
+            dir.path().join("token.jwt").display()
+        ),
+    )
+    .expect("config");
+    let endpoint = moto.endpoint();
+
+    let out = auth(
+        dir.path(),
+        &endpoint,
+        &["whoami", "--env", "qa", "--output", "json"],
+        &[],
+    );
+    assert_success(&out);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(
+        json["arn"],
+        "arn:aws:sts::222222222222:assumed-role/ConveyorDeployRole-qa/forge-qa"
+    );
+
+    // prod has no account: refused before any STS call, naming both keys.
+    let out = auth(dir.path(), &endpoint, &["whoami", "--env", "prod"], &[]);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("auth.env_role") && err.contains("environments.prod.account"),
+        "{err}"
+    );
+}
+
+#[test]
 fn token_none_uses_the_default_chain() {
     let Some(moto) = forge_testkit::Moto::start() else {
         return;
