@@ -29,6 +29,18 @@ struct Cli {
     /// More log detail on stderr (-v: debug, -vv: trace). `RUST_LOG` overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Threads for network and hashing work. One is the default: a copy waits on registries
+    /// and the network, and one thread verifies several hundred MB/s; more help only when the
+    /// links are faster than that.
+    #[arg(
+        long,
+        global = true,
+        env = "FORGE_THREADS",
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=256)
+    )]
+    threads: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -66,6 +78,9 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     output::init_tracing(cli.verbose);
+    RUNTIME_THREADS
+        .set(cli.threads)
+        .expect("main sets the thread count once, before any command runs");
     let result = match cli.command {
         Command::Promote(a) => cmd::promote::run(a),
         Command::Rollback(a) => cmd::rollback::run(a),
@@ -85,10 +100,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--threads`, set once by `main` before dispatching.
+static RUNTIME_THREADS: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+
 /// The async runtime for one command. Commands are one-shot, so each builds its own.
+///
+/// One thread by default: no worker threads to start, no cross-thread wake-ups, and every
+/// command here is bound by registries, STS/SSM or git rather than by CPU (measured in
+/// BENCHMARKS.md: lower CPU and wall time in every copy case than two workers).
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     use anyhow::Context as _;
-    tokio::runtime::Builder::new_multi_thread()
+    let threads = RUNTIME_THREADS.get().copied().unwrap_or(1);
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(usize::from(threads));
+        b
+    };
+    builder
         .enable_all()
         .build()
         .context("cannot start the async runtime")

@@ -81,8 +81,9 @@ fn copy_prints_a_verified_json_report_and_recopy_is_a_no_op() {
     assert!(stderr(&out).contains("verification of"), "{}", stderr(&out));
 
     // Text output names the digest and says it was verified; no progress noise on stdout.
+    // (This one runs on a multi-threaded runtime; the default is one thread.)
     let dst2 = format!("{}/prod/app:8", s.b.host());
-    let out = forge_in(s.dir.path(), &["copy", &src, &dst2]);
+    let out = forge_in(s.dir.path(), &["--threads", "4", "copy", &src, &dst2]);
     assert_success(&out);
     assert!(stdout(&out).contains(&s.digest), "{}", stdout(&out));
     assert!(stdout(&out).contains("verified: true"), "{}", stdout(&out));
@@ -104,6 +105,13 @@ fn refusals_exit_2_with_one_paragraph_and_failures_exit_1() {
     let message = stderr(&out).replace(&b, "<registry>");
     insta::assert_snapshot!(message.trim_end(), @"error: repository 'team/missing' does not exist in registry '<registry>': repositories are provisioned by the Platform team via Blueprint — ask in #platform-support. Nothing was uploaded.");
     assert_eq!(s.b.repositories(), before);
+
+    let out = forge_in(
+        s.dir.path(),
+        &["copy", &src, &format!("{b}/prod/app:9"), "--threads", "0"],
+    );
+    assert_exit(&out, 2);
+    assert!(stderr(&out).contains("--threads"), "{}", stderr(&out));
 
     let out = forge_in(
         s.dir.path(),
