@@ -860,15 +860,48 @@ fn render(
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let paired = paired_ratios(&r.forge, &r.skopeo);
+        let spread = match (paired.first(), paired.last()) {
+            (Some(lo), Some(hi)) => format!(
+                "; run-by-run forge/skopeo {:.2}× median ({lo:.2}–{hi:.2}×)",
+                median_f64(&paired)
+            ),
+            _ => String::new(),
+        };
         let _ = writeln!(
             s,
-            "- {}: forge [{}]; skopeo [{}]",
+            "- {}: forge [{}]; skopeo [{}]{spread}",
             r.title,
             list(&r.forge),
             list(&r.skopeo),
         );
     }
     s
+}
+
+/// Each forge run over the skopeo run of the same round, sorted. The rounds alternate the two
+/// tools back to back, so a pair shares the machine's state at that moment: slow drift (a disk
+/// getting slower after storage wipes) cancels out of these ratios, which the ratio of the two
+/// medians (the verdict) cannot do. Shown next to it, not instead of it.
+fn paired_ratios(forge: &[Run], skopeo: &[Run]) -> Vec<f64> {
+    let mut ratios: Vec<f64> = forge
+        .iter()
+        .zip(skopeo)
+        .filter(|(_, k)| !k.wall.is_zero())
+        .map(|(f, k)| f.wall.as_secs_f64() / k.wall.as_secs_f64())
+        .collect();
+    ratios.sort_by(f64::total_cmp);
+    ratios
+}
+
+/// Median of a sorted, non-empty slice.
+fn median_f64(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
 }
 
 /// Replaces the text between the markers (or appends the section) in BENCHMARKS.md. A
@@ -940,6 +973,26 @@ mod tests {
         assert_eq!(format_cpu(ms(1500)), "1.50 s");
         assert_eq!(format_cpu(None), "n/a");
         assert_eq!(format_cpu(ms(0)), "< 10 ms");
+    }
+
+    #[test]
+    fn paired_ratios_follow_each_round() {
+        let runs = |ms: &[u64]| -> Vec<Run> {
+            ms.iter()
+                .map(|m| Run {
+                    wall: Duration::from_millis(*m),
+                    rss_kib: None,
+                    cpu: None,
+                    registry_cpu: None,
+                })
+                .collect()
+        };
+        // A drifting machine: both tools twice as slow in the second round.
+        let ratios = paired_ratios(&runs(&[30, 60, 33]), &runs(&[100, 200, 100]));
+        assert_eq!(ratios, [0.3, 0.3, 0.33]);
+        assert!((median_f64(&ratios) - 0.3).abs() < 1e-12);
+        assert!((median_f64(&[0.2, 0.4]) - 0.3).abs() < 1e-12);
+        assert!(paired_ratios(&runs(&[1]), &runs(&[0])).is_empty());
     }
 
     #[test]
