@@ -151,7 +151,6 @@ pub async fn resolve(
                 ))
             })?,
     };
-    let role = RoleArn::parse(&role).map_err(|e| InvalidInput(format!("environment role: {e}")))?;
     let source = TokenSource::detect(
         &setting,
         &lookup,

@@ -222,9 +222,9 @@ impl Loaded {
 }
 
 impl Config {
-    /// The role ARN of environment `name`: its own `role`, else `[auth] env_role`, with `{env}`
+    /// The role of environment `name`: its own `role`, else `[auth] env_role`, with `{env}`
     /// and `{account}` filled in. `Ok(None)` when neither is set; `Err` names the key to fix.
-    pub fn environment_role(&self, name: &str) -> Result<Option<String>, String> {
+    pub fn environment_role(&self, name: &str) -> Result<Option<forge_auth::RoleArn>, String> {
         let Some(env) = self.environments.get(name) else {
             return Ok(None);
         };
@@ -444,20 +444,19 @@ fn is_account_id(s: &str) -> bool {
     s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
 }
 
-/// Fills `{env}` and `{account}` into a role template and checks the result is a role ARN.
-pub fn expand_role(template: &str, env: &str, account: Option<&str>) -> Result<String, String> {
-    let mut arn = template.replace("{env}", env);
-    if arn.contains("{account}") {
-        let account = account.ok_or_else(|| {
-            format!(
-                "`{template}` uses {{account}} but environments.{env}.account is not set: set it to the environment's 12-digit AWS account id"
-            )
-        })?;
-        arn = arn.replace("{account}", account);
+/// Fills `{env}` and `{account}` into a role template with forge-auth's own expansion and
+/// parser (the same rules and messages as the chain); a missing account names the key to set.
+pub fn expand_role(
+    template: &str,
+    env: &str,
+    account: Option<&str>,
+) -> Result<forge_auth::RoleArn, String> {
+    if account.is_none() && template.contains("{account}") {
+        return Err(format!(
+            "`{template}` uses {{account}} but environments.{env}.account is not set: set it to the environment's 12-digit AWS account id"
+        ));
     }
-    // forge-auth's parser: the same rules (and the same specific messages) as the chain itself.
-    forge_auth::RoleArn::parse(&arn).map_err(|e| e.to_string())?;
-    Ok(arn)
+    forge_auth::RoleArn::from_template(template, env, account).map_err(|e| e.to_string())
 }
 
 /// Renders problems as the message of a failed `forge config check`.
@@ -539,15 +538,21 @@ mod tests {
         .expect("parses");
         assert_eq!(config.problems(), Vec::<String>::new());
         assert_eq!(
-            config.environment_role("qa").unwrap().as_deref(),
-            Some("arn:aws:iam::222222222222:role/ConveyorDeployRole-qa")
+            config
+                .environment_role("qa")
+                .unwrap()
+                .map(|r| r.to_string()),
+            Some("arn:aws:iam::222222222222:role/ConveyorDeployRole-qa".to_owned())
         );
         // An environment's own role wins over the template.
         assert_eq!(
-            config.environment_role("prod").unwrap().as_deref(),
-            Some("arn:aws:iam::333333333333:role/Break-glass-prod")
+            config
+                .environment_role("prod")
+                .unwrap()
+                .map(|r| r.to_string()),
+            Some("arn:aws:iam::333333333333:role/Break-glass-prod".to_owned())
         );
-        assert_eq!(config.environment_role("nowhere").unwrap(), None);
+        assert!(config.environment_role("nowhere").unwrap().is_none());
 
         check(
             &format!("{template}[environments.dev]\n"),

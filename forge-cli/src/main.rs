@@ -106,8 +106,8 @@ static RUNTIME_THREADS: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
 /// The async runtime for one command. Commands are one-shot, so each builds its own.
 ///
 /// One thread by default: no worker threads to start, no cross-thread wake-ups, and every
-/// command here is bound by registries, STS/SSM or git rather than by CPU (measured in
-/// BENCHMARKS.md: lower CPU and wall time in every copy case than two workers).
+/// command here is bound by registries, STS/SSM or git rather than by CPU (BENCHMARKS.md notes:
+/// less CPU and RSS than two workers in every copy case, and no slower).
 pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     use anyhow::Context as _;
     let threads = RUNTIME_THREADS.get().copied().unwrap_or(1);
