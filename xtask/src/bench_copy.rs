@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use forge_testkit::Registry;
 
-use crate::util::{root, which};
+use crate::util::{load_average, root, which, write_bench_section};
 
 const USAGE: &str = "usage: cargo xtask bench copy [--runs N] [--quick] [--case NAME]... [--no-build] [--forge PATH] [--jobs N] [--no-write]
 
@@ -29,10 +29,6 @@ const USAGE: &str = "usage: cargo xtask bench copy [--runs N] [--quick] [--case 
   --jobs N      pass `--jobs N` to forge copy (default: forge's own default)
   --no-write    print the table only; leave BENCHMARKS.md alone";
 
-const START: &str = "<!-- bench:copy:start -->";
-const END: &str = "<!-- bench:copy:end -->";
-const NOTES_START: &str = "<!-- bench:copy:notes:start -->";
-const NOTES_END: &str = "<!-- bench:copy:notes:end -->";
 const MIB: u64 = 1024 * 1024;
 
 struct Options {
@@ -230,7 +226,7 @@ pub fn bench_copy(args: &[String]) -> Result<(), String> {
     );
     println!("{report}");
     if o.write && !o.quick {
-        write_section(&root().join("BENCHMARKS.md"), &report)?;
+        write_bench_section(&root().join("BENCHMARKS.md"), "copy", &report)?;
         eprintln!("wrote the `forge copy vs skopeo` section of BENCHMARKS.md");
     } else {
         eprintln!("(quick/--no-write run: BENCHMARKS.md left alone)");
@@ -348,8 +344,7 @@ fn report_run(tool: Tool, run: usize, r: &Run) {
         "  run {} {name} {:>8.3}s  CPU {}  peak RSS {}  registry CPU {}",
         run + 1,
         r.wall.as_secs_f64(),
-        r.cpu
-            .map_or("n/a".into(), |c| format!("{:.2}s", c.as_secs_f64())),
+        format_cpu(r.cpu),
         r.rss_kib
             .map_or("n/a".into(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
         format_cpu(r.registry_cpu)
@@ -769,14 +764,6 @@ fn format_cpu(d: Option<Duration>) -> String {
     }
 }
 
-/// The 1-minute load average (the machine may be shared: say so next to the numbers).
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "n/a".into())
-}
-
 fn peak(runs: &[Run]) -> Option<u64> {
     runs.iter().filter_map(|r| r.rss_kib).max()
 }
@@ -904,29 +891,14 @@ fn median_f64(sorted: &[f64]) -> f64 {
     }
 }
 
-/// Replaces the text between the markers (or appends the section) in BENCHMARKS.md. A
-/// hand-written analysis between the notes markers inside the section is kept.
-fn write_section(path: &Path, report: &str) -> Result<(), String> {
-    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let notes = match (existing.find(NOTES_START), existing.find(NOTES_END)) {
-        (Some(a), Some(b)) if a < b => format!("\n{}\n", &existing[a..b + NOTES_END.len()]),
-        _ => String::new(),
-    };
-    let section = format!("{START}\n{report}{notes}{END}");
-    let updated = match (existing.find(START), existing.find(END)) {
-        (Some(a), Some(b)) if a < b => {
-            format!("{}{section}{}", &existing[..a], &existing[b + END.len()..])
-        }
-        _ => format!("{}\n\n{section}\n", existing.trim_end()),
-    };
-    let tmp = path.with_extension("md.tmp");
-    std::fs::write(&tmp, updated).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const START: &str = "<!-- bench:copy:start -->";
+    const END: &str = "<!-- bench:copy:end -->";
+    const NOTES_START: &str = "<!-- bench:copy:notes:start -->";
+    const NOTES_END: &str = "<!-- bench:copy:notes:end -->";
 
     #[test]
     fn write_section_replaces_only_its_section_and_keeps_the_notes() {
@@ -940,7 +912,7 @@ mod tests {
             ),
         )
         .unwrap();
-        write_section(&path, "new table\n").unwrap();
+        write_bench_section(&path, "copy", "new table\n").unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
@@ -956,12 +928,25 @@ mod tests {
         let dir = tempdir().unwrap();
         let path = dir.join("BENCHMARKS.md");
         std::fs::write(&path, "# Benchmarks\n\nother\n").unwrap();
-        write_section(&path, "table\n").unwrap();
+        write_bench_section(&path, "copy", "table\n").unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(
             text,
             format!("# Benchmarks\n\nother\n\n{START}\ntable\n{END}\n")
         );
+    }
+
+    /// Runs with only a wall time.
+    fn walls(values: &[u64], unit: fn(u64) -> Duration) -> Vec<Run> {
+        values
+            .iter()
+            .map(|v| Run {
+                wall: unit(*v),
+                rss_kib: None,
+                cpu: None,
+                registry_cpu: None,
+            })
+            .collect()
     }
 
     #[test]
@@ -977,16 +962,7 @@ mod tests {
 
     #[test]
     fn paired_ratios_follow_each_round() {
-        let runs = |ms: &[u64]| -> Vec<Run> {
-            ms.iter()
-                .map(|m| Run {
-                    wall: Duration::from_millis(*m),
-                    rss_kib: None,
-                    cpu: None,
-                    registry_cpu: None,
-                })
-                .collect()
-        };
+        let runs = |ms: &[u64]| walls(ms, Duration::from_millis);
         // A drifting machine: both tools twice as slow in the second round.
         let ratios = paired_ratios(&runs(&[30, 60, 33]), &runs(&[100, 200, 100]));
         assert_eq!(ratios, [0.3, 0.3, 0.33]);
@@ -997,16 +973,7 @@ mod tests {
 
     #[test]
     fn median_of_odd_and_even_counts() {
-        let runs = |secs: &[u64]| -> Vec<Run> {
-            secs.iter()
-                .map(|s| Run {
-                    wall: Duration::from_secs(*s),
-                    rss_kib: None,
-                    cpu: None,
-                    registry_cpu: None,
-                })
-                .collect()
-        };
+        let runs = |secs: &[u64]| walls(secs, Duration::from_secs);
         assert_eq!(median(&runs(&[5, 1, 3])), Duration::from_secs(3));
         assert_eq!(median(&runs(&[4, 1, 2, 3])), Duration::from_millis(2500));
     }

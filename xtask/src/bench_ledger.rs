@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{root, which};
+use crate::util::{load_average, root, which, write_bench_section};
 
 const USAGE: &str = "usage: cargo xtask bench ledger [--runs N] [--writers N] [--big N] [--no-build] [--forge PATH] [--no-write]
 
@@ -26,8 +26,6 @@ const USAGE: &str = "usage: cargo xtask bench ledger [--runs N] [--writers N] [-
   --forge PATH  the forge binary to measure (default: <target>/release/forge)
   --no-write    print the table only; leave BENCHMARKS.md alone";
 
-const START: &str = "<!-- bench:ledger:start -->";
-const END: &str = "<!-- bench:ledger:end -->";
 const NEW_TAG: &str = "101";
 /// Attempts the naive loop may make before giving up (high, so that it lands and the wall
 /// times compare like with like).
@@ -143,7 +141,7 @@ pub fn bench_ledger(args: &[String]) -> Result<(), String> {
     let naive = work.path().join("update-ledger-naive.sh");
     std::fs::write(&naive, NAIVE_SCRIPT).map_err(|e| format!("{}: {e}", naive.display()))?;
 
-    let load_before = loadavg();
+    let load_before = load_average();
     let mut forge_runs = Vec::new();
     let mut naive_runs = Vec::new();
     for run in 0..o.runs {
@@ -196,7 +194,10 @@ pub fn bench_ledger(args: &[String]) -> Result<(), String> {
         "cargo xtask bench ledger{}",
         args.iter().fold(String::new(), |acc, a| acc + " " + a)
     );
-    let load = format!("load average before {load_before}, after {}", loadavg());
+    let load = format!(
+        "load average before {load_before}, after {}",
+        load_average()
+    );
     let report = render(
         &forge_runs,
         &naive_runs,
@@ -206,7 +207,7 @@ pub fn bench_ledger(args: &[String]) -> Result<(), String> {
     );
     println!("{report}");
     if o.write {
-        write_section(&root().join("BENCHMARKS.md"), &report)?;
+        write_bench_section(&root().join("BENCHMARKS.md"), "ledger", &report)?;
         eprintln!("wrote the `bench:ledger` section of BENCHMARKS.md");
     }
     let all_ok = forge_runs
@@ -505,29 +506,6 @@ fn render(
     }
     s.push('\n');
     s
-}
-
-/// Replaces the text between the markers (or appends the section) in BENCHMARKS.md.
-fn write_section(path: &Path, report: &str) -> Result<(), String> {
-    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let section = format!("{START}\n{report}{END}");
-    let updated = match (existing.find(START), existing.find(END)) {
-        (Some(a), Some(b)) if a < b => {
-            format!("{}{section}{}", &existing[..a], &existing[b + END.len()..])
-        }
-        _ => format!("{}\n\n{section}\n", existing.trim_end()),
-    };
-    let tmp = path.with_extension("md.ledger.tmp");
-    std::fs::write(&tmp, updated).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// The 1-minute load average (Linux), or `?`.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
 }
 
 /// A temp directory removed on drop (xtask has no tempfile dependency at runtime).

@@ -1,6 +1,6 @@
 //! Small process helpers for tasks.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
@@ -77,4 +77,42 @@ pub fn release_forge(explicit: Option<&std::path::Path>, build: bool) -> Result<
         ));
     }
     Ok(forge)
+}
+
+/// Replaces the `<!-- bench:NAME:start -->` … `<!-- bench:NAME:end -->` section of a benchmarks
+/// file with `report` (or appends it). A hand-written block between `<!-- bench:NAME:notes:start -->`
+/// and `<!-- bench:NAME:notes:end -->` inside the old section is kept, after the new report.
+pub fn write_bench_section(path: &Path, name: &str, report: &str) -> Result<(), String> {
+    let (start, end) = (
+        format!("<!-- bench:{name}:start -->"),
+        format!("<!-- bench:{name}:end -->"),
+    );
+    let (notes_start, notes_end) = (
+        format!("<!-- bench:{name}:notes:start -->"),
+        format!("<!-- bench:{name}:notes:end -->"),
+    );
+    let existing = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let notes = match (existing.find(&notes_start), existing.find(&notes_end)) {
+        (Some(a), Some(b)) if a < b => format!("\n{}\n", &existing[a..b + notes_end.len()]),
+        _ => String::new(),
+    };
+    let section = format!("{start}\n{report}{notes}{end}");
+    let updated = match (existing.find(&start), existing.find(&end)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{section}{}", &existing[..a], &existing[b + end.len()..])
+        }
+        _ => format!("{}\n\n{section}\n", existing.trim_end()),
+    };
+    let tmp = path.with_extension(format!("md.{name}.tmp"));
+    std::fs::write(&tmp, updated).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The 1-minute load average (Linux; `n/a` elsewhere). Benchmarks print it next to their
+/// numbers: the machine may be shared.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "n/a".into())
 }
