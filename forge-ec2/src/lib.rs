@@ -25,7 +25,7 @@
 //!
 //! let report = Ec2Deployer::new(&config).deploy(&request).await?;
 //! for i in &report.instances {
-//!     println!("{} {} exit {}", i.instance_id, i.status, i.exit_code);
+//!     tracing::info!(instance = %i.instance_id, status = %i.status, exit = i.exit_code, "deployed");
 //! }
 //! assert!(report.succeeded);
 //! # Ok(())

@@ -22,7 +22,7 @@
 //! let dst: Reference = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/team/app:1.4.2".parse()?;
 //! let report = client.copy(&src, &dst, &CopyOptions::default()).await?;
 //! assert!(report.verified);
-//! println!("{} now holds {}", report.destination, report.digest);
+//! tracing::info!(destination = %report.destination, digest = %report.digest, "promoted");
 //! # Ok(()) }
 //! ```
 #![forbid(unsafe_code)]
