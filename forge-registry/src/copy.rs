@@ -73,7 +73,8 @@ pub trait Progress: Send + Sync {
 pub struct CopyOptions {
     /// Parallel blob transfers; `None` uses the client's default.
     pub jobs: Option<usize>,
-    /// Copy OCI 1.1 referrers (signatures, SBOMs) of the image digest (default true).
+    /// Copy OCI 1.1 referrers (signatures, SBOMs) of the image and of each platform's manifest,
+    /// and their own referrers (a signature of an SBOM), up to 4 levels (default true).
     pub referrers: bool,
     /// The destination tag must match this pattern in full.
     pub tag_pattern: Option<regex::Regex>,
@@ -412,23 +413,24 @@ impl Client {
         let copy_referrers = options.referrers
             && matches!(src_ep, Endpoint::Registry(_))
             && matches!(dst_ep, Endpoint::Registry(_));
-        let mut referrer_descs = Vec::new();
         let mut referrer_tree = Tree::default();
-        if copy_referrers {
-            referrer_descs = src_ep.referrers(&top.digest).await?;
-            for d in &referrer_descs {
-                let m = src_ep.get_manifest_verified(&d.digest).await?;
-                collect_tree(
-                    &src_ep,
-                    m,
-                    &mut referrer_tree,
-                    &mut seen_blobs,
-                    &mut seen_manifests,
-                    0,
-                )
-                .await?;
-            }
-        }
+        let referrer_groups = if copy_referrers {
+            // The image's own manifests are the first subjects: the top digest and, for an
+            // index, each platform's manifest.
+            let subjects = std::iter::once(top.digest.clone())
+                .chain(tree.manifests.iter().map(|m| m.digest.clone()))
+                .collect();
+            collect_referrers(
+                &src_ep,
+                subjects,
+                &mut referrer_tree,
+                &mut seen_blobs,
+                &mut seen_manifests,
+            )
+            .await?
+        } else {
+            Vec::new()
+        };
 
         // 5. Blobs, in parallel.
         let counters = Arc::new(Counters::default());
@@ -446,16 +448,24 @@ impl Client {
             push_if_missing(&dst_ep, m, options, &counters).await?;
         }
         let mut referrers_copied = 0;
-        if copy_referrers && !referrer_descs.is_empty() {
-            let mut subject_acknowledged = true;
+        if !referrer_groups.is_empty() {
+            let is_referrer: HashSet<&Digest> = referrer_groups
+                .iter()
+                .flat_map(|(_, list)| list.iter().map(|d| &d.digest))
+                .collect();
+            // Referrers whose push the registry did not acknowledge with `OCI-Subject`.
+            let mut unacknowledged = HashSet::new();
+            // Subjects come before their referrers in the tree, so a signature of an SBOM is
+            // pushed after the SBOM.
             for m in &referrer_tree.manifests {
                 if dst_ep.has_manifest(&m.digest).await? {
                     continue;
                 }
-                let ack = dst_ep.put_manifest(m, None, false).await?;
-                subject_acknowledged &= ack;
+                if !dst_ep.put_manifest(m, None, false).await? {
+                    unacknowledged.insert(m.digest.clone());
+                }
                 counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
-                if referrer_descs.iter().any(|d| d.digest == m.digest) {
+                if is_referrer.contains(&m.digest) {
                     referrers_copied += 1;
                 }
                 if let Some(p) = &options.progress {
@@ -463,8 +473,12 @@ impl Client {
                 }
             }
             let api = dst_ep.referrers_api(&top.digest).await?.is_some();
-            if !(api && subject_acknowledged) {
-                update_fallback_index(&dst_ep, &top.digest, &referrer_descs, &counters).await?;
+            for (subject, list) in &referrer_groups {
+                let indexed_by_registry =
+                    api && list.iter().all(|d| !unacknowledged.contains(&d.digest));
+                if !indexed_by_registry {
+                    update_fallback_index(&dst_ep, subject, list, &counters).await?;
+                }
             }
         }
         let tag = dst.tag();
@@ -743,6 +757,72 @@ fn collect_tree<'a>(
     })
 }
 
+/// Referrers of `subjects` and, breadth first, of the referrers found (a signature of an
+/// SBOM), up to `MAX_REFERRER_DEPTH` levels. Their manifests and blobs go into `tree`, subjects
+/// before their referrers. Returns each subject that has referrers with its list, for the
+/// destination's fallback indexes.
+async fn collect_referrers(
+    src: &Endpoint,
+    subjects: Vec<Digest>,
+    tree: &mut Tree,
+    seen_blobs: &mut HashSet<Digest>,
+    seen_manifests: &mut HashSet<Digest>,
+) -> Result<Vec<(Digest, Vec<Descriptor>)>, Error> {
+    let mut groups = Vec::new();
+    let mut frontier = subjects;
+    // Once the source has answered that it has no referrers API, ask only the fallback tags:
+    // one request per subject instead of two.
+    let mut api = true;
+    for level in 0..=MAX_REFERRER_DEPTH {
+        if frontier.is_empty() {
+            break;
+        }
+        let mut answers = Vec::with_capacity(frontier.len());
+        let mut rest = frontier.into_iter();
+        if api && let Some(first) = rest.next() {
+            // Alone, to learn whether the API is there before asking for the others.
+            let (list, served) = src.referrers(&first, true).await?;
+            api = served;
+            answers.push((first, list));
+        }
+        let more: Vec<(Digest, Vec<Descriptor>)> =
+            futures_util::stream::iter(rest.map(|subject| async move {
+                let (list, _) = src.referrers(&subject, api).await?;
+                Ok::<_, Error>((subject, list))
+            }))
+            .buffered(CHECK_PARALLELISM)
+            .try_collect()
+            .await?;
+        answers.extend(more);
+        if level == MAX_REFERRER_DEPTH
+            && let Some((subject, _)) = answers.iter().find(|(_, list)| !list.is_empty())
+        {
+            return Err(Error::new(ErrorKind::UnsupportedManifest {
+                reference: subject.to_string(),
+                reason: format!(
+                    "its referrers are nested deeper than {MAX_REFERRER_DEPTH} levels (a referrer of a referrer of …); copy without referrers with --no-referrers (`CopyOptions::referrers = false`)"
+                ),
+            }));
+        }
+        let mut next = Vec::new();
+        for (subject, list) in answers {
+            for d in &list {
+                if seen_manifests.contains(&d.digest) {
+                    continue;
+                }
+                let m = src.get_manifest_verified(&d.digest).await?;
+                collect_tree(src, m, tree, seen_blobs, seen_manifests, 0).await?;
+                next.push(d.digest.clone());
+            }
+            if !list.is_empty() {
+                groups.push((subject, list));
+            }
+        }
+        frontier = next;
+    }
+    Ok(groups)
+}
+
 async fn push_if_missing(
     dst: &Endpoint,
     m: &Fetched,
@@ -916,6 +996,9 @@ async fn verify_tree(
         verified: true,
     })
 }
+
+/// Levels of referrers copied: the image's, their referrers (a signature of an SBOM), ….
+const MAX_REFERRER_DEPTH: usize = 4;
 
 /// Concurrent `HEAD` requests while verifying.
 const VERIFY_PARALLELISM: usize = 16;

@@ -303,17 +303,23 @@ impl Endpoint {
         }
     }
 
-    /// Referrers of `digest`: the referrers API, else the `sha256-<hex>` fallback tag.
-    pub(crate) async fn referrers(&self, digest: &Digest) -> Result<Vec<Descriptor>, Error> {
-        if let Some(list) = self.referrers_api(digest).await? {
-            return Ok(list);
+    /// Referrers of `digest`: the referrers API (asked only when `try_api`), else the
+    /// `sha256-<hex>` fallback tag. The flag says whether the API answered.
+    pub(crate) async fn referrers(
+        &self,
+        digest: &Digest,
+        try_api: bool,
+    ) -> Result<(Vec<Descriptor>, bool), Error> {
+        if try_api && let Some(list) = self.referrers_api(digest).await? {
+            return Ok((list, true));
         }
-        match self.get_manifest(&digest.referrers_tag()).await? {
-            Some(index) => Ok(ManifestRefs::parse(&index.bytes)
+        let list = match self.get_manifest(&digest.referrers_tag()).await? {
+            Some(index) => ManifestRefs::parse(&index.bytes)
                 .map(|r| r.manifests)
-                .unwrap_or_default()),
-            None => Ok(Vec::new()),
-        }
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        Ok((list, false))
     }
 }
 

@@ -33,7 +33,8 @@ pub struct CopyArgs {
     /// Parallel blob transfers (default 8).
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
-    /// Do not copy OCI referrers (signatures, SBOMs) of the image.
+    /// Do not copy OCI referrers: signatures, SBOMs and attestations attached to the image or
+    /// one of its platforms, and their own referrers (a signature of an SBOM).
     #[arg(long)]
     no_referrers: bool,
     /// Regular expression the destination tag must match in full (e.g. `[0-9]+`).

@@ -179,6 +179,25 @@ pub fn referrer(seed: u64, subject: &Image) -> Image {
     }
 }
 
+/// The OCI 1.1 referrers fallback tag of `digest` (`sha256-<hex>`).
+pub fn fallback_tag(digest: &str) -> String {
+    format!("sha256-{}", digest.trim_start_matches("sha256:"))
+}
+
+/// Pushes `referrer` by digest and lists it (alone) in the fallback index of `subject`, the
+/// way a client attaches an artifact on a registry without the referrers API.
+pub async fn attach(host: &str, repo: &str, subject: &Image, referrer: &Image) {
+    push(host, repo, &referrer.digest, referrer).await;
+    put_manifest(
+        host,
+        repo,
+        &fallback_tag(&subject.digest),
+        OCI_INDEX,
+        &fallback_index(&[referrer]),
+    )
+    .await;
+}
+
 /// The OCI 1.1 referrers fallback index (`sha256-<hex>` tag) listing `referrers`.
 pub fn fallback_index(referrers: &[&Image]) -> Vec<u8> {
     let entries: Vec<String> = referrers

@@ -402,7 +402,7 @@ async fn referrers_are_copied_through_the_fallback_tag_unless_switched_off() {
     let sbom = fixtures::referrer(1, &image);
     fixtures::push(&a, "ci/app", "8", &image).await;
     fixtures::push(&a, "ci/app", &sbom.digest, &sbom).await;
-    let fallback_tag = format!("sha256-{}", image.digest.trim_start_matches("sha256:"));
+    let fallback_tag = fixtures::fallback_tag(&image.digest);
     fixtures::put_manifest(
         &a,
         "ci/app",
@@ -462,6 +462,109 @@ async fn referrers_are_copied_through_the_fallback_tag_unless_switched_off() {
         fixtures::manifest_digest(&b, "prod/bare", &sbom.digest).await,
         None
     );
+}
+
+/// Whether the fallback index `sha256-<hex of subject>` at `host/repo` lists `referrer`.
+async fn fallback_index_lists(host: &str, repo: &str, subject: &Image, referrer: &Image) -> bool {
+    let Some(index) =
+        fixtures::manifest_bytes(host, repo, &fixtures::fallback_tag(&subject.digest)).await
+    else {
+        return false;
+    };
+    let index: serde_json::Value = serde_json::from_slice(&index).expect("index is JSON");
+    index["manifests"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|e| e["digest"] == referrer.digest.as_str()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_of_platform_manifests_and_of_referrers_are_copied() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let index = fixtures::multi_arch(21, 10_000);
+    let arm64 = &index.children[1];
+    // An SBOM attached to one platform's manifest, and a signature of that SBOM.
+    let sbom = fixtures::referrer(2, arm64);
+    let signature = fixtures::referrer(3, &sbom);
+    fixtures::push(&a, "ci/multi", "21", &index).await;
+    fixtures::attach(&a, "ci/multi", arm64, &sbom).await;
+    fixtures::attach(&a, "ci/multi", &sbom, &signature).await;
+    fixtures::provision(&b, "prod/multi").await;
+
+    let report = client()
+        .copy(
+            &r(&format!("{a}/ci/multi:21")),
+            &r(&format!("{b}/prod/multi:21")),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert!(report.verified);
+    assert_eq!(report.referrers_copied, 2);
+    assert_image_at(&b, "prod/multi", "21", &index).await;
+    for (subject, referrer) in [(arm64, &sbom), (&sbom, &signature)] {
+        assert_eq!(
+            fixtures::manifest_digest(&b, "prod/multi", &referrer.digest)
+                .await
+                .as_deref(),
+            Some(referrer.digest.as_str())
+        );
+        assert!(
+            fallback_index_lists(&b, "prod/multi", subject, referrer).await,
+            "the destination's fallback index of {} lists {}",
+            subject.digest,
+            referrer.digest
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrer_chains_deeper_than_four_levels_are_refused_before_anything_is_written() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let image = fixtures::oci_image(22, 1, 5_000);
+    fixtures::push(&a, "ci/deep", "22", &image).await;
+    let mut chain = vec![image.clone()];
+    for seed in 1..=5 {
+        let next = fixtures::referrer(seed, chain.last().expect("starts with the image"));
+        fixtures::attach(&a, "ci/deep", chain.last().expect("not empty"), &next).await;
+        chain.push(next);
+    }
+    fixtures::provision(&b, "prod/deep").await;
+    let (src, dst) = (
+        r(&format!("{a}/ci/deep:22")),
+        r(&format!("{b}/prod/deep:22")),
+    );
+
+    let err = client()
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .unwrap_err();
+    let message = err.to_string();
+    assert!(
+        message.contains("deeper than 4 levels") && message.contains("--no-referrers"),
+        "{message}"
+    );
+    assert_eq!(fixtures::manifest_digest(&b, "prod/deep", "22").await, None);
+    for blob in image.blob_digests() {
+        assert!(!fixtures::blob_exists(&b, "prod/deep", &blob).await);
+    }
+
+    // Four levels are fine: cut the chain at the fourth referrer.
+    fixtures::put_manifest(
+        &a,
+        "ci/deep",
+        &fixtures::fallback_tag(&chain[4].digest),
+        fixtures::OCI_INDEX,
+        &fixtures::fallback_index(&[]),
+    )
+    .await;
+    let report = client()
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.referrers_copied, 4);
+    assert!(fallback_index_lists(&b, "prod/deep", &chain[3], &chain[4]).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
