@@ -33,6 +33,14 @@ pub enum Credential {
         /// The token (secret).
         token: String,
     },
+    /// An OAuth2 refresh token (Docker's `identitytoken`, written by `docker login` or
+    /// `az acr login` for registries that hand one out), exchanged at the token realm with
+    /// `POST grant_type=refresh_token` for short-lived access tokens. It never goes to the
+    /// registry itself.
+    IdentityToken {
+        /// The refresh token (secret).
+        token: String,
+    },
 }
 
 impl Credential {
@@ -51,6 +59,13 @@ impl Credential {
         }
     }
 
+    /// An identity (OAuth2 refresh) token credential.
+    pub fn identity_token(token: impl Into<String>) -> Self {
+        Credential::IdentityToken {
+            token: token.into(),
+        }
+    }
+
     /// The `Authorization` header value for a registry that asks for Basic.
     pub(crate) fn basic_header(&self) -> Option<String> {
         match self {
@@ -58,7 +73,7 @@ impl Credential {
                 "Basic {}",
                 base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
             )),
-            Credential::Bearer { .. } => None,
+            Credential::Bearer { .. } | Credential::IdentityToken { .. } => None,
         }
     }
 }
@@ -73,6 +88,10 @@ impl fmt::Debug for Credential {
                 .finish(),
             Credential::Bearer { .. } => f
                 .debug_struct("Bearer")
+                .field("token", &"<redacted>")
+                .finish(),
+            Credential::IdentityToken { .. } => f
+                .debug_struct("IdentityToken")
                 .field("token", &"<redacted>")
                 .finish(),
         }
@@ -331,6 +350,11 @@ impl DockerConfig {
             if let Some(token) = &entry.registry_token {
                 return Ok(Some(Credential::bearer(token.clone())));
             }
+            // Before `auth`: a login that produced an identity token also writes an `auth`
+            // with a placeholder user and an empty password, which no registry accepts.
+            if let Some(t) = &entry.identity_token {
+                return Ok(Some(Credential::identity_token(t.clone())));
+            }
             if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
                 return Ok(Some(Credential::basic(u.clone(), p.clone())));
             }
@@ -345,11 +369,6 @@ impl DockerConfig {
                 let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
                 let (u, p) = decoded.split_once(':').ok_or_else(bad)?;
                 return Ok(Some(Credential::basic(u, p)));
-            }
-            if let Some(t) = &entry.identity_token {
-                // An identity token is a refresh token exchanged at the realm; registries that
-                // accept it take it as the Basic password with the special user name.
-                return Ok(Some(Credential::basic("<token>", t.clone())));
             }
         }
         if let Some(store) = &self.file.creds_store {
@@ -417,8 +436,9 @@ async fn run_helper(
     }
     let parsed: HelperOutput = serde_json::from_slice(&out.stdout)
         .map_err(|_| fail("its output is not the expected JSON {Username, Secret}".to_owned()))?;
+    // Docker's convention: a helper stores an identity token under the user name `<token>`.
     if parsed.username == "<token>" {
-        return Ok(Some(Credential::basic("<token>", parsed.secret)));
+        return Ok(Some(Credential::identity_token(parsed.secret)));
     }
     Ok(Some(Credential::basic(parsed.username, parsed.secret)))
 }
@@ -525,6 +545,8 @@ mod tests {
         assert!(!text.contains("hunter2"));
         let text = format!("{:?}", Credential::bearer("tok123"));
         assert!(!text.contains("tok123"));
+        let text = format!("{:?}", Credential::identity_token("refresh456"));
+        assert!(!text.contains("refresh456"));
     }
 
     #[tokio::test]

@@ -15,6 +15,9 @@ use crate::auth::{Anonymous, Credential, CredentialProvider, DockerConfig, parse
 use crate::error::{Error, ErrorKind};
 use crate::reference::{DOCKER_HUB, Reference};
 
+/// The `client_id` sent with OAuth2 token requests (token services log it for audits).
+const OAUTH_CLIENT_ID: &str = "forge";
+
 /// Retries with jittered exponential backoff on connection errors, 5xx, 429/TOOMANYREQUESTS.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
@@ -472,6 +475,11 @@ impl Repo {
         let credential = self.inner.credential(&self.registry).await?;
         match challenge.scheme.as_str() {
             "basic" => {
+                if let Some(Credential::IdentityToken { .. }) = &credential {
+                    return Err(unauthorized(
+                        "the registry asks for Basic authentication and the Docker config holds only an identity token for it: log in with a user name and password instead".to_owned(),
+                    ));
+                }
                 let Some(header) = credential.as_ref().and_then(Credential::basic_header) else {
                     return Err(unauthorized(
                         "the registry requires a user name and password and none is configured"
@@ -487,35 +495,91 @@ impl Repo {
                 let Some(realm) = challenge.params.get("realm") else {
                     return Err(unauthorized("bearer challenge without a realm".to_owned()));
                 };
-                let mut url = Url::parse(realm)
+                let url = Url::parse(realm)
                     .map_err(|_| unauthorized(format!("bearer realm '{realm}' is not a URL")))?;
+                let service = challenge.params.get("service");
+                let scopes: Vec<&str> = if self.scopes.is_empty() {
+                    challenge
+                        .params
+                        .get("scope")
+                        .map(String::as_str)
+                        .into_iter()
+                        .collect()
+                } else {
+                    self.scopes.iter().map(String::as_str).collect()
+                };
+                let resp = match &credential {
+                    // OAuth2 (distribution's docs/spec/auth/oauth.md): the scopes travel as one
+                    // space-separated list, the refresh token only in the body.
+                    Some(Credential::IdentityToken { token }) => {
+                        let mut form = vec![
+                            ("grant_type", "refresh_token"),
+                            ("refresh_token", token.as_str()),
+                            ("client_id", OAUTH_CLIENT_ID),
+                        ];
+                        if let Some(service) = service {
+                            form.push(("service", service));
+                        }
+                        let scope = scopes.join(" ");
+                        if !scope.is_empty() {
+                            form.push(("scope", &scope));
+                        }
+                        let body = url::form_urlencoded::Serializer::new(String::new())
+                            .extend_pairs(form)
+                            .finish();
+                        self.inner
+                            .http
+                            .for_url(&url)?
+                            .post(url.clone())
+                            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                            .body(body)
+                            .send()
+                            .await
+                    }
+                    _ => {
+                        let mut url = url.clone();
+                        {
+                            let mut q = url.query_pairs_mut();
+                            if let Some(service) = service {
+                                q.append_pair("service", service);
+                            }
+                            for scope in &scopes {
+                                q.append_pair("scope", scope);
+                            }
+                        }
+                        let mut req = self.inner.http.for_url(&url)?.get(url);
+                        if let Some(basic) = credential.as_ref().and_then(Credential::basic_header)
+                        {
+                            req = req.header(header::AUTHORIZATION, basic);
+                        }
+                        req.send().await
+                    }
+                }
+                .map_err(|e| Error::new(transport(format!("token request to {realm}"), e)))?;
+                let status = resp.status();
+                if matches!(credential, Some(Credential::IdentityToken { .. }))
+                    && matches!(
+                        status,
+                        StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+                    )
                 {
-                    let mut q = url.query_pairs_mut();
-                    if let Some(service) = challenge.params.get("service") {
-                        q.append_pair("service", service);
-                    }
-                    if self.scopes.is_empty() {
-                        if let Some(scope) = challenge.params.get("scope") {
-                            q.append_pair("scope", scope);
-                        }
-                    } else {
-                        for scope in &self.scopes {
-                            q.append_pair("scope", scope);
-                        }
-                    }
+                    return Err(unauthorized(format!(
+                        "the token service {realm} does not take OAuth2 refresh tokens (HTTP {}), and the Docker config holds only an identity token for this registry: log in with a user name and password instead",
+                        status.as_u16()
+                    )));
                 }
-                let mut req = self.inner.http.for_url(&url)?.get(url.clone());
-                if let Some(basic) = credential.as_ref().and_then(Credential::basic_header) {
-                    req = req.header(header::AUTHORIZATION, basic);
+                if matches!(credential, Some(Credential::IdentityToken { .. }))
+                    && matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNAUTHORIZED)
+                {
+                    return Err(unauthorized(format!(
+                        "the token service {realm} refused the Docker config's identity token (HTTP {}): it may have expired or been revoked; log in again (docker login, or az acr login for Azure)",
+                        status.as_u16()
+                    )));
                 }
-                let resp = req
-                    .send()
-                    .await
-                    .map_err(|e| Error::new(transport(format!("GET token from {realm}"), e)))?;
-                if !resp.status().is_success() {
+                if !status.is_success() {
                     return Err(unauthorized(format!(
                         "the token service {realm} answered HTTP {}",
-                        resp.status().as_u16()
+                        status.as_u16()
                     )));
                 }
                 #[derive(serde::Deserialize)]
@@ -526,7 +590,7 @@ impl Repo {
                 let body = resp
                     .bytes()
                     .await
-                    .map_err(|e| Error::new(transport(format!("GET token from {realm}"), e)))?;
+                    .map_err(|e| Error::new(transport(format!("token request to {realm}"), e)))?;
                 let token: Token = serde_json::from_slice(&body).map_err(|_| {
                     unauthorized(format!("the token service {realm} answered without JSON"))
                 })?;

@@ -5,6 +5,9 @@
 //! reproduces the distribution token protocol (docs/spec/auth/token.md) exactly: 401 with a
 //! Bearer challenge, a realm answering `{"token": …}` for `service` + `scope` query parameters,
 //! Basic credentials required for push scopes. It serves one fixed manifest and its blobs.
+//! The realm also takes the OAuth2 refresh-token grant (docs/spec/auth/oauth.md: `POST` with
+//! `grant_type=refresh_token`, `refresh_token`, `service`, `client_id`, space-separated `scope`),
+//! which is how Docker's `identitytoken` is exchanged.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -24,6 +27,8 @@ use crate::fixtures;
 struct State {
     /// (query string, Authorization header) of every token request.
     token_requests: Vec<(String, Option<String>)>,
+    /// Form fields of every OAuth2 `POST` to the realm.
+    oauth_requests: Vec<Vec<(String, String)>>,
     tokens: HashSet<String>,
     /// Authorization headers seen on registry (non-token) requests.
     registry_auth: Vec<Option<String>>,
@@ -35,6 +40,9 @@ struct Fake {
     image: fixtures::Image,
     _task: tokio::task::JoinHandle<()>,
 }
+
+/// The refresh token the fake's realm accepts.
+const REFRESH_TOKEN: &str = "refresh-abc";
 
 fn basic(user: &str, password: &str) -> String {
     format!(
@@ -56,12 +64,51 @@ async fn handle(
         .map(str::to_owned);
     let path = req.uri().path().to_owned();
     let query = req.uri().query().unwrap_or("").to_owned();
+    let method = req.method().clone();
+    let form_body = if method == hyper::Method::POST {
+        use http_body_util::BodyExt as _;
+        req.into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default()
+    } else {
+        Bytes::new()
+    };
     let respond = |status: StatusCode, body: Vec<u8>| {
         Response::builder()
             .status(status)
             .body(Full::new(Bytes::from(body)))
             .expect("response")
     };
+    if path == "/token" && method == hyper::Method::POST {
+        let form: Vec<(String, String)> = url::form_urlencoded::parse(&form_body)
+            .into_owned()
+            .collect();
+        let field = |k: &str| form.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+        let mut st = state.lock().expect("state");
+        st.oauth_requests.push(form.clone());
+        let granted = field("grant_type") == Some("refresh_token")
+            && field("refresh_token") == Some(REFRESH_TOKEN)
+            && field("service") == Some("fake-registry")
+            && field("client_id").is_some_and(|c| !c.is_empty());
+        if !granted {
+            return Ok(respond(
+                StatusCode::UNAUTHORIZED,
+                br#"{"error":"invalid_grant"}"#.to_vec(),
+            ));
+        }
+        let token = format!("tok-oauth-{}", st.oauth_requests.len());
+        st.tokens.insert(token.clone());
+        return Ok(respond(
+            StatusCode::OK,
+            format!(
+                "{{\"access_token\":\"{token}\",\"expires_in\":300,\"scope\":\"{}\"}}",
+                field("scope").unwrap_or("")
+            )
+            .into_bytes(),
+        ));
+    }
     if path == "/token" {
         let mut st = state.lock().expect("state");
         st.token_requests.push((query.clone(), auth.clone()));
@@ -322,4 +369,99 @@ async fn docker_config_credential_helpers_feed_the_token_flow() {
         "{err}: {:?}",
         std::error::Error::source(&err)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_identity_tokens_are_exchanged_with_the_oauth2_refresh_grant() {
+    let fake = start().await;
+    let host = format!("127.0.0.1:{}", fake.port);
+    let src: Reference = format!("{host}/team/app:1").parse().expect("ref");
+    let dst: Reference = format!("{host}/prod/app:1").parse().expect("ref");
+    let dir = tempfile::tempdir().expect("temp dir");
+    // What `az acr login` writes: a placeholder `auth` (user 0000…, empty password) next to
+    // the identity token. The identity token must win.
+    let config = forge_registry::DockerConfig::parse(
+        &dir.path().join("config.json"),
+        format!(
+            r#"{{"auths":{{"{host}":{{"auth":"MDAwMDAwMDAtMDAwMC0wMDAwLTAwMDAtMDAwMDAwMDAwMDAwOg==","identitytoken":"{REFRESH_TOKEN}"}}}}}}"#
+        )
+        .as_bytes(),
+    )
+    .expect("config");
+    let c = Client::builder()
+        .docker_config(config)
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .expect("client");
+    let report = c
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .expect("the refresh token grants push");
+    assert!(report.verified);
+    {
+        let st = fake.state.lock().expect("state");
+        assert!(
+            st.token_requests.is_empty(),
+            "no GET token requests: {:?}",
+            st.token_requests
+        );
+        // Source and destination ask concurrently: find the destination's request.
+        let form = st
+            .oauth_requests
+            .iter()
+            .find(|f| f.iter().any(|(k, v)| k == "scope" && v.contains("push")))
+            .expect("an OAuth2 request for the push scope");
+        let fields: Vec<(&str, &str)> =
+            form.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            fields,
+            [
+                ("grant_type", "refresh_token"),
+                ("refresh_token", REFRESH_TOKEN),
+                ("client_id", "forge"),
+                ("service", "fake-registry"),
+                (
+                    "scope",
+                    "repository:prod/app:push,pull repository:team/app:pull"
+                ),
+            ]
+        );
+        assert!(
+            st.registry_auth
+                .iter()
+                .flatten()
+                .all(|a| a.starts_with("Bearer tok-oauth-")),
+            "the refresh token leaked to the registry: {:?}",
+            st.registry_auth
+        );
+    }
+
+    // A helper answering Docker's `<token>` user name stores an identity token too; a revoked
+    // one is refused at the realm without the secret in the message.
+    helper_script(
+        dir.path(),
+        "revoked",
+        r#"read host; printf '{"ServerURL":"%s","Username":"<token>","Secret":"revoked-xyz"}' "$host""#,
+    );
+    let config = forge_registry::DockerConfig::parse(
+        &dir.path().join("config.json"),
+        format!(r#"{{"credHelpers":{{"{host}":"revoked"}}}}"#).as_bytes(),
+    )
+    .expect("config")
+    .with_helper_dirs(vec![dir.path().to_owned()]);
+    let c = Client::builder()
+        .docker_config(config)
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .expect("client");
+    let err = c
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .expect_err("revoked refresh token");
+    assert!(matches!(err.kind, ErrorKind::Unauthorized { .. }), "{err}");
+    assert!(!err.to_string().contains("revoked-xyz"), "{err}");
+    assert!(err.to_string().contains("log in again"), "{err}");
+    let st = fake.state.lock().expect("state");
+    let form = st.oauth_requests.last().expect("an OAuth2 request");
+    assert!(form.contains(&("refresh_token".to_owned(), "revoked-xyz".to_owned())));
 }
