@@ -1,7 +1,9 @@
 //! Copies between two real `docker-registry` (CNCF Distribution) instances, with skopeo and raw
 //! HTTP as the oracles.
 
-use forge_registry::{Client, CopyOptions, ErrorKind, Reference, RetryPolicy, UploadMode};
+use forge_registry::{
+    Client, CopyOptions, CopyReport, ErrorKind, Reference, RetryPolicy, UploadMode,
+};
 
 use crate::fixtures::{self, Image};
 
@@ -18,6 +20,13 @@ fn client() -> Client {
 
 fn r(s: &str) -> Reference {
     s.parse().expect("test references are valid")
+}
+
+/// `src` → `dst` with the default options (referrers on, default jobs).
+async fn copy(src: &str, dst: &str) -> Result<CopyReport, forge_registry::Error> {
+    client()
+        .copy(&r(src), &r(dst), &CopyOptions::default())
+        .await
 }
 
 struct Pair {
@@ -201,12 +210,7 @@ async fn tag_conflict_names_both_digests_and_changes_nothing() {
     fixtures::push(&a, "ci/app", "9", &image).await;
     fixtures::push(&b, "prod/app", "9", &other).await;
 
-    let err = client()
-        .copy(
-            &r(&format!("{a}/ci/app:9")),
-            &r(&format!("{b}/prod/app:9")),
-            &CopyOptions::default(),
-        )
+    let err = copy(&format!("{a}/ci/app:9"), &format!("{b}/prod/app:9"))
         .await
         .unwrap_err();
     assert!(err.is_invalid_input());
@@ -345,12 +349,7 @@ async fn missing_source_is_reported_by_name() {
     let (a, b) = (p.a.host(), p.b.host());
     fixtures::provision(&a, "ci/app").await;
     fixtures::provision(&b, "prod/app").await;
-    let err = client()
-        .copy(
-            &r(&format!("{a}/ci/app:404")),
-            &r(&format!("{b}/prod/app:1")),
-            &CopyOptions::default(),
-        )
+    let err = copy(&format!("{a}/ci/app:404"), &format!("{b}/prod/app:1"))
         .await
         .unwrap_err();
     assert!(
@@ -372,12 +371,7 @@ async fn same_registry_copies_mount_blobs_across_repositories() {
     let image = fixtures::oci_image(7, 2, 100_000);
     fixtures::push(&h, "ci/app", "5", &image).await;
     fixtures::provision(&h, "prod/app").await;
-    let report = client()
-        .copy(
-            &r(&format!("{h}/ci/app:5")),
-            &r(&format!("{h}/prod/app:5")),
-            &CopyOptions::default(),
-        )
+    let report = copy(&format!("{h}/ci/app:5"), &format!("{h}/prod/app:5"))
         .await
         .unwrap();
     assert!(report.verified);
@@ -491,12 +485,7 @@ async fn referrers_of_platform_manifests_and_of_referrers_are_copied() {
     fixtures::attach(&a, "ci/multi", &sbom, &signature).await;
     fixtures::provision(&b, "prod/multi").await;
 
-    let report = client()
-        .copy(
-            &r(&format!("{a}/ci/multi:21")),
-            &r(&format!("{b}/prod/multi:21")),
-            &CopyOptions::default(),
-        )
+    let report = copy(&format!("{a}/ci/multi:21"), &format!("{b}/prod/multi:21"))
         .await
         .unwrap();
     assert!(report.verified);

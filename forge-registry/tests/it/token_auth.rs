@@ -278,6 +278,23 @@ async fn bearer_tokens_are_fetched_per_scope_cached_and_basic_goes_only_to_the_r
     );
 }
 
+/// A client whose credentials come from the Docker config `json`, with credential helpers
+/// looked up in `dir` only.
+fn docker_config_client(dir: &std::path::Path, json: &str) -> Client {
+    let config = forge_registry::DockerConfig::parse(&dir.join("config.json"), json.as_bytes())
+        .expect("config")
+        .with_helper_dirs(vec![dir.to_owned()]);
+    assert!(
+        !format!("{config:?}").contains("s3cret"),
+        "secrets in Debug"
+    );
+    Client::builder()
+        .docker_config(config)
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .expect("client")
+}
+
 fn helper_script(dir: &std::path::Path, name: &str, body: &str) {
     use std::os::unix::fs::PermissionsExt as _;
     let path = dir.join(format!("docker-credential-{name}"));
@@ -317,18 +334,10 @@ async fn docker_config_credential_helpers_feed_the_token_flow() {
     let src: Reference = format!("{host}/team/app:1").parse().expect("ref");
     let dst: Reference = format!("{host}/prod/app:1").parse().expect("ref");
 
-    let config = forge_registry::DockerConfig::parse(
-        &dir.path().join("config.json"),
-        format!(r#"{{"credHelpers":{{"{host}":"forgetest"}},"credsStore":"empty"}}"#).as_bytes(),
-    )
-    .expect("config")
-    .with_helper_dirs(vec![dir.path().to_owned()]);
-    assert!(!format!("{config:?}").contains("s3cret"));
-    let c = Client::builder()
-        .docker_config(config)
-        .retry_policy(RetryPolicy::none())
-        .build()
-        .expect("client");
+    let c = docker_config_client(
+        dir.path(),
+        &format!(r#"{{"credHelpers":{{"{host}":"forgetest"}},"credsStore":"empty"}}"#),
+    );
     let report = c
         .copy(&src, &dst, &CopyOptions::default())
         .await
@@ -350,16 +359,7 @@ async fn docker_config_credential_helpers_feed_the_token_flow() {
     );
 
     // credsStore that has nothing for the host: anonymous, so the push scope is refused.
-    let config = forge_registry::DockerConfig::parse(
-        &dir.path().join("config.json"),
-        br#"{"credsStore":"empty"}"#,
-    )
-    .expect("config")
-    .with_helper_dirs(vec![dir.path().to_owned()]);
-    let c = Client::builder()
-        .docker_config(config)
-        .build()
-        .expect("client");
+    let c = docker_config_client(dir.path(), r#"{"credsStore":"empty"}"#);
     let err = c
         .copy(&src, &dst, &CopyOptions::default())
         .await
@@ -380,19 +380,12 @@ async fn docker_identity_tokens_are_exchanged_with_the_oauth2_refresh_grant() {
     let dir = tempfile::tempdir().expect("temp dir");
     // What `az acr login` writes: a placeholder `auth` (user 0000…, empty password) next to
     // the identity token. The identity token must win.
-    let config = forge_registry::DockerConfig::parse(
-        &dir.path().join("config.json"),
-        format!(
+    let c = docker_config_client(
+        dir.path(),
+        &format!(
             r#"{{"auths":{{"{host}":{{"auth":"MDAwMDAwMDAtMDAwMC0wMDAwLTAwMDAtMDAwMDAwMDAwMDAwOg==","identitytoken":"{REFRESH_TOKEN}"}}}}}}"#
-        )
-        .as_bytes(),
-    )
-    .expect("config");
-    let c = Client::builder()
-        .docker_config(config)
-        .retry_policy(RetryPolicy::none())
-        .build()
-        .expect("client");
+        ),
+    );
     let report = c
         .copy(&src, &dst, &CopyOptions::default())
         .await
@@ -443,17 +436,10 @@ async fn docker_identity_tokens_are_exchanged_with_the_oauth2_refresh_grant() {
         "revoked",
         r#"read host; printf '{"ServerURL":"%s","Username":"<token>","Secret":"revoked-xyz"}' "$host""#,
     );
-    let config = forge_registry::DockerConfig::parse(
-        &dir.path().join("config.json"),
-        format!(r#"{{"credHelpers":{{"{host}":"revoked"}}}}"#).as_bytes(),
-    )
-    .expect("config")
-    .with_helper_dirs(vec![dir.path().to_owned()]);
-    let c = Client::builder()
-        .docker_config(config)
-        .retry_policy(RetryPolicy::none())
-        .build()
-        .expect("client");
+    let c = docker_config_client(
+        dir.path(),
+        &format!(r#"{{"credHelpers":{{"{host}":"revoked"}}}}"#),
+    );
     let err = c
         .copy(&src, &dst, &CopyOptions::default())
         .await
