@@ -74,7 +74,9 @@ pub struct CopyOptions {
     /// Parallel blob transfers; `None` uses the client's default.
     pub jobs: Option<usize>,
     /// Copy OCI 1.1 referrers (signatures, SBOMs) of the image and of each platform's manifest,
-    /// and their own referrers (a signature of an SBOM), up to 4 levels (default true).
+    /// and their own referrers (a signature of an SBOM), up to 4 levels; a deeper chain is an
+    /// error before anything is written (default true). Only between registries: an OCI layout
+    /// at either end copies no referrers.
     pub referrers: bool,
     /// The destination tag must match this pattern in full.
     pub tag_pattern: Option<regex::Regex>,
@@ -422,6 +424,7 @@ impl Client {
                 .collect();
             collect_referrers(
                 &src_ep,
+                src,
                 subjects,
                 &mut referrer_tree,
                 &mut seen_blobs,
@@ -455,8 +458,9 @@ impl Client {
                 .collect();
             // Referrers whose push the registry did not acknowledge with `OCI-Subject`.
             let mut unacknowledged = HashSet::new();
-            // Subjects come before their referrers in the tree, so a signature of an SBOM is
-            // pushed after the SBOM.
+            // Referrers are collected level by level, so a signature of an SBOM is pushed after
+            // the SBOM. The top manifest itself comes last (by tag, below): registries accept a
+            // referrer whose subject is not there yet.
             for m in &referrer_tree.manifests {
                 if dst_ep.has_manifest(&m.digest).await? {
                     continue;
@@ -763,6 +767,7 @@ fn collect_tree<'a>(
 /// destination's fallback indexes.
 async fn collect_referrers(
     src: &Endpoint,
+    source: &Reference,
     subjects: Vec<Digest>,
     tree: &mut Tree,
     seen_blobs: &mut HashSet<Digest>,
@@ -794,13 +799,17 @@ async fn collect_referrers(
             .try_collect()
             .await?;
         answers.extend(more);
+        // Entries already collected (a stale fallback index listing an earlier referrer) add
+        // nothing and so do not count as a deeper level.
         if level == MAX_REFERRER_DEPTH
-            && let Some((subject, _)) = answers.iter().find(|(_, list)| !list.is_empty())
+            && let Some((subject, _)) = answers
+                .iter()
+                .find(|(_, list)| list.iter().any(|d| !seen_manifests.contains(&d.digest)))
         {
             return Err(Error::new(ErrorKind::UnsupportedManifest {
-                reference: subject.to_string(),
+                reference: source.to_string(),
                 reason: format!(
-                    "its referrers are nested deeper than {MAX_REFERRER_DEPTH} levels (a referrer of a referrer of …); copy without referrers with --no-referrers (`CopyOptions::referrers = false`)"
+                    "its referrers nest deeper than {MAX_REFERRER_DEPTH} levels (a referrer of a referrer of …; {subject} at level {MAX_REFERRER_DEPTH} still has referrers): copy without referrers (--no-referrers, or `CopyOptions::referrers = false`), or remove the extra level from the source"
                 ),
             }));
         }

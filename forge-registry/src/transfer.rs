@@ -266,7 +266,10 @@ impl Endpoint {
         }
     }
 
-    /// Referrers of `digest` via the referrers API: `None` when the API is not served.
+    /// Referrers of `digest` via the referrers API: `None` when the registry says it does not
+    /// serve the API (404, 405 or 501, or a 200 that is not an index). Any other failure is an
+    /// error: taking a 503 for "no API" would drop signatures silently on registries that
+    /// keep referrers only behind the API.
     pub(crate) async fn referrers_api(
         &self,
         digest: &Digest,
@@ -281,8 +284,14 @@ impl Endpoint {
             HeaderValue::from_static(MediaType::OCI_INDEX),
         );
         let resp = r.send(Method::GET, url.clone(), h, None).await?;
-        if resp.status() != StatusCode::OK {
-            return Ok(None);
+        match resp.status() {
+            StatusCode::OK => {}
+            StatusCode::NOT_FOUND
+            | StatusCode::METHOD_NOT_ALLOWED
+            | StatusCode::NOT_IMPLEMENTED => {
+                return Ok(None);
+            }
+            _ => return Err(r.error_from(&Method::GET, &url, resp).await),
         }
         let is_index = resp
             .headers()

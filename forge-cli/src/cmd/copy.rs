@@ -34,7 +34,8 @@ pub struct CopyArgs {
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
     /// Do not copy OCI referrers: signatures, SBOMs and attestations attached to the image or
-    /// one of its platforms, and their own referrers (a signature of an SBOM).
+    /// one of its platforms, and their own referrers (a signature of an SBOM), up to 4 levels.
+    /// (Referrers are copied only between registries, never to or from an OCI layout.)
     #[arg(long)]
     no_referrers: bool,
     /// Regular expression the destination tag must match in full (e.g. `[0-9]+`).

@@ -25,6 +25,10 @@ pub struct Args {
     /// Required for an environment without `from` (CI recording a new build).
     #[arg(long)]
     tag: Option<String>,
+    /// Do not copy OCI referrers (signatures, SBOMs) with the image: for a source whose
+    /// referrers cannot be copied (nested deeper than 4 levels, or a failing referrers API).
+    #[arg(long)]
+    no_referrers: bool,
     #[command(flatten)]
     change: release::ChangeArgs,
 }
@@ -136,6 +140,7 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
                 .map(|p| regex::Regex::new(&format!("^(?:{p})$")))
                 .transpose()?,
             support_hint: support_hint(&release),
+            referrers: !args.no_referrers,
             ..forge_registry::CopyOptions::default()
         };
         let report = client

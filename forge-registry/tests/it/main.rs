@@ -4,5 +4,6 @@ mod faults;
 mod fixtures;
 mod props;
 mod proxy;
+mod referrers;
 mod registry;
 mod token_auth;

@@ -7,6 +7,11 @@
 //!   tags and answers PATCH with 202. The proxy reproduces AWS's documented responses exactly.
 //! - Faults ([`Rule`], used by `faults.rs`): 5xx, 429 + `Retry-After`, connections dropped
 //!   mid-blob, truncated bodies, flipped bytes.
+//! - The OCI 1.1 referrers API (used by `referrers.rs`), which Distribution 2.8.2 does not serve:
+//!   [`Fault::ServeReferrersApi`] answers `GET /v2/<name>/referrers/<digest>` from the fallback
+//!   tag `sha256-<hex>` the way a registry with the API lists them, and
+//!   [`Fault::AcknowledgeSubject`] adds `OCI-Subject` to a manifest PUT's answer, as such a
+//!   registry does when it indexed the pushed referrer itself.
 //!
 //! Tests assert on the state of the real registry directly (bypassing the proxy) with skopeo and
 //! plain HTTP, so the proxy never decides whether a copy "worked".
@@ -86,6 +91,8 @@ pub enum Route {
     ManifestPut,
     /// `GET /v2/<name>/tags/list`
     TagsList,
+    /// `GET /v2/<name>/referrers/<digest>`
+    Referrers,
     /// Anything else (referrers, upload status, deletes, …).
     Other,
 }
@@ -120,7 +127,7 @@ pub fn classify(method: &Method, path: &str) -> (Route, Option<String>, Option<S
     for (marker, get, head) in [
         ("/blobs/", Route::BlobGet, Route::BlobHead),
         ("/manifests/", Route::ManifestGet, Route::ManifestHead),
-        ("/referrers/", Route::Other, Route::Other),
+        ("/referrers/", Route::Referrers, Route::Other),
     ] {
         if let Some(i) = rest.rfind(marker) {
             let repo = rest[..i].to_owned();
@@ -160,6 +167,13 @@ pub enum Fault {
     /// Before forwarding a manifest PUT, PUT these OCI manifest bytes to the same URL on the real
     /// registry: a concurrent pipeline winning the race for the tag.
     ConcurrentPut(Vec<u8>),
+    /// Answer a referrers request (`Route::Referrers`) like a registry with the OCI 1.1 API:
+    /// `200`, `Content-Type` OCI index, listing what the real registry holds under the
+    /// fallback tag (an empty index when there is none).
+    ServeReferrersApi,
+    /// Forward a manifest PUT and add `OCI-Subject` to the answer: the registry says it indexed
+    /// the pushed referrer for its subject itself.
+    AcknowledgeSubject,
 }
 
 /// Inject `fault` into the next `times` requests of kind `route` (`None` = forever), optionally
@@ -475,6 +489,33 @@ async fn handle(
                 "injected: connection dropped after {seen} request bytes"
             )));
         }
+        Some(Fault::ServeReferrersApi) => {
+            let digest = reference.clone().unwrap_or_default();
+            let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+            let upstream = shared
+                .client
+                .get(format!(
+                    "http://{}/v2/{}/manifests/{tag}",
+                    shared.upstream,
+                    repo.clone().unwrap_or_default()
+                ))
+                .header(header::ACCEPT, "application/vnd.oci.image.index.v1+json")
+                .send()
+                .await?;
+            let body = if upstream.status() == StatusCode::OK {
+                upstream.bytes().await?.to_vec()
+            } else {
+                br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#
+                    .to_vec()
+            };
+            let mut resp = Response::new(full(body));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+            );
+            shared.record(&info, 200, true);
+            return Ok(resp);
+        }
         Some(Fault::ConcurrentPut(manifest)) => {
             let resp = shared
                 .client
@@ -545,6 +586,32 @@ async fn handle(
         }
     }
 
+    if let (Some(Fault::AcknowledgeSubject), Some(repo), Some(reference)) =
+        (&fault, &repo, &reference)
+        && parts.status == StatusCode::CREATED
+    {
+        // The header carries the SUBJECT's digest (OCI distribution spec 1.1): read the pushed
+        // manifest back from the real registry to find it.
+        let bytes = shared
+            .client
+            .get(format!(
+                "http://{}/v2/{repo}/manifests/{reference}",
+                shared.upstream
+            ))
+            .header(header::ACCEPT, MANIFEST_ACCEPT)
+            .send()
+            .await?
+            .bytes()
+            .await?;
+        let pushed: serde_json::Value =
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        if let Some(subject) = pushed["subject"]["digest"].as_str() {
+            parts.headers.insert(
+                HeaderName::from_static("oci-subject"),
+                HeaderValue::from_str(subject).expect("a digest is a header value"),
+            );
+        }
+    }
     let body = match fault {
         Some(Fault::DropResponseAfter(n)) => tamper(body, Tamper::DropAfter(n)),
         Some(Fault::Truncate(n)) => tamper(body, Tamper::EndAt(n)),
@@ -1069,6 +1136,11 @@ fn classify_routes() {
     );
     check(
         Method::GET,
+        "/v2/a/referrers/sha256:ab",
+        (Route::Referrers, Some("a"), Some("sha256:ab")),
+    );
+    check(
+        Method::HEAD,
         "/v2/a/referrers/sha256:ab",
         (Route::Other, Some("a"), Some("sha256:ab")),
     );

@@ -531,7 +531,9 @@ async fn referrer_chains_deeper_than_four_levels_are_refused_before_anything_is_
         .unwrap_err();
     let message = err.to_string();
     assert!(
-        message.contains("deeper than 4 levels") && message.contains("--no-referrers"),
+        message.contains("ci/deep:22")
+            && message.contains("deeper than 4 levels")
+            && message.contains("--no-referrers"),
         "{message}"
     );
     assert_eq!(fixtures::manifest_digest(&b, "prod/deep", "22").await, None);

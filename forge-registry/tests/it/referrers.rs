@@ -1,0 +1,194 @@
+//! OCI 1.1 referrers with registries that serve the referrers API. Distribution 2.8.2 keeps
+//! referrers only under fallback tags (`sha256-<hex>`), so the API is reproduced by the proxy in
+//! front of the real registry (`Fault::ServeReferrersApi` lists what the fallback tag holds,
+//! `Fault::AcknowledgeSubject` answers a referrer push with `OCI-Subject`). What ends up at the
+//! destination is read from the real registry directly, bypassing the proxy.
+
+use forge_registry::{Client, CopyOptions, Reference, RetryPolicy};
+use forge_testkit::Registry;
+
+use crate::fixtures::{self, Image};
+use crate::proxy::{Fault, Proxy, Route, Rule};
+
+struct Setup {
+    _source: Registry,
+    dest: Registry,
+    src_proxy: Proxy,
+    dst_proxy: Proxy,
+    image: Image,
+    /// Attached to the image.
+    sbom: Image,
+    /// Attached to the SBOM.
+    signature: Image,
+}
+
+/// `ci/app:31` with an SBOM and a signature of that SBOM at the source (fallback tags); the
+/// destination repository `prod/app` is provisioned.
+async fn setup() -> Option<Setup> {
+    let source = Registry::start()?;
+    let dest = Registry::start()?;
+    let image = fixtures::oci_image(31, 1, 4_000);
+    let sbom = fixtures::referrer(1, &image);
+    let signature = fixtures::referrer(2, &sbom);
+    let src = source.host();
+    fixtures::push(&src, "ci/app", "31", &image).await;
+    fixtures::attach(&src, "ci/app", &image, &sbom).await;
+    fixtures::attach(&src, "ci/app", &sbom, &signature).await;
+    fixtures::provision(&dest.host(), "prod/app").await;
+    let src_proxy = Proxy::start(&src).await;
+    let dst_proxy = Proxy::start(&dest.host()).await;
+    Some(Setup {
+        _source: source,
+        dest,
+        src_proxy,
+        dst_proxy,
+        image,
+        sbom,
+        signature,
+    })
+}
+
+async fn copy(src: &str, dst: &str) -> Result<forge_registry::CopyReport, forge_registry::Error> {
+    let client = Client::builder()
+        .retry_policy(RetryPolicy {
+            max_retries: 2,
+            initial_backoff: std::time::Duration::from_millis(10),
+            ..RetryPolicy::default()
+        })
+        .build()
+        .expect("client builds");
+    let r = |s: &str| s.parse::<Reference>().expect("valid reference");
+    client.copy(&r(src), &r(dst), &CopyOptions::default()).await
+}
+
+/// Whether the REAL registry at `host` keeps a fallback index for `subject` listing `referrer`.
+async fn fallback_index_lists(host: &str, subject: &Image, referrer: &Image) -> bool {
+    let tag = fixtures::fallback_tag(&subject.digest);
+    let Some(index) = fixtures::manifest_bytes(host, "prod/app", &tag).await else {
+        return false;
+    };
+    let index: serde_json::Value = serde_json::from_slice(&index).expect("index is JSON");
+    index["manifests"]
+        .as_array()
+        .is_some_and(|m| m.iter().any(|e| e["digest"] == referrer.digest.as_str()))
+}
+
+async fn assert_referrers_at_destination(s: &Setup) {
+    for referrer in [&s.sbom, &s.signature] {
+        assert_eq!(
+            fixtures::manifest_digest(&s.dest.host(), "prod/app", &referrer.digest)
+                .await
+                .as_deref(),
+            Some(referrer.digest.as_str())
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_with_the_referrers_api_is_asked_through_it_and_never_for_fallback_tags() {
+    let Some(s) = setup().await else { return };
+    s.src_proxy
+        .add_rule(Rule::new(Route::Referrers, Fault::ServeReferrersApi, None));
+
+    let report = copy(
+        &format!("{}/ci/app:31", s.src_proxy.host()),
+        &format!("{}/prod/app:31", s.dest.host()),
+    )
+    .await
+    .expect("copy");
+    assert!(report.verified);
+    assert_eq!(report.referrers_copied, 2);
+    assert_referrers_at_destination(&s).await;
+    // The API was asked for the image, the SBOM and the signature; no fallback tag was read.
+    assert_eq!(s.src_proxy.count(Route::Referrers), 3);
+    let fallback_reads: Vec<String> = s
+        .src_proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.route == Route::ManifestGet && l.path.contains("/manifests/sha256-"))
+        .map(|l| l.path)
+        .collect();
+    assert!(fallback_reads.is_empty(), "{fallback_reads:?}");
+    // The destination has no API: it gets the fallback indexes.
+    assert!(fallback_index_lists(&s.dest.host(), &s.image, &s.sbom).await);
+    assert!(fallback_index_lists(&s.dest.host(), &s.sbom, &s.signature).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_referrers_api_fails_the_copy_instead_of_dropping_signatures() {
+    let Some(s) = setup().await else { return };
+    let (src, dst) = (
+        format!("{}/ci/app:31", s.src_proxy.host()),
+        format!("{}/prod/app:31", s.dest.host()),
+    );
+    s.src_proxy.add_rule(Rule::new(
+        Route::Referrers,
+        Fault::Status {
+            status: 503,
+            code: "UNAVAILABLE",
+            retry_after: None,
+        },
+        None,
+    ));
+    let err = copy(&src, &dst).await.expect_err("the API keeps failing");
+    let message = err.to_string();
+    assert!(
+        message.contains("/referrers/") && message.contains("503"),
+        "{message}"
+    );
+    assert_eq!(err.retries, 2, "{message}");
+    assert_eq!(
+        fixtures::manifest_digest(&s.dest.host(), "prod/app", "31").await,
+        None,
+        "no destination tag after a failed copy"
+    );
+
+    // One failure is retried; the registry then answers like one without the API (404).
+    let s2 = setup().await.expect("components were there a moment ago");
+    s2.src_proxy.add_rule(Rule::new(
+        Route::Referrers,
+        Fault::Status {
+            status: 503,
+            code: "UNAVAILABLE",
+            retry_after: None,
+        },
+        Some(1),
+    ));
+    let report = copy(
+        &format!("{}/ci/app:31", s2.src_proxy.host()),
+        &format!("{}/prod/app:31", s2.dest.host()),
+    )
+    .await
+    .expect("a single 503 is retried");
+    assert_eq!((report.referrers_copied, report.retries), (2, 1));
+    assert_referrers_at_destination(&s2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_indexing_referrers_itself_gets_fallback_indexes_only_where_it_did_not_acknowledge()
+ {
+    let Some(s) = setup().await else { return };
+    // The destination serves the API and acknowledges the SBOM's push, not the signature's.
+    s.dst_proxy
+        .add_rule(Rule::new(Route::Referrers, Fault::ServeReferrersApi, None));
+    s.dst_proxy.add_rule(
+        Rule::new(Route::ManifestPut, Fault::AcknowledgeSubject, None).matching(&s.sbom.digest),
+    );
+
+    let report = copy(
+        &format!("{}/ci/app:31", s.src_proxy.host()),
+        &format!("{}/prod/app:31", s.dst_proxy.host()),
+    )
+    .await
+    .expect("copy");
+    assert_eq!(report.referrers_copied, 2);
+    assert_referrers_at_destination(&s).await;
+    assert!(
+        !fallback_index_lists(&s.dest.host(), &s.image, &s.sbom).await,
+        "the registry indexed the SBOM itself: no fallback index for the image"
+    );
+    assert!(
+        fallback_index_lists(&s.dest.host(), &s.sbom, &s.signature).await,
+        "the signature's push was not acknowledged: the SBOM gets a fallback index"
+    );
+}
