@@ -298,6 +298,10 @@ struct Transports {
 
 impl Transports {
     fn build(&self, tls: bool) -> Result<reqwest::Client, reqwest::Error> {
+        self.builder(tls).build()
+    }
+
+    fn builder(&self, tls: bool) -> reqwest::ClientBuilder {
         let s = &self.settings;
         let mut builder = reqwest::Client::builder()
             .user_agent(s.user_agent.clone())
@@ -311,7 +315,22 @@ impl Transports {
             // No roots: this client never speaks TLS (https URLs use the other one).
             builder = builder.tls_certs_only([]);
         }
-        builder.build()
+        builder
+    }
+
+    /// A client that follows no redirects, for requests whose body is a secret: a 307/308
+    /// would send it again, to wherever the redirect points. Built per use (only the
+    /// identity-token exchange needs it, once per scope).
+    fn no_redirect_for_url(&self, url: &Url) -> Result<reqwest::Client, Error> {
+        self.builder(url.scheme() == "https")
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| {
+                Error::new(ErrorKind::Transport {
+                    context: "building the HTTP client".to_owned(),
+                    source: Box::new(e),
+                })
+            })
     }
 
     /// The client for `url`'s scheme, built on first use.
@@ -345,6 +364,15 @@ pub(crate) struct Inner {
     https_hosts: HashSet<String>,
     /// (api host, scope key) → Authorization header value. Scope key `""` holds Basic.
     auth: Mutex<HashMap<(String, String), HeaderValue>>,
+}
+
+/// Whether credentials may be sent to the token `realm` of the registry at `registry`: not
+/// over plain HTTP when the registry itself is reached over TLS, unless the realm is on this
+/// machine.
+fn realm_may_receive_credentials(registry: &Url, realm: &Url) -> bool {
+    registry.scheme() != "https"
+        || realm.scheme() == "https"
+        || realm.host_str().is_some_and(is_loopback)
 }
 
 fn is_loopback(host: &str) -> bool {
@@ -497,6 +525,13 @@ impl Repo {
                 };
                 let url = Url::parse(realm)
                     .map_err(|_| unauthorized(format!("bearer realm '{realm}' is not a URL")))?;
+                // Credentials go to the realm only over TLS when the registry itself is reached
+                // over TLS: a challenge must not be able to downgrade them to plain HTTP.
+                if credential.is_some() && !realm_may_receive_credentials(&self.base, &url) {
+                    return Err(unauthorized(format!(
+                        "the registry names a plain-HTTP token service ({realm}) and Forge does not send credentials over plain HTTP: fix the registry's auth realm to use https"
+                    )));
+                }
                 let service = challenge.params.get("service");
                 let scopes: Vec<&str> = if self.scopes.is_empty() {
                     challenge
@@ -529,7 +564,7 @@ impl Repo {
                             .finish();
                         self.inner
                             .http
-                            .for_url(&url)?
+                            .no_redirect_for_url(&url)?
                             .post(url.clone())
                             .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
                             .body(body)
@@ -557,6 +592,12 @@ impl Repo {
                 }
                 .map_err(|e| Error::new(transport(format!("token request to {realm}"), e)))?;
                 let status = resp.status();
+                if status.is_redirection() {
+                    return Err(unauthorized(format!(
+                        "the token service {realm} answered a redirect (HTTP {}) and Forge does not send credentials on to another address: point the registry's auth realm at the token service itself",
+                        status.as_u16()
+                    )));
+                }
                 if matches!(credential, Some(Credential::IdentityToken { .. }))
                     && matches!(
                         status,
@@ -765,6 +806,30 @@ pub(crate) fn parse_error_body(body: &[u8]) -> (Option<String>, String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_never_go_from_a_tls_registry_to_a_plain_http_realm() {
+        let check = |registry: &str, realm: &str, expected: bool| {
+            let (registry, realm) = (
+                Url::parse(registry).expect("url"),
+                Url::parse(realm).expect("url"),
+            );
+            assert_eq!(
+                realm_may_receive_credentials(&registry, &realm),
+                expected,
+                "{registry} -> {realm}"
+            );
+        };
+        check("https://r.example/v2/", "https://auth.example/token", true);
+        check("https://r.example/v2/", "http://auth.example/token", false);
+        check("https://r.example/v2/", "http://127.0.0.1:8080/token", true);
+        check("https://r.example/v2/", "http://[::1]:8080/token", true);
+        check(
+            "http://r.internal:5000/v2/",
+            "http://auth.internal/token",
+            true,
+        );
+    }
 
     #[test]
     fn loopback_hosts() {

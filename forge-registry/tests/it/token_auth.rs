@@ -23,8 +23,25 @@ use hyper_util::rt::TokioIo;
 
 use crate::fixtures;
 
+/// How the fake's realm answers an OAuth2 `POST`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum OauthMode {
+    /// Grants tokens for the valid refresh token.
+    #[default]
+    Grant,
+    /// A token service without OAuth2 (the spec's "returns 404 using the HTTP POST method").
+    NotFound,
+    /// Redirects the POST elsewhere with 307 (which keeps method and body).
+    Redirect,
+}
+
 #[derive(Default)]
 struct State {
+    oauth_mode: OauthMode,
+    /// Challenge registry requests with Basic instead of Bearer.
+    basic_challenge: bool,
+    /// Bodies of requests that arrived at the redirect target.
+    redirected: Vec<String>,
     /// (query string, Authorization header) of every token request.
     token_requests: Vec<(String, Option<String>)>,
     /// Form fields of every OAuth2 `POST` to the realm.
@@ -81,6 +98,29 @@ async fn handle(
             .body(Full::new(Bytes::from(body)))
             .expect("response")
     };
+    if path == "/elsewhere" {
+        let mut st = state.lock().expect("state");
+        st.redirected
+            .push(String::from_utf8_lossy(&form_body).into_owned());
+        return Ok(respond(StatusCode::OK, b"{}".to_vec()));
+    }
+    let oauth_mode = state.lock().expect("state").oauth_mode;
+    if path == "/token" && method == hyper::Method::POST && oauth_mode == OauthMode::NotFound {
+        return Ok(respond(
+            StatusCode::NOT_FOUND,
+            b"404 page not found".to_vec(),
+        ));
+    }
+    if path == "/token" && method == hyper::Method::POST && oauth_mode == OauthMode::Redirect {
+        let mut resp = respond(StatusCode::TEMPORARY_REDIRECT, Vec::new());
+        resp.headers_mut().insert(
+            "location",
+            format!("http://127.0.0.1:{port}/elsewhere")
+                .parse()
+                .expect("header"),
+        );
+        return Ok(resp);
+    }
     if path == "/token" && method == hyper::Method::POST {
         let form: Vec<(String, String)> = url::form_urlencoded::parse(&form_body)
             .into_owned()
@@ -129,6 +169,14 @@ async fn handle(
             .and_then(|a| a.strip_prefix("Bearer "))
             .is_some_and(|t| st.tokens.contains(t))
     };
+    if state.lock().expect("state").basic_challenge {
+        let mut resp = respond(StatusCode::UNAUTHORIZED, b"{}".to_vec());
+        resp.headers_mut().insert(
+            "www-authenticate",
+            "Basic realm=\"fake-registry\"".parse().expect("header"),
+        );
+        return Ok(resp);
+    }
     if !valid {
         let mut resp = respond(
             StatusCode::UNAUTHORIZED,
@@ -450,4 +498,46 @@ async fn docker_identity_tokens_are_exchanged_with_the_oauth2_refresh_grant() {
     let st = fake.state.lock().expect("state");
     let form = st.oauth_requests.last().expect("an OAuth2 request");
     assert!(form.contains(&("refresh_token".to_owned(), "revoked-xyz".to_owned())));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_tokens_go_nowhere_but_an_oauth2_token_service() {
+    let fake = start().await;
+    let host = format!("127.0.0.1:{}", fake.port);
+    let src: Reference = format!("{host}/team/app:1").parse().expect("ref");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = format!(r#"{{"auths":{{"{host}":{{"identitytoken":"{REFRESH_TOKEN}"}}}}}}"#);
+    for (mode, expected) in [
+        (
+            OauthMode::NotFound,
+            "does not take OAuth2 refresh tokens (HTTP 404)",
+        ),
+        (OauthMode::Redirect, "answered a redirect (HTTP 307)"),
+    ] {
+        fake.state.lock().expect("state").oauth_mode = mode;
+        let err = docker_config_client(dir.path(), &json)
+            .resolve(&src)
+            .await
+            .expect_err("no token");
+        let message = err.to_string();
+        assert!(
+            matches!(err.kind, ErrorKind::Unauthorized { .. }),
+            "{message}"
+        );
+        assert!(message.contains(expected), "{mode:?}: {message}");
+        assert!(!message.contains(REFRESH_TOKEN), "{message}");
+    }
+    assert_eq!(
+        fake.state.lock().expect("state").redirected,
+        Vec::<String>::new(),
+        "the refresh token followed the redirect"
+    );
+
+    // A registry that asks for Basic cannot use a refresh token.
+    fake.state.lock().expect("state").basic_challenge = true;
+    let err = docker_config_client(dir.path(), &json)
+        .resolve(&src)
+        .await
+        .expect_err("Basic without a password");
+    assert!(err.to_string().contains("only an identity token"), "{err}");
 }
