@@ -14,7 +14,8 @@ use crate::output::{self, Format, InvalidInput};
 /// Registry access shared by the three commands.
 #[derive(Debug, clap::Args)]
 pub struct Access {
-    /// Docker config with registry credentials (`auths`, `credHelpers`, `credsStore`).
+    /// Docker config with registry credentials (`auths` incl. identity tokens, `credHelpers`,
+    /// `credsStore`).
     /// Default: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` when present.
     #[arg(long, value_name = "PATH")]
     docker_config: Option<PathBuf>,
