@@ -337,11 +337,22 @@ impl DockerConfig {
         keys
     }
 
+    /// The server name a credential helper knows `registry` by: what `docker login` stored,
+    /// which for Docker Hub is its v1 index URL rather than `docker.io`.
+    fn helper_server(registry: &str) -> &str {
+        if registry == crate::reference::DOCKER_HUB {
+            "https://index.docker.io/v1/"
+        } else {
+            registry
+        }
+    }
+
     /// Looks up `registry` (helpers first, then `auths`, then `credsStore`).
     pub async fn lookup(&self, registry: &str) -> Result<Option<Credential>, DockerConfigError> {
         let keys = Self::keys(registry);
+        let server = Self::helper_server(registry);
         if let Some(helper) = keys.iter().find_map(|k| self.file.cred_helpers.get(k)) {
-            return run_helper(&self.helper_program(helper), helper, registry).await;
+            return run_helper(&self.helper_program(helper), helper, server).await;
         }
         if let Some((key, entry)) = keys
             .iter()
@@ -372,7 +383,7 @@ impl DockerConfig {
             }
         }
         if let Some(store) = &self.file.creds_store {
-            return run_helper(&self.helper_program(store), store, registry).await;
+            return run_helper(&self.helper_program(store), store, server).await;
         }
         Ok(None)
     }
@@ -547,6 +558,33 @@ mod tests {
         assert!(!text.contains("tok123"));
         let text = format!("{:?}", Credential::identity_token("refresh456"));
         assert!(!text.contains("refresh456"));
+    }
+
+    #[tokio::test]
+    async fn credential_helpers_are_asked_for_docker_hub_by_its_index_url() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        // Answers with the server name it was asked for as the secret.
+        let helper = dir.path().join("docker-credential-echo");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\nread server\nprintf '{\"Username\":\"u\",\"Secret\":\"%s\"}' \"$server\"\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = DockerConfig::parse(Path::new("config.json"), br#"{"credsStore":"echo"}"#)
+            .unwrap()
+            .with_helper_dirs(vec![dir.path().to_owned()]);
+        for (registry, asked) in [
+            ("docker.io", "https://index.docker.io/v1/"),
+            ("r.example:5000", "r.example:5000"),
+        ] {
+            assert_eq!(
+                cfg.lookup(registry).await.unwrap(),
+                Some(Credential::basic("u", asked)),
+                "{registry}"
+            );
+        }
     }
 
     #[tokio::test]

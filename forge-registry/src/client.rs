@@ -381,7 +381,11 @@ fn is_loopback(host: &str) -> bool {
     } else {
         host.split(':').next().unwrap_or("")
     };
-    matches!(name, "localhost" | "::1") || name.starts_with("127.")
+    // Parsed, not prefix-matched: `127.evil.example` is a public name, not loopback.
+    name == "localhost"
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl Inner {
@@ -837,12 +841,20 @@ mod tests {
             "localhost",
             "localhost:5000",
             "127.0.0.1:1",
+            "127.1.2.3",
             "[::1]:5000",
             "[::1]",
         ] {
             assert!(is_loopback(h), "{h}");
         }
-        for h in ["example.com", "10.0.0.1:5000", "localhost.example.com"] {
+        for h in [
+            "example.com",
+            "10.0.0.1:5000",
+            "localhost.example.com",
+            "127.evil.example",
+            "127.evil.example:5000",
+            "127.0.0.1.nip.io",
+        ] {
             assert!(!is_loopback(h), "{h}");
         }
     }
