@@ -150,10 +150,45 @@ pub fn set_pipeline_output(name: &str, value: &str) -> anyhow::Result<()> {
     }
 }
 
+/// The progress bars being drawn, if any: log lines are written between their redraws.
+static PROGRESS_BARS: std::sync::Mutex<Option<indicatif::MultiProgress>> =
+    std::sync::Mutex::new(None);
+
+/// Registers (or, with `None`, forgets) the bars log lines must not be written over.
+pub fn set_progress_bars(bars: Option<indicatif::MultiProgress>) {
+    if let Ok(mut slot) = PROGRESS_BARS.lock() {
+        *slot = bars;
+    }
+}
+
+/// stderr for log lines; while bars are drawn, the bars are hidden for each line.
+struct LogWriter;
+
+impl io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
+        // A poisoned lock only means another thread panicked while logging: write plainly.
+        let bars = PROGRESS_BARS.lock().ok().and_then(|b| b.clone());
+        match bars {
+            Some(bars) => bars.suspend(|| io::stderr().write_all(buf)),
+            None => io::stderr().write_all(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
 /// Logs go to stderr; stdout stays for results. `-v` raises the level, `RUST_LOG` wins.
+/// Without `-v`, warnings and the binary's own progress lines (`forge copy` off a terminal).
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn",
+        0 => "warn,forge=info",
         1 => {
             "info,forge_registry=debug,forge_ledger=debug,forge_auth=debug,forge_ec2=debug,forge=debug"
         }
@@ -163,7 +198,7 @@ pub fn init_tracing(verbose: u8) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(io::stderr)
+        .with_writer(|| LogWriter)
         .with_target(verbose > 0)
         .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()))
         .without_time()

@@ -229,12 +229,20 @@ struct Bars {
     bars: Mutex<HashMap<Digest, indicatif::ProgressBar>>,
 }
 
+impl Drop for Bars {
+    fn drop(&mut self) {
+        output::set_progress_bars(None);
+    }
+}
+
 impl Bars {
     fn new() -> Self {
+        let multi =
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::stderr());
+        // The library's warnings (a retried blob) then appear above the bars, not over them.
+        output::set_progress_bars(Some(multi.clone()));
         Bars {
-            multi: indicatif::MultiProgress::with_draw_target(
-                indicatif::ProgressDrawTarget::stderr(),
-            ),
+            multi,
             bars: Mutex::new(HashMap::new()),
         }
     }

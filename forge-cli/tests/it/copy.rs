@@ -61,6 +61,10 @@ fn copy_prints_a_verified_json_report_and_recopy_is_a_no_op() {
     assert_eq!(report["already_present"], false);
     assert!(report["bytes_copied"].as_u64().expect("bytes_copied") > 0);
     assert_eq!(skopeo_digest(&format!("docker://{dst}")), s.digest);
+    // Off a terminal, progress is plain log lines on stderr (stdout holds only the JSON).
+    let log = stderr(&out);
+    assert_eq!(log.matches("copied blob ").count(), 2, "{log}");
+    assert!(log.contains("pushed manifest "), "{log}");
 
     let again = forge_in(s.dir.path(), &["copy", &src, &dst, "--output", "json"]);
     assert_success(&again);
