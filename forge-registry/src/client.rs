@@ -685,6 +685,7 @@ impl Repo {
                             kind: transport(format!("{method} {url}"), e),
                             retries: attempt,
                             elapsed: start.elapsed(),
+                            retry_after: None,
                         });
                     }
                     tracing::debug!(%method, %url, error = %e, "connection error, retrying");
@@ -742,6 +743,7 @@ impl Repo {
     /// Turns an unexpected response into an error, reading the OCI error body.
     pub(crate) async fn error_from(&self, method: &Method, url: &Url, resp: Response) -> Error {
         let status = resp.status().as_u16();
+        let retry_after = self.inner.retry.retry_after(resp.headers());
         let body = resp.bytes().await.unwrap_or_default();
         let (code, message) = parse_error_body(&body);
         let kind = match (status, code.as_deref()) {
@@ -770,7 +772,10 @@ impl Repo {
                 message,
             },
         };
-        Error::new(kind)
+        Error {
+            retry_after,
+            ..Error::new(kind)
+        }
     }
 }
 

@@ -697,7 +697,9 @@ async fn copy_blob(
             }
             Err(e) if e.kind.is_retryable() && attempt < policy.max_retries => {
                 attempt += 1;
-                let delay = policy.backoff(attempt);
+                // A 429 or 503 on the streamed PUT says how long to wait; honour it as the
+                // request-level retries do.
+                let delay = e.retry_after.unwrap_or_else(|| policy.backoff(attempt));
                 tracing::warn!(digest = %desc.digest, attempt, error = %e, "blob transfer failed, retrying with a fresh upload session");
                 if let Some(p) = &progress {
                     p.blob_retrying(&desc.digest, attempt, delay, &e);

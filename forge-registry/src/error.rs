@@ -17,6 +17,9 @@ pub struct Error {
     pub retries: u32,
     /// Time spent before giving up.
     pub elapsed: Duration,
+    /// How long the registry asked to wait before trying again (`Retry-After` on its answer,
+    /// capped by the retry policy), when it did. A retried blob transfer waits this long.
+    pub retry_after: Option<Duration>,
 }
 
 impl Error {
@@ -25,6 +28,7 @@ impl Error {
             kind,
             retries: 0,
             elapsed: Duration::ZERO,
+            retry_after: None,
         }
     }
 
@@ -366,6 +370,7 @@ mod tests {
             },
             retries: 3,
             elapsed: Duration::from_millis(4210),
+            retry_after: None,
         };
         assert_eq!(
             e.to_string(),
@@ -385,6 +390,7 @@ mod tests {
             },
             retries: 0,
             elapsed: Duration::from_millis(30),
+            retry_after: None,
         };
         assert_eq!(
             e.to_string(),

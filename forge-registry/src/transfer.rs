@@ -259,7 +259,21 @@ impl Endpoint {
                     .await?;
                 match resp.status() {
                     s if s.is_success() => Ok(true),
-                    StatusCode::NOT_FOUND => Ok(false),
+                    // Only the registry's own NAME_UNKNOWN means "no such repository": a 404
+                    // from a proxy or a wrong path must not read as "ask the platform team".
+                    StatusCode::NOT_FOUND => {
+                        let body = resp.bytes().await.unwrap_or_default();
+                        match crate::client::parse_error_body(&body) {
+                            (Some(code), _) if code == "NAME_UNKNOWN" => Ok(false),
+                            (code, message) => Err(Error::new(ErrorKind::Registry {
+                                method: Method::GET.to_string(),
+                                url: url.to_string(),
+                                status: StatusCode::NOT_FOUND.as_u16(),
+                                code,
+                                message,
+                            })),
+                        }
+                    }
                     _ => Err(r.error_from(&Method::GET, &url, resp).await),
                 }
             }

@@ -195,6 +195,8 @@ async fn too_many_requests_with_retry_after_is_honoured_and_reported() {
     let report = s.run(&s.dst_proxy, rule).await.unwrap();
     assert_eq!(s.dst_proxy.faults_injected(), 1);
     assert!(report.retries >= 1, "{report:?}");
+    // The policy's own backoff is 20–200 ms: only Retry-After explains a second's wait.
+    assert!(report.duration_ms >= 1000, "{report:?}");
     let puts: Vec<u16> = s
         .dst_proxy
         .log()
@@ -203,6 +205,40 @@ async fn too_many_requests_with_retry_after_is_honoured_and_reported() {
         .map(|l| l.status)
         .collect();
     assert_eq!(puts, vec![429, 201]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_requests_on_a_blob_upload_waits_for_retry_after() {
+    let Some(s) = setup().await else { return };
+    // The streamed PUT cannot be replayed by the request layer: the whole transfer is retried,
+    // and it too must wait as long as the registry asked.
+    let rule = Rule::new(
+        Route::UploadPut,
+        status(429, "TOOMANYREQUESTS", Some("1")),
+        Some(1),
+    )
+    .matching(s.big_layer_hex());
+    let report = s.run(&s.dst_proxy, rule).await.unwrap();
+    assert_eq!(s.dst_proxy.faults_injected(), 1);
+    assert!(report.retries >= 1, "{report:?}");
+    assert!(report.duration_ms >= 1000, "{report:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_404_from_tags_list_without_name_unknown_is_not_a_missing_repository() {
+    let Some(s) = setup().await else { return };
+    // A proxy or a wrong path answering 404: not the registry saying the repository is missing.
+    let rule = Rule::new(Route::TagsList, status(404, "UNSUPPORTED", None), None);
+    let err = s.run(&s.dst_proxy, rule).await.unwrap_err();
+    let message = err.to_string();
+    assert!(
+        matches!(err.kind, ErrorKind::Registry { status: 404, .. }),
+        "{message}"
+    );
+    assert!(
+        message.contains("tags/list") && !message.contains("platform-support"),
+        "{message}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -147,8 +147,8 @@ pub fn classify(method: &Method, path: &str) -> (Route, Option<String>, Option<S
 /// A fault the proxy injects instead of (or into) the real registry's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
-    /// Answer `status` with a distribution-style JSON error (`code`), without forwarding;
-    /// `retry_after` adds a `Retry-After` header.
+    /// Read the request body, then answer `status` with a distribution-style JSON error
+    /// (`code`) without forwarding; `retry_after` adds a `Retry-After` header.
     Status {
         status: u16,
         code: &'static str,
@@ -462,6 +462,10 @@ async fn handle(
             code,
             retry_after,
         }) => {
+            // Read the request body first, like a registry that takes the upload and then
+            // refuses it; an answer while the client is still sending would reach it as a
+            // reset connection instead (`DropRequestAfter` is that case).
+            let _ = req.into_body().collect().await;
             let status = StatusCode::from_u16(*status).expect("valid status in rule");
             let mut resp = json_error(status, code, "injected by the test proxy");
             if let Some(after) = retry_after {
