@@ -454,6 +454,21 @@ impl Repo {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// After the connection broke while a response body was read (`send` only retries until
+    /// the headers are in): waits the policy's backoff and returns true when another attempt
+    /// is allowed (counted as a retry), false once `attempt` has used them up.
+    pub(crate) async fn retry_body_read(&self, attempt: &mut u32, url: &Url) -> bool {
+        let policy = self.inner.retry;
+        if *attempt >= policy.max_retries {
+            return false;
+        }
+        *attempt += 1;
+        self.count_retry();
+        tracing::debug!(%url, attempt = *attempt, "response body cut off, retrying");
+        tokio::time::sleep(policy.backoff(*attempt)).await;
+        true
+    }
+
     fn scope_key(&self) -> String {
         self.scopes.join(" ")
     }

@@ -101,38 +101,50 @@ impl Endpoint {
             Endpoint::Layout(l) => l.get_manifest(reference).await,
             Endpoint::Registry(r) => {
                 let url = r.url(&format!("manifests/{reference}"));
-                let resp = r
-                    .send(Method::GET, url.clone(), accept_manifests(), None)
-                    .await?;
-                match resp.status() {
-                    StatusCode::OK => {}
-                    StatusCode::NOT_FOUND => return Ok(None),
-                    _ => return Err(r.error_from(&Method::GET, &url, resp).await),
+                let start = std::time::Instant::now();
+                let mut attempt = 0;
+                loop {
+                    let resp = r
+                        .send(Method::GET, url.clone(), accept_manifests(), None)
+                        .await?;
+                    match resp.status() {
+                        StatusCode::OK => {}
+                        StatusCode::NOT_FOUND => return Ok(None),
+                        _ => return Err(r.error_from(&Method::GET, &url, resp).await),
+                    }
+                    if resp
+                        .content_length()
+                        .is_some_and(|l| l > MAX_MANIFEST as u64)
+                    {
+                        return Err(Error::new(ErrorKind::UnsupportedManifest {
+                            reference: reference.to_owned(),
+                            reason: format!("the manifest is larger than {MAX_MANIFEST} bytes"),
+                        }));
+                    }
+                    let content_type = resp
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    let hdr = header_digest(resp.headers());
+                    let bytes = match resp.bytes().await {
+                        Ok(bytes) => bytes,
+                        Err(_) if r.retry_body_read(&mut attempt, &url).await => continue,
+                        Err(e) => {
+                            return Err(Error {
+                                retries: attempt,
+                                elapsed: start.elapsed(),
+                                ..Error::new(ErrorKind::Transport {
+                                    context: format!("GET {url}"),
+                                    source: Box::new(e),
+                                })
+                            });
+                        }
+                    };
+                    let refs = ManifestRefs::parse(&bytes).unwrap_or_default();
+                    let media_type = refs.effective_media_type(content_type.as_deref());
+                    return Ok(Some(Fetched::new(bytes, media_type, hdr)));
                 }
-                if resp
-                    .content_length()
-                    .is_some_and(|l| l > MAX_MANIFEST as u64)
-                {
-                    return Err(Error::new(ErrorKind::UnsupportedManifest {
-                        reference: reference.to_owned(),
-                        reason: format!("the manifest is larger than {MAX_MANIFEST} bytes"),
-                    }));
-                }
-                let content_type = resp
-                    .headers()
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                let hdr = header_digest(resp.headers());
-                let bytes = resp.bytes().await.map_err(|e| {
-                    Error::new(ErrorKind::Transport {
-                        context: format!("GET {url}"),
-                        source: Box::new(e),
-                    })
-                })?;
-                let refs = ManifestRefs::parse(&bytes).unwrap_or_default();
-                let media_type = refs.effective_media_type(content_type.as_deref());
-                Ok(Some(Fetched::new(bytes, media_type, hdr)))
             }
         }
     }
@@ -297,27 +309,37 @@ impl Endpoint {
             header::ACCEPT,
             HeaderValue::from_static(MediaType::OCI_INDEX),
         );
-        let resp = r.send(Method::GET, url.clone(), h, None).await?;
-        match resp.status() {
-            StatusCode::OK => {}
-            StatusCode::NOT_FOUND
-            | StatusCode::METHOD_NOT_ALLOWED
-            | StatusCode::NOT_IMPLEMENTED => {
-                return Ok(None);
+        let mut attempt = 0;
+        let (is_index, body) = loop {
+            let resp = r.send(Method::GET, url.clone(), h.clone(), None).await?;
+            match resp.status() {
+                StatusCode::OK => {}
+                StatusCode::NOT_FOUND
+                | StatusCode::METHOD_NOT_ALLOWED
+                | StatusCode::NOT_IMPLEMENTED => {
+                    return Ok(None);
+                }
+                _ => return Err(r.error_from(&Method::GET, &url, resp).await),
             }
-            _ => return Err(r.error_from(&Method::GET, &url, resp).await),
-        }
-        let is_index = resp
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|c| c.starts_with(MediaType::OCI_INDEX));
-        let body = resp.bytes().await.map_err(|e| {
-            Error::new(ErrorKind::Transport {
-                context: format!("GET {url}"),
-                source: Box::new(e),
-            })
-        })?;
+            let is_index = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|c| c.starts_with(MediaType::OCI_INDEX));
+            match resp.bytes().await {
+                Ok(body) => break (is_index, body),
+                Err(_) if r.retry_body_read(&mut attempt, &url).await => {}
+                Err(e) => {
+                    return Err(Error {
+                        retries: attempt,
+                        ..Error::new(ErrorKind::Transport {
+                            context: format!("GET {url}"),
+                            source: Box::new(e),
+                        })
+                    });
+                }
+            }
+        };
         match ManifestRefs::parse(&body) {
             Ok(refs) if is_index || refs.media_type.as_deref() == Some(MediaType::OCI_INDEX) => {
                 Ok(Some(refs.manifests))

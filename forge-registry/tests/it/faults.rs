@@ -294,6 +294,23 @@ async fn a_flipped_blob_byte_once_is_detected_and_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_cut_off_mid_body_is_fetched_again() {
+    let Some(s) = setup().await else { return };
+    // The headers (and Content-Length) arrive, the body stops after 100 bytes.
+    let rule = Rule::new(Route::ManifestGet, Fault::Truncate(100), Some(1));
+    let report = s.run(&s.src_proxy, rule).await.unwrap();
+    assert_eq!(s.src_proxy.faults_injected(), 1);
+    assert!(report.retries >= 1, "{report:?}");
+
+    // Cut off every time: the copy gives up, saying how often it tried, and writes nothing.
+    let Some(s) = setup().await else { return };
+    let rule = Rule::new(Route::ManifestGet, Fault::Truncate(100), None);
+    let err = s.run(&s.src_proxy, rule).await.unwrap_err();
+    assert_gave_up(&err);
+    assert_eq!(s.dst_proxy.count(Route::ManifestPut), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_source_manifest_is_refused() {
     let Some(s) = setup().await else { return };
     // The bytes no longer hash to the registry's Docker-Content-Digest.
