@@ -244,6 +244,17 @@ impl Client {
 
     fn check_destination_policy(dst: &Reference, options: &CopyOptions) -> Result<(), Error> {
         let Some(tag) = dst.tag() else {
+            // By digest only: nothing is tagged, so there is no tag to hold to a pattern; but
+            // a caller that set one expects every destination to carry a matching tag.
+            if let (Some(_), Some(pattern)) = (dst.digest(), &options.tag_pattern) {
+                return Err(Error::new(ErrorKind::InvalidInput {
+                    message: format!(
+                        "destination '{dst}' has no tag, and the tag pattern '{}' requires one: copy to {}:<a tag matching it>",
+                        pattern.as_str(),
+                        dst.without_tag_or_digest()
+                    ),
+                }));
+            }
             if dst.digest().is_some() {
                 return Ok(());
             }

@@ -286,6 +286,17 @@ async fn latest_pattern_and_missing_repository_are_refused_before_any_upload() {
             "{bad}: {err}"
         );
     }
+    // By digest only there is no tag to match: with a pattern set, that is refused too.
+    let by_digest = format!("{b}/prod/app@{}", fixtures::sha256(b"any"));
+    let err = client()
+        .copy(&src, &r(&by_digest), &options)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind, ErrorKind::InvalidInput { .. })
+            && err.to_string().contains("requires one"),
+        "{err}"
+    );
 
     let err = client()
         .copy(
