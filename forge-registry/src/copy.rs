@@ -235,11 +235,7 @@ impl Client {
         let start = Instant::now();
         let retries = Arc::new(AtomicU32::new(0));
         let result = self.copy_inner(src, dst, options, start, &retries).await;
-        result.map_err(|mut e| {
-            e.retries = e.retries.max(retries.load(Ordering::Relaxed));
-            e.elapsed = start.elapsed();
-            e
-        })
+        stamped(result, start, &retries)
     }
 
     fn check_destination_policy(dst: &Reference, options: &CopyOptions) -> Result<(), Error> {
@@ -622,12 +618,13 @@ impl Client {
 
     /// Resolves a reference to the digest, media type and size of its manifest.
     pub async fn resolve(&self, r: &Reference) -> Result<Resolved, Error> {
+        let start = Instant::now();
         let retries = Arc::new(AtomicU32::new(0));
         let ep = self.endpoint(r, Self::pull_scope(r), &retries)?;
         if let Endpoint::Layout(l) = &ep {
             l.require()?;
         }
-        let top = self.fetch_source_top(&ep, r).await?;
+        let top = stamped(self.fetch_source_top(&ep, r).await, start, &retries)?;
         Ok(Resolved {
             size: top.bytes.len() as u64,
             digest: top.digest,
@@ -644,7 +641,7 @@ impl Client {
         if let Endpoint::Layout(l) = &ep {
             l.require()?;
         }
-        verify_tree(
+        let result = verify_tree(
             &ep,
             r,
             &r.manifest_reference(),
@@ -652,21 +649,28 @@ impl Client {
             None,
             &HashMap::new(),
         )
-        .await
-        .map_err(|mut e| {
-            e.retries = retries.load(Ordering::Relaxed);
-            e.elapsed = start.elapsed();
-            e
-        })
+        .await;
+        stamped(result, start, &retries)
     }
 
     /// Whether the repository of `r` exists (`GET /v2/<repo>/tags/list` is not 404); for an
     /// `oci:` reference, whether the directory is an OCI layout.
     pub async fn repository_exists(&self, r: &Reference) -> Result<bool, Error> {
+        let start = Instant::now();
         let retries = Arc::new(AtomicU32::new(0));
         let ep = self.endpoint(r, Self::pull_scope(r), &retries)?;
-        ep.exists().await
+        stamped(ep.exists().await, start, &retries)
     }
+}
+
+/// Stamps a failure with the retries counted during the whole operation (requests retry on
+/// their own, blob transfers on theirs) and the time it took.
+fn stamped<T>(result: Result<T, Error>, start: Instant, retries: &AtomicU32) -> Result<T, Error> {
+    result.map_err(|mut e| {
+        e.retries = e.retries.max(retries.load(Ordering::Relaxed));
+        e.elapsed = start.elapsed();
+        e
+    })
 }
 
 fn duration_ms(start: Instant) -> u64 {

@@ -65,7 +65,11 @@ impl From<crate::digest::DigestError> for Error {
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.kind)?;
-        if !self.kind.is_invalid_input() && (self.retries > 0 || !self.elapsed.is_zero()) {
+        // Retries and time explain a failure that retrying could have fixed; on a verdict
+        // (a mismatch, a refusal) "after 0 retries" is noise.
+        if !self.kind.is_invalid_input()
+            && (self.retries > 0 || (self.kind.is_retryable() && !self.elapsed.is_zero()))
+        {
             let s = if self.retries == 1 {
                 "retry"
             } else {
@@ -306,7 +310,7 @@ impl fmt::Display for ErrorKind {
             ),
             ErrorKind::VerificationFailed { reference, reason } => write!(
                 f,
-                "verification of '{reference}' failed: {reason}; do not deploy it, and re-run the copy"
+                "verification of '{reference}' failed: {reason}; do not deploy it: copy the image there again, or check the digest you expected"
             ),
             ErrorKind::Unauthorized { registry, message } => write!(
                 f,
@@ -378,6 +382,38 @@ mod tests {
         );
         assert!(e.kind.is_retryable());
         assert!(!e.is_invalid_input());
+    }
+
+    #[test]
+    fn verdicts_have_no_retry_suffix_but_network_failures_keep_their_time() {
+        let verdict = Error {
+            kind: ErrorKind::VerificationFailed {
+                reference: "r.example/a:1".to_owned(),
+                reason: "it resolves to sha256:aa instead of sha256:bb".to_owned(),
+            },
+            retries: 0,
+            elapsed: Duration::from_millis(500),
+            retry_after: None,
+        };
+        assert!(!verdict.to_string().contains("failed after"), "{verdict}");
+        let network = Error {
+            kind: ErrorKind::Registry {
+                method: "GET".to_owned(),
+                url: "http://r/v2/".to_owned(),
+                status: 503,
+                code: None,
+                message: String::new(),
+            },
+            retries: 0,
+            elapsed: Duration::from_millis(2100),
+            retry_after: None,
+        };
+        assert!(
+            network
+                .to_string()
+                .ends_with("(failed after 0 retries in 2.1s)"),
+            "{network}"
+        );
     }
 
     #[test]
