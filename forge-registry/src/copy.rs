@@ -75,8 +75,8 @@ pub struct CopyOptions {
     pub jobs: Option<usize>,
     /// Copy OCI 1.1 referrers (signatures, SBOMs) of the image and of each platform's manifest,
     /// and their own referrers (a signature of an SBOM), up to 4 levels; a deeper chain is an
-    /// error before anything is written (default true). Only between registries: an OCI layout
-    /// at either end copies no referrers.
+    /// error before anything is written (default true). An OCI layout keeps them as fallback
+    /// indexes under the ref name `sha256-<hex>`, like a registry without the referrers API.
     pub referrers: bool,
     /// The destination tag must match this pattern in full.
     pub tag_pattern: Option<regex::Regex>,
@@ -419,9 +419,9 @@ impl Client {
             .pop()
             .expect("collect_tree pushes the top manifest last");
 
-        let copy_referrers = options.referrers
-            && matches!(src_ep, Endpoint::Registry(_))
-            && matches!(dst_ep, Endpoint::Registry(_));
+        // OCI layouts keep referrers the way registries without the API do: a fallback index
+        // under the ref name `sha256-<hex>` in index.json.
+        let copy_referrers = options.referrers;
         let mut referrer_tree = Tree::default();
         let referrer_groups = if copy_referrers {
             // The image's own manifests are the first subjects: the top digest and, for an

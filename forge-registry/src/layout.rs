@@ -33,6 +33,12 @@ fn tmp_name(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()))
 }
 
+/// Whether `name` is a referrers fallback tag (`sha256-` and 64 hex digits).
+fn is_referrers_tag(name: &str) -> bool {
+    name.strip_prefix("sha256-")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 impl Layout {
     pub(crate) fn new(path: &Path) -> Self {
         Layout {
@@ -104,11 +110,20 @@ impl Layout {
                 .and_then(|a| a.get(REF_NAME))
                 .is_some_and(|n| n == reference)
         });
-        // Like skopeo: `oci:<dir>` without a tag means the layout's only image.
-        match tagged {
-            Some(e) => Ok(Some(e.clone())),
-            None if reference == "latest" && entries.len() == 1 => Ok(entries.into_iter().next()),
-            None => Ok(None),
+        if let Some(e) = tagged {
+            return Ok(Some(e.clone()));
+        }
+        // Like skopeo: `oci:<dir>` without a tag means the layout's only image. Referrers'
+        // fallback indexes (ref names `sha256-<hex>`) sit next to it and do not count.
+        let mut images = entries.into_iter().filter(|e| {
+            !e.annotations
+                .as_ref()
+                .and_then(|a| a.get(REF_NAME))
+                .is_some_and(|n| is_referrers_tag(n))
+        });
+        match (images.next(), images.next()) {
+            (Some(only), None) if reference == "latest" => Ok(Some(only)),
+            _ => Ok(None),
         }
     }
 

@@ -36,7 +36,7 @@ pub struct CopyArgs {
     jobs: Option<usize>,
     /// Do not copy OCI referrers: signatures, SBOMs and attestations attached to the image or
     /// one of its platforms, and their own referrers (a signature of an SBOM), up to 4 levels.
-    /// (Referrers are copied only between registries, never to or from an OCI layout.)
+    /// (An OCI layout keeps them under the ref names `sha256-<hex>`.)
     #[arg(long)]
     no_referrers: bool,
     /// Regular expression the destination tag must match in full (e.g. `[0-9]+`).

@@ -570,6 +570,64 @@ async fn referrer_chains_deeper_than_four_levels_are_refused_before_anything_is_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_travel_through_an_oci_layout_both_ways() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let image = fixtures::oci_image(33, 1, 3_000);
+    let sbom = fixtures::referrer(1, &image);
+    let signature = fixtures::referrer(2, &sbom);
+    fixtures::push(&a, "ci/app", "33", &image).await;
+    fixtures::attach(&a, "ci/app", &image, &sbom).await;
+    fixtures::attach(&a, "ci/app", &sbom, &signature).await;
+    let dir = tempfile::tempdir().unwrap();
+    forge_registry::init_oci_layout(dir.path()).await.unwrap();
+    let layout = format!("oci:{}", dir.path().display());
+
+    // Registry → layout: the fallback indexes become ref names in index.json.
+    let report = copy(&format!("{a}/ci/app:33"), &format!("{layout}:33"))
+        .await
+        .unwrap();
+    assert_eq!(report.referrers_copied, 2);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("index.json")).unwrap()).unwrap();
+    let mut names: Vec<String> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|m| m["annotations"][forge_registry::REF_NAME].as_str())
+        .map(str::to_owned)
+        .collect();
+    names.sort();
+    let mut expected = vec![
+        "33".to_owned(),
+        fixtures::fallback_tag(&image.digest),
+        fixtures::fallback_tag(&sbom.digest),
+    ];
+    expected.sort();
+    assert_eq!(names, expected);
+
+    // Layout → registry: read back from those ref names.
+    fixtures::provision(&b, "prod/app").await;
+    let report = copy(&format!("{layout}:33"), &format!("{b}/prod/app:33"))
+        .await
+        .unwrap();
+    assert_eq!(report.referrers_copied, 2);
+    for (subject, referrer) in [(&image, &sbom), (&sbom, &signature)] {
+        assert_eq!(
+            fixtures::manifest_digest(&b, "prod/app", &referrer.digest)
+                .await
+                .as_deref(),
+            Some(referrer.digest.as_str())
+        );
+        assert!(fallback_index_lists(&b, "prod/app", subject, referrer).await);
+    }
+    // `oci:<dir>` alone still means the layout's only image: the fallback indexes next to it
+    // are not images.
+    let report = copy(&layout, &format!("{b}/prod/app:34")).await.unwrap();
+    assert_eq!(report.digest.to_string(), image.digest);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oci_layout_to_registry_and_back() {
     let Some(p) = pair() else { return };
     let b = p.b.host();
