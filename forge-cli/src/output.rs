@@ -184,11 +184,16 @@ impl io::Write for LogWriter {
     }
 }
 
+/// The tracing target of progress lines (`forge copy` off a terminal), shown without `-v`.
+/// Its own name: filter directives match target prefixes, so `forge=info` would also turn on
+/// the libraries' (`forge_registry`, …) info logs.
+pub const PROGRESS_TARGET: &str = "forge::progress";
+
 /// Logs go to stderr; stdout stays for results. `-v` raises the level, `RUST_LOG` wins.
-/// Without `-v`, warnings and the binary's own progress lines (`forge copy` off a terminal).
+/// Without `-v`: warnings and the progress lines.
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "warn,forge=info",
+        0 => "warn,forge::progress=info",
         1 => {
             "info,forge_registry=debug,forge_ledger=debug,forge_auth=debug,forge_ec2=debug,forge=debug"
         }

@@ -337,22 +337,36 @@ impl DockerConfig {
         keys
     }
 
-    /// The server name a credential helper knows `registry` by: what `docker login` stored,
-    /// which for Docker Hub is its v1 index URL rather than `docker.io`.
-    fn helper_server(registry: &str) -> &str {
+    /// The server names a credential helper may know `registry` by, in order: what
+    /// `docker login` stores (for Docker Hub its v1 index URL), then the plain host name a
+    /// script may have used with `docker-credential-<helper> store`.
+    fn helper_servers(registry: &str) -> Vec<&str> {
         if registry == crate::reference::DOCKER_HUB {
-            "https://index.docker.io/v1/"
+            vec!["https://index.docker.io/v1/", registry]
         } else {
-            registry
+            vec![registry]
         }
+    }
+
+    /// Asks `helper` under each of `registry`'s server names until one answers.
+    async fn ask_helper(
+        &self,
+        helper: &str,
+        registry: &str,
+    ) -> Result<Option<Credential>, DockerConfigError> {
+        for server in Self::helper_servers(registry) {
+            if let Some(c) = run_helper(&self.helper_program(helper), helper, server).await? {
+                return Ok(Some(c));
+            }
+        }
+        Ok(None)
     }
 
     /// Looks up `registry` (helpers first, then `auths`, then `credsStore`).
     pub async fn lookup(&self, registry: &str) -> Result<Option<Credential>, DockerConfigError> {
         let keys = Self::keys(registry);
-        let server = Self::helper_server(registry);
         if let Some(helper) = keys.iter().find_map(|k| self.file.cred_helpers.get(k)) {
-            return run_helper(&self.helper_program(helper), helper, server).await;
+            return self.ask_helper(helper, registry).await;
         }
         if let Some((key, entry)) = keys
             .iter()
@@ -383,7 +397,7 @@ impl DockerConfig {
             }
         }
         if let Some(store) = &self.file.creds_store {
-            return run_helper(&self.helper_program(store), store, server).await;
+            return self.ask_helper(store, registry).await;
         }
         Ok(None)
     }
@@ -585,6 +599,21 @@ mod tests {
                 "{registry}"
             );
         }
+        // A store filled by a script under the plain name is found too.
+        let helper = dir.path().join("docker-credential-plain");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\nread server\n[ \"$server\" = docker.io ] || { echo 'credentials not found in native keychain'; exit 1; }\nprintf '{\"Username\":\"u\",\"Secret\":\"p\"}'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = DockerConfig::parse(Path::new("config.json"), br#"{"credsStore":"plain"}"#)
+            .unwrap()
+            .with_helper_dirs(vec![dir.path().to_owned()]);
+        assert_eq!(
+            cfg.lookup("docker.io").await.unwrap(),
+            Some(Credential::basic("u", "p"))
+        );
     }
 
     #[tokio::test]

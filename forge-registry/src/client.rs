@@ -456,7 +456,8 @@ impl Repo {
 
     /// After the connection broke while a response body was read (`send` only retries until
     /// the headers are in): waits the policy's backoff and returns true when another attempt
-    /// is allowed (counted as a retry), false once `attempt` has used them up.
+    /// is allowed (counted as a retry), false once `attempt` (shared with
+    /// [`Repo::send_counted`]) has used them up.
     pub(crate) async fn retry_body_read(&self, attempt: &mut u32, url: &Url) -> bool {
         let policy = self.inner.retry;
         if *attempt >= policy.max_retries {
@@ -676,9 +677,21 @@ impl Repo {
         headers: HeaderMap,
         body: Option<Bytes>,
     ) -> Result<Response, Error> {
+        self.send_counted(method, url, headers, body, &mut 0).await
+    }
+
+    /// [`Repo::send`] drawing on a retry budget the caller shares with its own retries (a body
+    /// read that broke), so one request never gets more than the policy's retries in all.
+    pub(crate) async fn send_counted(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+        attempt: &mut u32,
+    ) -> Result<Response, Error> {
         let start = Instant::now();
         let policy = self.inner.retry;
-        let mut attempt = 0u32;
         let mut authenticated = false;
         loop {
             let mut req = self
@@ -695,23 +708,23 @@ impl Repo {
             }
             let delay = match req.send().await {
                 Err(e) => {
-                    if attempt >= policy.max_retries || e.is_builder() || e.is_redirect() {
+                    if *attempt >= policy.max_retries || e.is_builder() || e.is_redirect() {
                         return Err(Error {
                             kind: transport(format!("{method} {url}"), e),
-                            retries: attempt,
+                            retries: *attempt,
                             elapsed: start.elapsed(),
                             retry_after: None,
                         });
                     }
                     tracing::debug!(%method, %url, error = %e, "connection error, retrying");
-                    policy.backoff(attempt + 1)
+                    policy.backoff(*attempt + 1)
                 }
                 Ok(resp) => {
                     let status = resp.status();
                     if status == StatusCode::UNAUTHORIZED && !authenticated {
                         authenticated = true;
                         self.authenticate(&resp).await.map_err(|mut e| {
-                            e.retries = attempt;
+                            e.retries = *attempt;
                             e.elapsed = start.elapsed();
                             e
                         })?;
@@ -719,16 +732,18 @@ impl Repo {
                     }
                     let retryable = status == StatusCode::TOO_MANY_REQUESTS
                         || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED);
-                    if !retryable || attempt >= policy.max_retries {
+                    if !retryable || *attempt >= policy.max_retries {
                         return Ok(resp);
                     }
                     tracing::debug!(%method, %url, status = status.as_u16(), "retrying");
+                    // Never sooner than the backoff: `Retry-After: 0` must not become a storm.
+                    let backoff = policy.backoff(*attempt + 1);
                     policy
                         .retry_after(resp.headers())
-                        .unwrap_or_else(|| policy.backoff(attempt + 1))
+                        .map_or(backoff, |asked| asked.max(backoff))
                 }
             };
-            attempt += 1;
+            *attempt += 1;
             self.count_retry();
             tokio::time::sleep(delay).await;
         }

@@ -714,7 +714,8 @@ async fn copy_blob(
                 attempt += 1;
                 // A 429 or 503 on the streamed PUT says how long to wait; honour it as the
                 // request-level retries do.
-                let delay = e.retry_after.unwrap_or_else(|| policy.backoff(attempt));
+                let backoff = policy.backoff(attempt);
+                let delay = e.retry_after.map_or(backoff, |asked| asked.max(backoff));
                 tracing::warn!(digest = %desc.digest, attempt, error = %e, "blob transfer failed, retrying with a fresh upload session");
                 if let Some(p) = &progress {
                     p.blob_retrying(&desc.digest, attempt, delay, &e);

@@ -10,6 +10,7 @@ use crate::digest::Digest;
 /// A failed registry operation: what went wrong ([`ErrorKind`]), plus how many retries were
 /// spent and how long it took before giving up.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct Error {
     /// What went wrong.
     pub kind: ErrorKind,

@@ -105,7 +105,13 @@ impl Endpoint {
                 let mut attempt = 0;
                 loop {
                     let resp = r
-                        .send(Method::GET, url.clone(), accept_manifests(), None)
+                        .send_counted(
+                            Method::GET,
+                            url.clone(),
+                            accept_manifests(),
+                            None,
+                            &mut attempt,
+                        )
                         .await?;
                     match resp.status() {
                         StatusCode::OK => {}
@@ -273,16 +279,22 @@ impl Endpoint {
                     s if s.is_success() => Ok(true),
                     // Only the registry's own NAME_UNKNOWN means "no such repository": a 404
                     // from a proxy or a wrong path must not read as "ask the platform team".
+                    // Harbor says NOT_FOUND where the spec says NAME_UNKNOWN.
                     StatusCode::NOT_FOUND => {
                         let body = resp.bytes().await.unwrap_or_default();
                         match crate::client::parse_error_body(&body) {
-                            (Some(code), _) if code == "NAME_UNKNOWN" => Ok(false),
+                            (Some(code), _) if code == "NAME_UNKNOWN" || code == "NOT_FOUND" => {
+                                Ok(false)
+                            }
                             (code, message) => Err(Error::new(ErrorKind::Registry {
                                 method: Method::GET.to_string(),
                                 url: url.to_string(),
                                 status: StatusCode::NOT_FOUND.as_u16(),
                                 code,
-                                message,
+                                message: format!(
+                                    "{message} (not a registry's NAME_UNKNOWN answer: check that '{}' is the registry itself, not a proxy or a web server in front of it)",
+                                    r.registry
+                                ),
                             })),
                         }
                     }
@@ -311,7 +323,9 @@ impl Endpoint {
         );
         let mut attempt = 0;
         let (is_index, body) = loop {
-            let resp = r.send(Method::GET, url.clone(), h.clone(), None).await?;
+            let resp = r
+                .send_counted(Method::GET, url.clone(), h.clone(), None, &mut attempt)
+                .await?;
             match resp.status() {
                 StatusCode::OK => {}
                 StatusCode::NOT_FOUND

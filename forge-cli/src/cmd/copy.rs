@@ -19,6 +19,11 @@ pub struct Access {
     /// Default: `$DOCKER_CONFIG/config.json` or `~/.docker/config.json` when present.
     #[arg(long, value_name = "PATH")]
     docker_config: Option<PathBuf>,
+    /// Reach this registry (`host[:port]`) over plain HTTP; repeatable. Loopback hosts
+    /// (`localhost`, `127.0.0.1`, `[::1]`) need no flag; every other host uses HTTPS unless
+    /// named here. Credentials for it travel unencrypted.
+    #[arg(long = "plain-http", value_name = "HOST")]
+    plain_http: Vec<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     output: Format,
@@ -78,6 +83,9 @@ fn client(access: &Access, jobs: Option<usize>) -> anyhow::Result<Client> {
         None => DockerConfig::load_default()?,
     };
     let mut builder = Client::builder().docker_config(config);
+    for host in &access.plain_http {
+        builder = builder.insecure_http_host(host.clone());
+    }
     if let Some(jobs) = jobs {
         builder = builder.jobs(jobs);
     }
@@ -195,15 +203,18 @@ fn short(d: &Digest) -> &str {
 /// Plain log lines on stderr when it is not a terminal (CI logs).
 struct LogLines;
 
+/// The tracing target of those lines, shown without `-v` (see `output::init_tracing`).
+const PROGRESS: &str = crate::output::PROGRESS_TARGET;
+
 impl Progress for LogLines {
     fn blob_finished(&self, digest: &Digest, size: u64) {
-        tracing::info!("copied blob {} ({size} bytes)", short(digest));
+        tracing::info!(target: PROGRESS, "copied blob {} ({size} bytes)", short(digest));
     }
     fn blob_skipped(&self, digest: &Digest, size: u64) {
-        tracing::info!("blob {} ({size} bytes) already present", short(digest));
+        tracing::info!(target: PROGRESS, "blob {} ({size} bytes) already present", short(digest));
     }
     fn blob_mounted(&self, digest: &Digest, size: u64) {
-        tracing::info!("mounted blob {} ({size} bytes)", short(digest));
+        tracing::info!(target: PROGRESS, "mounted blob {} ({size} bytes)", short(digest));
     }
     fn blob_retrying(
         &self,
@@ -213,13 +224,14 @@ impl Progress for LogLines {
         error: &forge_registry::Error,
     ) {
         tracing::warn!(
+            target: PROGRESS,
             "blob {} failed ({error}); retry {attempt} in {:.1}s",
             short(digest),
             delay.as_secs_f64()
         );
     }
     fn manifest_pushed(&self, digest: &Digest, media_type: &str) {
-        tracing::info!("pushed manifest {} ({media_type})", short(digest));
+        tracing::info!(target: PROGRESS, "pushed manifest {} ({media_type})", short(digest));
     }
 }
 

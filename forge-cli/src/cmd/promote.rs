@@ -135,10 +135,9 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
 
     let verification = if to_env.from.is_some() {
         let options = forge_registry::CopyOptions {
-            tag_pattern: pattern
-                .as_deref()
-                .map(|p| regex::Regex::new(&format!("^(?:{p})$")))
-                .transpose()?,
+            // As configured: the library anchors it, and its messages then show what the
+            // user wrote.
+            tag_pattern: pattern.as_deref().map(regex::Regex::new).transpose()?,
             support_hint: support_hint(&release),
             referrers: !args.no_referrers,
             ..forge_registry::CopyOptions::default()

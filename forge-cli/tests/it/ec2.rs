@@ -224,6 +224,12 @@ print(json.dumps(ids))
         ],
     );
     assert_success(&out);
+    // The libraries' info logs stay behind -v.
+    assert!(
+        !stderr(&out).contains("SSM command sent"),
+        "{}",
+        stderr(&out)
+    );
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let mut got: Vec<&str> = report["instances"]
         .as_array()

@@ -225,7 +225,7 @@ async fn too_many_requests_on_a_blob_upload_waits_for_retry_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_404_from_tags_list_without_name_unknown_is_not_a_missing_repository() {
+async fn only_a_registry_s_not_found_answer_on_tags_list_means_a_missing_repository() {
     let Some(s) = setup().await else { return };
     // A proxy or a wrong path answering 404: not the registry saying the repository is missing.
     let rule = Rule::new(Route::TagsList, status(404, "UNSUPPORTED", None), None);
@@ -236,8 +236,19 @@ async fn a_404_from_tags_list_without_name_unknown_is_not_a_missing_repository()
         "{message}"
     );
     assert!(
-        message.contains("tags/list") && !message.contains("platform-support"),
+        message.contains("tags/list")
+            && message.contains("not a registry's NAME_UNKNOWN")
+            && !message.contains("platform-support"),
         "{message}"
+    );
+
+    // Harbor's answer for a missing repository: 404 with NOT_FOUND instead of NAME_UNKNOWN.
+    let Some(s) = setup().await else { return };
+    let rule = Rule::new(Route::TagsList, status(404, "NOT_FOUND", None), None);
+    let err = s.run(&s.dst_proxy, rule).await.unwrap_err();
+    assert!(
+        matches!(err.kind, ErrorKind::RepositoryMissing { .. }),
+        "{err}"
     );
 }
 
