@@ -446,8 +446,13 @@ impl RoleChainProvider {
         sts_base: &aws_types::SdkConfig,
     ) -> Result<RoleChainProvider, ChainError> {
         chain.validate()?;
-        let mut builder =
-            aws_sdk_sts::config::Builder::from(sts_base).retry_config(RetryConfig::disabled());
+        let mut builder = aws_sdk_sts::config::Builder::from(sts_base)
+            .retry_config(RetryConfig::disabled())
+            .timeout_config(
+                aws_smithy_types::timeout::TimeoutConfig::builder()
+                    .operation_attempt_timeout(chain.retry.attempt_timeout)
+                    .build(),
+            );
         builder.set_credentials_provider(None);
         Ok(RoleChainProvider {
             inner: Arc::new(Inner {
@@ -603,11 +608,16 @@ impl RoleChainProvider {
                 Ok(out) => return Ok(out),
                 Err(err) => err,
             };
-            let (code, message, source): (
-                String,
-                String,
-                Option<Box<dyn std::error::Error + Send + Sync>>,
-            ) = match &err {
+            // The SDK's error is never kept as the cause: its chain can carry the request,
+            // and the first request's body holds the OIDC token. Only a summary with every
+            // secret of this call taken out goes on.
+            let summary = || -> Option<Box<dyn std::error::Error + Send + Sync>> {
+                Some(Box::new(StsTransportError(redact(
+                    &error_chain(&err),
+                    token.map(|t| t.value.expose()),
+                ))))
+            };
+            let (code, message, source, transport) = match &err {
                 SdkError::ServiceError(_) => (
                     err.code().unwrap_or("UnknownError").to_owned(),
                     err.message()
@@ -615,24 +625,38 @@ impl RoleChainProvider {
                         .trim_end_matches('.')
                         .to_owned(),
                     None,
+                    false,
                 ),
                 SdkError::TimeoutError(_) => (
                     "Timeout".to_owned(),
-                    "STS did not answer in time".to_owned(),
-                    Some(Box::new(err)),
+                    format!("STS did not answer within {:.0?}", policy.attempt_timeout),
+                    summary(),
+                    true,
                 ),
-                SdkError::DispatchFailure(_) => (
-                    "DispatchFailure".to_owned(),
-                    "STS could not be reached".to_owned(),
-                    Some(Box::new(err)),
+                SdkError::DispatchFailure(d) => {
+                    // A refused or dropped connection may pass; a request that could not be
+                    // sent at all (a malformed endpoint) will not.
+                    let transient = d.is_io() || d.is_timeout();
+                    (
+                        "DispatchFailure".to_owned(),
+                        "STS could not be reached".to_owned(),
+                        summary(),
+                        transient,
+                    )
+                }
+                SdkError::ConstructionFailure(_) => (
+                    "ConstructionFailure".to_owned(),
+                    "the STS request could not be built".to_owned(),
+                    summary(),
+                    false,
                 ),
                 _ => (
                     err.code().unwrap_or("ResponseError").to_owned(),
                     "STS answered with something that is not an STS response".to_owned(),
-                    Some(Box::new(err)),
+                    summary(),
+                    true,
                 ),
             };
-            let transport = source.is_some();
             let retry = match classify(&code, transport) {
                 Class::Retry => true,
                 Class::RetryIfFresh => token
@@ -658,6 +682,57 @@ impl RoleChainProvider {
             attempt += 1;
         }
     }
+}
+
+/// What broke on the way to STS, as text with the call's secrets taken out.
+#[derive(Debug)]
+struct StsTransportError(String);
+
+impl fmt::Display for StsTransportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for StsTransportError {}
+
+/// `err` and its causes, joined with ": ".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut cause = err.source();
+    while let Some(c) = cause {
+        let more = c.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// `text` without `token` and without any `WebIdentityToken=…` or `SessionToken…` value.
+fn redact(text: &str, token: Option<&str>) -> String {
+    let mut out = match token {
+        Some(t) if !t.is_empty() => text.replace(t, "<redacted>"),
+        _ => text.to_owned(),
+    };
+    for key in [
+        "WebIdentityToken=",
+        "SessionToken=",
+        "X-Amz-Security-Token=",
+    ] {
+        let mut from = 0;
+        while let Some(i) = out[from..].find(key) {
+            let start = from + i + key.len();
+            let end = out[start..]
+                .find(|c: char| c == '&' || c.is_whitespace() || c == '"')
+                .map_or(out.len(), |j| start + j);
+            out.replace_range(start..end, "<redacted>");
+            from = start + "<redacted>".len();
+        }
+    }
+    out
 }
 
 enum Class {
@@ -717,6 +792,7 @@ fn hint(step: Step, code: &str, message: &str, token: Option<&OidcToken>) -> Str
         }
         ("RegionDisabledException", _) => "activate STS for this region in the account (IAM → Account settings) or use another region".to_owned(),
         ("DispatchFailure" | "Timeout", _) => "check network access to STS (and AWS_ENDPOINT_URL if set)".to_owned(),
+        ("ConstructionFailure", _) => "check AWS_ENDPOINT_URL (a full URL such as https://sts.eu-west-1.amazonaws.com) and the region".to_owned(),
         _ => "see the AWS error code in the STS documentation".to_owned(),
     }
 }

@@ -14,6 +14,9 @@ pub struct RetryPolicy {
     /// `InvalidIdentityToken` is retried only while the token is younger than this (the IdP's
     /// keys or clock may lag right after issue); later it is a real rejection.
     pub fresh_token_window: Duration,
+    /// How long one STS call may take before it counts as a timeout (and is retried): a
+    /// credential process that hangs on a silent endpoint hangs Terraform with it.
+    pub attempt_timeout: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -23,6 +26,7 @@ impl Default for RetryPolicy {
             base: Duration::from_millis(300),
             cap: Duration::from_secs(8),
             fresh_token_window: Duration::from_secs(120),
+            attempt_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -281,3 +281,94 @@ async fn the_token_file_is_reread_on_every_walk() {
         .collect();
     assert_eq!(sent, [first, second]);
 }
+
+#[tokio::test]
+async fn expired_credentials_at_the_environment_step_are_not_retried_and_say_so() {
+    let (sts, result) = run(
+        vec![Fine(HOUR)],
+        vec![Error("ExpiredToken")],
+        fresh_jwt(0),
+        4,
+    )
+    .await;
+    check_failure(
+        &result,
+        Step::EnvRole,
+        "ExpiredToken",
+        &["expired before use", "machine clock"],
+    );
+    assert_eq!(sts.calls("AssumeRole").len(), 1);
+}
+
+/// The error, every cause included, as the CLI prints it.
+fn full_text(err: &ChainError) -> String {
+    let mut text = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c} [{c:?}]"));
+        cause = c.source();
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_malformed_sts_endpoint_fails_at_once_and_no_cause_carries_the_token() {
+    let token = fresh_jwt(0);
+    let provider = RoleChainProvider::new(
+        chain(value_token(token.clone()), 4),
+        &base_config("localhost-no-scheme").await,
+    )
+    .unwrap();
+    let err = provider.assume().await.expect_err("no usable endpoint");
+    let text = full_text(&err);
+    assert_eq!(err.step(), Some(Step::Hub), "{text}");
+    assert!(!text.contains(&token), "the token leaked: {text}");
+    assert!(
+        !text.contains("WebIdentityToken=ey"),
+        "the token leaked: {text}"
+    );
+    match &err {
+        ChainError::Sts(f) => assert_eq!(
+            f.retries, 0,
+            "a request that cannot be built is not retried: {text}"
+        ),
+        other => panic!("expected an STS failure: {other}"),
+    }
+}
+
+#[tokio::test]
+async fn a_silent_sts_times_out_per_attempt_and_is_retried() {
+    // Accepts connections and never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let _server = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            open.push(stream);
+        }
+    });
+    let mut chain = chain(value_token(fresh_jwt(0)), 1);
+    chain.retry.attempt_timeout = Duration::from_millis(300);
+    let provider = RoleChainProvider::new(
+        chain,
+        &base_config(&format!("http://127.0.0.1:{port}")).await,
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let err = provider.assume().await.expect_err("STS never answers");
+    assert_eq!(err.code(), Some("Timeout"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        accepted.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one retry"
+    );
+    assert!(err.to_string().contains("did not answer within"), "{err}");
+}

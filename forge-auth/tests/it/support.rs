@@ -271,6 +271,8 @@ pub fn sts_error(code: &str) -> (u16, String) {
             400,
             "Token expired: current date/time 1764151800 must be before the expiration date/time1764151200",
         ),
+        // AssumeRole with credentials that expired (the previous step's).
+        "ExpiredToken" => (400, "The security token included in the request is expired"),
         "Throttling" => (400, "Rate exceeded"),
         "IDPCommunicationError" => (
             400,
