@@ -83,11 +83,23 @@ impl std::str::FromStr for TokenSetting {
                     Ok(TokenSetting::Env(var.to_owned()))
                 } else {
                     Err(TokenError::BadSetting {
-                        setting: s.to_owned(),
+                        setting: shown_setting(s),
                     })
                 }
             }
         }
+    }
+}
+
+/// How a rejected token setting is quoted back: a value that looks like a token itself (a
+/// JWT, or anything long; `--token eyJ…` is an easy mistake) is never echoed.
+pub fn shown_setting(value: &str) -> String {
+    let jwt_like = value.len() > 40 && value.split('.').count() == 3;
+    if jwt_like || value.len() > 120 {
+        "a value that looks like a token itself (give its source instead, such as env:VAR or file:PATH)"
+            .to_owned()
+    } else {
+        format!("`{value}`")
     }
 }
 
@@ -140,10 +152,11 @@ impl OidcToken {
 pub enum TokenError {
     /// `[auth] token` has an unknown value.
     #[error(
-        "`{setting}` is not a token source; use auto, azure-devops, github, file:PATH or env:VAR"
+        "{setting} is not a token source; use auto, azure-devops, github, file:PATH or env:VAR"
     )]
     BadSetting {
-        /// The value given.
+        /// The value given, quoted, or a description when it looked like a token itself
+        /// ([`shown_setting`]).
         setting: String,
     },
     /// Auto-detection found nothing, or an explicit source lacks its variables.
@@ -393,8 +406,10 @@ impl TokenSource {
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()
             .as_secs();
+        // No grace: STS checks `exp` itself, and a token sent after it only earns a misleading
+        // "check the clock" answer.
         if let Some(exp) = claims.exp
-            && exp + 30 < now
+            && exp <= now
         {
             return Err(TokenError::Expired {
                 origin,

@@ -435,7 +435,8 @@ fn check_token_setting(token: &str) -> Result<(), String> {
         _ if token.strip_prefix("file:").is_some_and(|p| !p.is_empty()) => Ok(()),
         _ if token.strip_prefix("env:").is_some_and(|v| !v.is_empty()) => Ok(()),
         _ => Err(format!(
-            "`{token}` is not a token source; use auto, azure-devops, github, file:PATH, env:VAR or none"
+            "{} is not a token source; use auto, azure-devops, github, file:PATH, env:VAR or none",
+            forge_auth::token::shown_setting(token)
         )),
     }
 }

@@ -59,6 +59,10 @@ async fn token_file_problems() {
             || err.to_string().contains("expired 3001 s ago"),
         "{err}"
     );
+    // No grace period: a token that expired a few seconds ago is refused too.
+    let just_expired = jwt(serde_json::json!({"iss": "i", "iat": now() - 600, "exp": now() - 5}));
+    let err = fetch_file(Some(&just_expired)).await;
+    assert!(matches!(err, TokenError::Expired { .. }), "{err}");
 }
 
 #[test]

@@ -366,6 +366,20 @@ fn bad_input_is_refused_with_exit_2() {
         &[],
         &["`vault` is not a token source"],
     );
+    // The token itself where its source belongs: refused without echoing it, under a
+    // pipeline too (the error annotation is in the job log).
+    for pipeline in [None, Some(("TF_BUILD", "True"))] {
+        let out = auth(
+            good.path(),
+            &closed,
+            &["whoami", "--env", "dev", "--token", JWT],
+            pipeline.as_slice(),
+        );
+        assert_exit(&out, 2);
+        let err = stderr(&out);
+        assert!(err.contains("looks like a token itself"), "{err}");
+        assert!(!err.contains(JWT) && !err.contains("eyJhbGci"), "{err}");
+    }
     check(
         &good,
         &["whoami", "--env", "dev", "--session-duration", "7200"],
