@@ -98,6 +98,18 @@ pub enum Ec2Error {
         #[source]
         source: BoxError,
     },
+    /// ListCommands is refused: without the command's target count and status nothing tells
+    /// when every instance has run it.
+    #[error(
+        "cannot tell whether command {command_id} reached every instance: ListCommands was refused ({source}); grant ssm:ListCommands to the deploy role"
+    )]
+    StatusUnavailable {
+        /// The command.
+        command_id: String,
+        /// The ListCommands error.
+        #[source]
+        source: BoxError,
+    },
     /// No way to learn which instances run the command.
     #[error(
         "cannot follow command {command_id}: ListCommandInvocations failed and no instance id is known to ask GetCommandInvocation about; grant ssm:ListCommandInvocations to the deploy role"
@@ -709,9 +721,16 @@ impl Ec2Deployer {
                 Err(failure) => {
                     errors += 1;
                     if failure.fatal {
-                        return Err(Ec2Error::ListingUnavailable {
-                            command_id,
-                            source: failure.source,
+                        return Err(if failure.operation == "ListCommands" {
+                            Ec2Error::StatusUnavailable {
+                                command_id,
+                                source: failure.source,
+                            }
+                        } else {
+                            Ec2Error::ListingUnavailable {
+                                command_id,
+                                source: failure.source,
+                            }
                         });
                     }
                     tracing::warn!(
@@ -763,7 +782,7 @@ impl Ec2Deployer {
     }
 
     async fn poll_once(&self, state: &mut WaitState) -> Result<Progress, PollFailure> {
-        let info = self.command_info(&state.command_id).await;
+        let info = self.command_info(&state.command_id).await?;
         if let Some(info) = &info {
             state.known.extend(info.instance_ids.iter().cloned());
             // Before the tag filters resolve, AWS reports TargetCount 0 on a pending command.
@@ -811,13 +830,9 @@ impl Ec2Deployer {
         }
         let visible = invocations.iter().filter(|i| i.exists).count();
         let all_finished = invocations.iter().all(Invocation::finished);
-        let enough = command_terminal
-            || match target_count {
-                Some(n) => visible >= n,
-                // ListCommands answered but has no count yet: wait for it. Never answered
-                // (no permission): every visible invocation finished is the best evidence.
-                None => info.is_none(),
-            };
+        // Without ListCommands' count (targets still resolving, or the command not listed
+        // yet) a listing of finished invocations may be only the first instances: wait.
+        let enough = command_terminal || target_count.is_some_and(|n| visible >= n);
         if visible > 0 && all_finished && enough {
             return Ok(Progress::Done {
                 target_count: target_count.unwrap_or(0),
@@ -833,7 +848,9 @@ impl Ec2Deployer {
         })
     }
 
-    async fn command_info(&self, command_id: &str) -> Option<CommandInfo> {
+    /// The command's status and target count; `None` while ListCommands does not list it yet.
+    /// A refusal (no permission) is fatal: nothing else says when every instance has run.
+    async fn command_info(&self, command_id: &str) -> Result<Option<CommandInfo>, PollFailure> {
         match self
             .client
             .list_commands()
@@ -841,16 +858,23 @@ impl Ec2Deployer {
             .send()
             .await
         {
-            Ok(out) => out.commands().first().map(|c| CommandInfo {
+            Ok(out) => Ok(out.commands().first().map(|c| CommandInfo {
                 terminal: c.status().is_some_and(|s| {
                     matches!(s.as_str(), "Success" | "Failed" | "TimedOut" | "Cancelled")
                 }),
                 target_count: usize::try_from(c.target_count()).unwrap_or(0),
                 instance_ids: c.instance_ids().to_vec(),
-            }),
+            })),
             Err(e) => {
-                tracing::debug!(command_id, error = %DisplayErrorContext(&e), "ListCommands failed");
-                None
+                let fatal = matches!(
+                    e.code(),
+                    Some("AccessDeniedException" | "AccessDenied" | "UnauthorizedOperation")
+                );
+                Err(PollFailure {
+                    operation: "ListCommands",
+                    source: Box::new(e),
+                    fatal,
+                })
             }
         }
     }

@@ -566,3 +566,37 @@ async fn a_partial_listing_before_targets_resolve_is_not_done() {
 fn body_id(body: &Value) -> &str {
     body["InstanceId"].as_str().unwrap_or_default()
 }
+
+/// Without ssm:ListCommands nothing says how many instances a tag matched; a listing where the
+/// instances seen so far all finished is not "every instance" (AWS documents AccessDeniedException
+/// as the error for a missing permission).
+#[tokio::test]
+async fn a_refused_list_commands_is_an_error_not_a_partial_success() {
+    let fake = FakeSsm::start(|op, body, n| match op {
+        "SendCommand" => send_answer(&[]),
+        "ListCommands" => error(400, "AccessDeniedException"),
+        // The first listing shows one finished instance, a later one a second, failed.
+        "ListCommandInvocations" if n < 2 => (
+            200,
+            json!({"CommandInvocations": [listed("i-0000000000000000a", "Success", "Success", 0)]}),
+        ),
+        "ListCommandInvocations" => (
+            200,
+            json!({"CommandInvocations": [
+                listed("i-0000000000000000a", "Success", "Success", 0),
+                listed("i-0000000000000000b", "Failed", "Failed", 1)
+            ]}),
+        ),
+        "GetCommandInvocation" => got(body_id(body), "Success", "Success", 0, "", ""),
+        _ => error(400, "UnknownOperationException"),
+    })
+    .await;
+    let err = fake
+        .deployer()
+        .await
+        .deploy(&request("tag:app=web"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Ec2Error::StatusUnavailable { .. }), "{err:?}");
+    assert!(err.to_string().contains("grant ssm:ListCommands"), "{err}");
+}
