@@ -167,6 +167,13 @@ impl Collector<'_> {
             Kind::Scalar(s) if s.style == TScalarStyle::Literal => {
                 Some("the value is a literal block scalar (`|`)".to_owned())
             }
+            // An ApplicationSet (or Helm) placeholder: the tag comes from a generator's elements
+            // or the chart, per environment; replacing the placeholder would pin one tag for
+            // every generated Application, Prod included.
+            Kind::Scalar(s) if s.value.contains("{{") => Some(format!(
+                "the value '{}' is a template placeholder: the tag comes from the ApplicationSet's generators (or the chart); change it there",
+                s.value
+            )),
             Kind::Scalar(_) => None,
             Kind::Seq(_) | Kind::Map(_) => {
                 Some("the value is a collection, not a scalar".to_owned())
@@ -580,16 +587,14 @@ fn display_or_root(path: &KeyPath) -> String {
     }
 }
 
-/// Narrows candidates to an image NAME. Candidates whose image name is unknown are kept only when no candidate
-/// matches by name.
+/// Narrows candidates to an image NAME: only those known to be that image. A candidate whose
+/// image is unknown is never taken for it (`--image web` must not patch an unnamed tag: the
+/// caller names an image so that nothing else moves).
 pub(crate) fn filter_image(cands: Vec<Cand>, image: &str) -> Vec<Cand> {
-    let (named, unnamed): (Vec<Cand>, Vec<Cand>) =
-        cands.into_iter().partition(|c| !c.names.is_empty());
-    let hits: Vec<Cand> = named
+    cands
         .into_iter()
-        .filter(|c| c.matches_image(image))
-        .collect();
-    if hits.is_empty() { unnamed } else { hits }
+        .filter(|c| !c.names.is_empty() && c.matches_image(image))
+        .collect()
 }
 
 /// A kustomize image entry: `name[=newName][:tag][@digest]`.

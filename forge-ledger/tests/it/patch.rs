@@ -525,6 +525,15 @@ fn unsupported_shapes_are_refused() {
         }
         other => panic!("expected Unsupported, got {other:?}"),
     }
+    // An ApplicationSet whose tag comes from its generators: the template holds a placeholder,
+    // and replacing it would pin one tag for every generated Application, Prod included.
+    let appset = "apiVersion: argoproj.io/v1alpha1\nkind: ApplicationSet\nmetadata:\n  name: api\nspec:\n  generators:\n    - list:\n        elements:\n          - env: qa\n            tag: '1.0'\n          - env: prod\n            tag: '0.9'\n  template:\n    metadata:\n      name: 'api-{{env}}'\n    spec:\n      source:\n        helm:\n          parameters:\n            - name: image.tag\n              value: '{{tag}}'\n";
+    match patch_tag(appset, &none, "2.0") {
+        Err(PatchError::Unsupported { reason, .. }) => {
+            assert!(reason.contains("template placeholder"), "{reason}")
+        }
+        other => panic!("expected Unsupported, got {other:?}"),
+    }
     // Reading an anchored scalar is harmless; only writing it is refused.
     let found = read_tag(&fixture("shapes/anchored-target.yaml"), &none).expect("read anchored");
     assert_eq!(found.value, "1.0.0");
@@ -534,6 +543,26 @@ fn unsupported_shapes_are_refused() {
         err("shapes/folded-values.yaml", &folded, Some("1.0.1")),
         PatchError::Unsupported { .. }
     ));
+}
+
+#[test]
+fn an_image_name_never_falls_back_to_an_unnamed_tag() {
+    let values =
+        "image:\n  tag: \"1.0.0\"\napi:\n  image:\n    repository: r/api\n    tag: \"2.0.0\"\n";
+    for image in ["web", "typo"] {
+        match patch_tag(values, &sel(Some(image), None, None), "3.0.0") {
+            Err(PatchError::NoTarget { searched }) => {
+                assert!(searched.contains("matched none of"), "{image}: {searched}")
+            }
+            other => panic!("{image}: expected NoTarget, got {other:?}"),
+        }
+    }
+    let patched = patch_tag(values, &sel(Some("r/api"), None, None), "3.0.0").unwrap();
+    assert_eq!(
+        patched.text,
+        values.replace("\"2.0.0\"", "\"3.0.0\""),
+        "only the named image's tag"
+    );
 }
 
 #[test]
