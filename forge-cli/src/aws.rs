@@ -22,7 +22,7 @@ use crate::output::InvalidInput;
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct Overrides {
     /// Token source: auto | azure-devops | github | file:PATH | env:VAR | none.
-    #[arg(long, env = "FORGE_TOKEN")]
+    #[arg(long, env = "FORGE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// ARN of the hub role assumed with the OIDC token.
     #[arg(long, env = "FORGE_HUB_ROLE")]
@@ -40,7 +40,7 @@ pub struct Overrides {
     #[arg(long, env = "FORGE_SERVICE_CONNECTION")]
     pub service_connection: Option<String>,
     /// External id for the environment role.
-    #[arg(long, env = "FORGE_EXTERNAL_ID")]
+    #[arg(long, env = "FORGE_EXTERNAL_ID", hide_env_values = true)]
     pub external_id: Option<String>,
     /// Session length in seconds (900..=3600: AWS caps chained role sessions at one hour).
     #[arg(long, env = "FORGE_SESSION_DURATION")]

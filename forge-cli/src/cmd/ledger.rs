@@ -155,7 +155,12 @@ impl Target {
 pub struct Remote {
     /// The Ledger's Git URL or local path (credentials come from your git credential helper or
     /// SSH config, never from the URL in logs).
-    #[arg(long, env = "FORGE_LEDGER_REPO", value_name = "URL|PATH")]
+    #[arg(
+        long,
+        env = "FORGE_LEDGER_REPO",
+        hide_env_values = true,
+        value_name = "URL|PATH"
+    )]
     repo: String,
     /// Branch Argo CD syncs from.
     #[arg(long, default_value = "main")]

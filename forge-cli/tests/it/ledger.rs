@@ -561,3 +561,36 @@ fn relative_repo_paths_work_and_credentials_never_print() {
     assert!(!all.contains("s3cr3t"), "credentials leaked: {all}");
     assert!(all.contains("http://***@127.0.0.1:1/ledger.git"), "{all}");
 }
+
+/// `--help` shows which variables a flag reads, never their values: a Ledger URL may carry a
+/// token, and FORGE_TOKEN may hold a JWT by mistake.
+#[test]
+fn help_never_prints_environment_values() {
+    for (var, value, args) in [
+        (
+            "FORGE_LEDGER_REPO",
+            "https://ci-bot:s3cr3t@git.example/ledger.git",
+            &["ledger", "set-tag", "--help"][..],
+        ),
+        (
+            "FORGE_TOKEN",
+            "eyJs3cr3t.eyJs3cr3t.s3cr3t",
+            &["auth", "whoami", "--help"][..],
+        ),
+        (
+            "FORGE_EXTERNAL_ID",
+            "s3cr3t-external-id",
+            &["auth", "whoami", "--help"][..],
+        ),
+    ] {
+        let out = crate::support::forge()
+            .args(args)
+            .env(var, value)
+            .output()
+            .expect("run forge");
+        assert!(out.status.success(), "{var}: {out:?}");
+        let help = text(&out.stdout);
+        assert!(help.contains(var), "{var} is still named: {help}");
+        assert!(!help.contains("s3cr3t"), "{var}'s value printed: {help}");
+    }
+}
