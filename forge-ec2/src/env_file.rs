@@ -458,7 +458,10 @@ impl Parser<'_> {
                 Some('{') => {
                     let body_start = i + 2;
                     let Some(len) = s[body_start..].find('}') else {
-                        return Err(self.err(format!("invalid interpolation format in {s:?}")));
+                        // The value itself is never quoted: it may be a secret.
+                        return Err(self.err(
+                            "invalid interpolation format: `${` without a closing `}` in the value",
+                        ));
                     };
                     let body = &s[body_start..body_start + len];
                     let (name, default, colon) = if let Some((n, d)) = body.split_once(":-") {

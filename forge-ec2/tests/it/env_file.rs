@@ -138,3 +138,15 @@ fn current_image_tag_reads_quoted_and_missing() {
     let err = env_file::current_image_tag(&path).unwrap_err().to_string();
     assert!(err.contains(".env: line 1: unterminated"), "{err}");
 }
+
+/// A malformed existing `.env` is refused by line, never by quoting the value: that text reaches
+/// SSM's stderr and from there the CI log.
+#[test]
+fn parse_errors_never_quote_a_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(".env");
+    std::fs::write(&path, "IMAGE_TAG=41\nDB_PASSWORD=hunter2${oops\n").unwrap();
+    let err = env_file::current_image_tag(&path).unwrap_err().to_string();
+    assert!(err.contains("line 2"), "{err}");
+    assert!(!err.contains("hunter2"), "the value leaked: {err}");
+}
