@@ -58,6 +58,7 @@ pub struct EcrCredentials {
     sdk: aws_types::SdkConfig,
     cache: Mutex<HashMap<String, Cached>>,
     fetches: std::sync::atomic::AtomicU64,
+    hook: Option<crate::chain::SecretHook>,
 }
 
 impl std::fmt::Debug for EcrCredentials {
@@ -75,7 +76,15 @@ impl EcrCredentials {
             sdk: sdk.clone(),
             cache: Mutex::new(HashMap::new()),
             fetches: std::sync::atomic::AtomicU64::new(0),
+            hook: None,
         }
+    }
+
+    /// Calls `hook` with every registry password fetched (a CI masks it in its log, like the
+    /// role chain's secrets).
+    pub fn with_secret_hook(mut self, hook: crate::chain::SecretHook) -> EcrCredentials {
+        self.hook = Some(hook);
+        self
     }
 
     /// How many times `GetAuthorizationToken` was called (for diagnostics and tests).
@@ -147,6 +156,11 @@ impl EcrCredentials {
             password: Secret::new(password),
             refresh_after,
         };
+        if let Some(hook) = &self.hook {
+            hook(&entry.password);
+            // The base64 `AWS:<password>` form is what docker logins and logs carry.
+            hook(&Secret::new(encoded.trim()));
+        }
         if SystemTime::now() < refresh_after {
             tracing::debug!(registry = registry_host, elapsed = ?started.elapsed(), "ECR token cached");
             cache.insert(registry_host.to_owned(), entry.clone());

@@ -63,6 +63,11 @@ fn lookup(key: &str) -> Option<String> {
     std::env::var(key).ok()
 }
 
+/// The CI this process runs under (from its environment).
+pub fn current_ci() -> Ci {
+    Ci::detect(&lookup)
+}
+
 /// Prints the CI's mask command for every secret the chain obtains, on stderr (both Azure
 /// DevOps and GitHub Actions read logging commands there; stdout stays clean for JSON and
 /// `credential_process`).
@@ -85,10 +90,11 @@ pub async fn sdk_config_for_env(
     config: &Loaded,
     env: &str,
 ) -> anyhow::Result<aws_config::SdkConfig> {
-    let ci = Ci::detect(&lookup);
-    Ok(resolve(config, env, &Overrides::default(), mask_hook(ci))
-        .await?
-        .sdk)
+    Ok(
+        resolve(config, env, &Overrides::default(), mask_hook(current_ci()))
+            .await?
+            .sdk,
+    )
 }
 
 /// The full resolution behind [`sdk_config_for_env`], with overrides and a secret hook.

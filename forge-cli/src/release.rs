@@ -228,7 +228,10 @@ impl Release {
                 })?;
             ecr.insert(
                 registry.to_owned(),
-                Arc::new(forge_auth::ecr::EcrCredentials::new(&sdk)),
+                Arc::new(match crate::aws::mask_hook(crate::aws::current_ci()) {
+                    Some(hook) => forge_auth::ecr::EcrCredentials::new(&sdk).with_secret_hook(hook),
+                    None => forge_auth::ecr::EcrCredentials::new(&sdk),
+                }),
             );
         }
         crate::ecr::client_with(ecr)

@@ -130,3 +130,25 @@ fn registry_regions() {
     assert_eq!(region_of("127.0.0.1:5000"), None);
     assert_eq!(region_of("ghcr.io"), None);
 }
+
+#[tokio::test]
+async fn every_fetched_password_goes_to_the_secret_hook_once() {
+    let server = fake_ecr(vec![43_200]).await;
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = seen.clone();
+    let ecr = EcrCredentials::new(&sdk(&server.url()).await).with_secret_hook(std::sync::Arc::new(
+        move |s: &forge_auth::Secret| sink.lock().unwrap().push(s.expose().to_owned()),
+    ));
+    let host = "111111111111.dkr.ecr.eu-west-1.amazonaws.com";
+    ecr.basic_for(host).await.unwrap();
+    ecr.basic_for(host).await.unwrap();
+    let seen = seen.lock().unwrap().clone();
+    // The password and its base64 `AWS:<password>` form, from the one fetch.
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], "password-0");
+    use base64::Engine as _;
+    assert_eq!(
+        seen[1],
+        base64::engine::general_purpose::STANDARD.encode("AWS:password-0")
+    );
+}
