@@ -155,6 +155,24 @@ async fn env(args: Args) -> anyhow::Result<ExitCode> {
                     ci::escape_azure_value(value)
                 ));
             }
+            // Azure DevOps keeps secret variables out of later steps' environments unless each
+            // step maps them; without this the next `aws …` step silently has no credentials.
+            let secret_names: Vec<&str> = vars
+                .iter()
+                .filter(|(_, _, secret)| *secret)
+                .map(|(n, _, _)| *n)
+                .collect();
+            let mapping: Vec<String> = secret_names
+                .iter()
+                .map(|n| format!("{n}: $({n})"))
+                .collect();
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "set {} as secret pipeline variables; they expire at {}. Secret variables reach a later step only when it maps them, e.g. `env: {{ {} }}`",
+                secret_names.join(", "),
+                expiration.as_deref().unwrap_or("?"),
+                mapping.join(", ")
+            );
         }
         Ci::GitHubActions => {
             let path = lookup("GITHUB_ENV").filter(|p| !p.is_empty()).ok_or_else(|| {

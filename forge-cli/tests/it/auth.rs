@@ -221,6 +221,11 @@ fn whoami_env_and_credential_process_end_in_the_env_role() {
         masks.contains(&format!("##vso[task.setsecret]{JWT}")),
         "token masked: {masks}"
     );
+    // Secret variables reach later steps only through an explicit mapping: say so.
+    assert!(
+        masks.contains("AWS_SECRET_ACCESS_KEY: $(AWS_SECRET_ACCESS_KEY)"),
+        "{masks}"
+    );
     assert_eq!(
         masks.matches("##vso[task.setsecret]").count(),
         6,
