@@ -14,7 +14,7 @@ use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A failed `git` invocation.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +41,16 @@ pub enum GitError {
         /// git's stderr, with URLs redacted.
         stderr: String,
     },
+    /// `git` ran longer than its time limit and was killed (a stalled fetch or push).
+    #[error(
+        "`{command}` did not finish within {limit:?} and was stopped; check the network path to the Ledger remote (a stalled fetch or push), then retry"
+    )]
+    TimedOut {
+        /// The command line, with URLs redacted.
+        command: String,
+        /// The limit.
+        limit: Duration,
+    },
 }
 
 impl GitError {
@@ -48,7 +58,7 @@ impl GitError {
     pub fn stderr(&self) -> &str {
         match self {
             GitError::Failed { stderr, .. } => stderr,
-            GitError::Spawn { .. } => "",
+            GitError::Spawn { .. } | GitError::TimedOut { .. } => "",
         }
     }
 }
@@ -102,6 +112,7 @@ pub struct Git {
     program: PathBuf,
     dir: PathBuf,
     env: Vec<(OsString, OsString)>,
+    timeout: Option<Duration>,
 }
 
 impl Git {
@@ -111,7 +122,15 @@ impl Git {
             program: PathBuf::from("git"),
             dir: dir.into(),
             env: Vec::new(),
+            timeout: None,
         }
+    }
+
+    /// Stops (kills) any one git command that runs longer than `limit`: a fetch or push to a
+    /// remote that stopped answering must not hang the pipeline. Default: no limit.
+    pub fn timeout(mut self, limit: Duration) -> Self {
+        self.timeout = Some(limit);
+        self
     }
 
     /// Uses another git binary.
@@ -178,7 +197,15 @@ impl Git {
             // A write error here (git exited early) shows up in the exit status below.
             let _ = stdin.write_all(input);
         }
-        let output = child.wait_with_output().map_err(spawn_err)?;
+        let output = match self.timeout {
+            None => child.wait_with_output().map_err(spawn_err)?,
+            Some(limit) => wait_with_limit(child, limit)
+                .map_err(spawn_err)?
+                .ok_or_else(|| GitError::TimedOut {
+                    command: command_line.clone(),
+                    limit,
+                })?,
+        };
         tracing::trace!(
             command = %command_line,
             status = %output.status,
@@ -194,6 +221,44 @@ impl Git {
                 stderr: redact_url(&String::from_utf8_lossy(&output.stderr)),
             })
         }
+    }
+}
+
+/// Like `Child::wait_with_output`, but kills the child after `limit` (then `Ok(None)`). The
+/// pipes are drained on their own threads so a chatty git cannot block on a full pipe.
+fn wait_with_limit(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> std::io::Result<Option<std::process::Output>> {
+    use std::io::Read as _;
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(std::process::Output {
+                status,
+                stdout: stdout.join().unwrap_or_default(),
+                stderr: stderr.join().unwrap_or_default(),
+            }));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            // Not joined: a helper git started (git-remote-https, ssh) may still hold the
+            // pipes; the threads end when it does.
+            return Ok(None);
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

@@ -679,7 +679,11 @@ impl Ledger {
     }
 
     fn git(&self, dir: &Path) -> Git {
-        Git::new(dir).program(&self.git_program)
+        // No single git command may outlast the whole write's budget (a stalled fetch or
+        // push would otherwise hang the pipeline; the budget is only checked between pushes).
+        Git::new(dir)
+            .program(&self.git_program)
+            .timeout(self.max_duration)
     }
 
     fn git_err(&self, source: GitError) -> LedgerError {

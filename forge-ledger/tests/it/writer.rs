@@ -420,3 +420,37 @@ fn a_temporary_workdir_is_removed_on_drop() {
     drop(ledger);
     assert!(!work.exists(), "{} was left behind", work.display());
 }
+
+#[test]
+fn a_stalled_push_is_stopped_at_the_time_limit_and_lands_nothing() {
+    let Some(remote) = remote(&[("a.yaml", VALUES)]) else {
+        return;
+    };
+    // The remote accepts the connection and then never answers (here: its hook hangs).
+    let hook = remote.path().join("hooks/pre-receive");
+    std::fs::write(&hook, "#!/bin/sh\nsleep 20\nexit 1\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let before = git(&remote.path(), &["rev-parse", "main"]);
+    let started = std::time::Instant::now();
+    let err = Ledger::new(remote.url(), "main")
+        .max_duration(Duration::from_secs(2))
+        .set_tag(&set("a.yaml", "101"))
+        .unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    let text = format!(
+        "{err}: {}",
+        std::error::Error::source(&err)
+            .map(ToString::to_string)
+            .unwrap_or_default()
+    );
+    assert!(text.contains("did not finish within"), "{text}");
+    assert_eq!(git(&remote.path(), &["rev-parse", "main"]), before);
+}
