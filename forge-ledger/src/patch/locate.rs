@@ -79,6 +79,11 @@ impl Target {
     ) -> Result<Patched, PatchError> {
         let found = self.found();
         let old_value = self.value();
+        if let Some(pinned) = &self.cand.sibling_digest {
+            return Err(self.unsupported(format!(
+                "the image is also pinned by `digest: {pinned}` next to the tag, and the digest wins: a new tag alone would keep deploying the old image; change the tag and the digest together by hand, or remove the digest pin"
+            )));
+        }
         let new_value = if self.cand.image_ref {
             let mut r = ImageRef::parse(old_value);
             match (digest, &r.digest) {

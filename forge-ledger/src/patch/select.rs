@@ -35,6 +35,9 @@ pub(crate) struct Cand {
     pub(crate) doc: String,
     /// Set when the candidate cannot be patched as written.
     pub(crate) unsupported: Option<String>,
+    /// A `digest` key next to the tag (Kustomization `images[]`, Helm `image:`): the digest
+    /// wins over the tag, so a new tag alone would change nothing that deploys.
+    pub(crate) sibling_digest: Option<String>,
 }
 
 impl Cand {
@@ -187,7 +190,19 @@ impl Collector<'_> {
             names: names.into_iter().filter(|n| !n.is_empty()).collect(),
             doc: self.doc.to_owned(),
             unsupported,
+            sibling_digest: None,
         });
+    }
+
+    /// Records a non-empty `digest` next to the candidate just added.
+    fn pin_last(&mut self, digest: Option<&Node>) {
+        let digest = digest
+            .and_then(Node::str)
+            .map(str::trim)
+            .filter(|d| !d.is_empty());
+        if let (Some(d), Some(last)) = (digest, self.out.last_mut()) {
+            last.sibling_digest = Some(d.to_owned());
+        }
     }
 
     /// An Argo CD Application / ApplicationSet document. Returns false when the document is neither.
@@ -282,6 +297,7 @@ impl Collector<'_> {
                                      sets the image tag is unknown; name the tag's scalar with --key",
                                     block_error(values, e)
                                 )),
+                                sibling_digest: None,
                             });
                         }
                     }
@@ -312,6 +328,7 @@ impl Collector<'_> {
                                      rewrite it as `values: |` or use valuesObject"
                                         .to_owned(),
                                 ),
+                                sibling_digest: None,
                             });
                         } else if let Kind::Map(_) = values.kind {
                             values_walk(self, values, &vpath, None);
@@ -376,6 +393,7 @@ impl Collector<'_> {
                         false,
                         names,
                     );
+                    self.pin_last(entry.get("digest"));
                 }
             }
         }
@@ -411,6 +429,7 @@ fn values_walk(c: &mut Collector<'_>, node: &Node, path: &KeyPath, emb: Option<&
                             }
                             for tag in v.get_all("tag") {
                                 c.add(kpath.key("tag"), tag, emb, false, names.clone());
+                                c.pin_last(v.get("digest"));
                             }
                         }
                         Kind::Alias => c.add(kpath.key("tag"), v, emb, false, Vec::new()),

@@ -534,6 +534,25 @@ fn unsupported_shapes_are_refused() {
         }
         other => panic!("expected Unsupported, got {other:?}"),
     }
+    // A digest next to the tag wins over it: a new tag alone would deploy nothing new.
+    let digest = format!("sha256:{}", "a".repeat(64));
+    for text in [
+        format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nimages:\n  - name: api\n    newTag: \"1.0\"\n    digest: {digest}\n"
+        ),
+        format!("image:\n  repository: r/api\n  tag: \"1.0\"\n  digest: {digest}\n"),
+    ] {
+        match patch_tag(&text, &none, "2.0") {
+            Err(PatchError::Unsupported { reason, .. }) => {
+                assert!(reason.contains("pinned by `digest:"), "{reason}")
+            }
+            other => panic!("expected Unsupported, got {other:?}\n{text}"),
+        }
+        assert_eq!(
+            read_tag(&text, &none).expect("reading is fine").value,
+            "1.0"
+        );
+    }
     // Reading an anchored scalar is harmless; only writing it is refused.
     let found = read_tag(&fixture("shapes/anchored-target.yaml"), &none).expect("read anchored");
     assert_eq!(found.value, "1.0.0");
