@@ -317,10 +317,13 @@ undo() {
   done
   echo "forge-undo: restored $UNDO_FILES in $SERVICE_DIR to their state before this run" >&2
 }
-on_err() { local rc=$?; echo "forge-step-failed: ${FORGE_STEP} (exit ${rc})" >&2; undo; exit "${rc}"; }
+# Failure markers go to both streams: SSM keeps only the first 8,000 characters of stderr, and
+# a noisy `up` can push the marker past them; stdout carries little but markers.
+marker() { echo "$1"; echo "$1" >&2; }
+on_err() { local rc=$?; marker "forge-step-failed: ${FORGE_STEP} (exit ${rc})"; undo; exit "${rc}"; }
 trap on_err ERR
 step() { FORGE_STEP="$1"; echo "forge-step: $1"; }
-fail() { echo "forge-step-failed: ${FORGE_STEP}: $*" >&2; undo; exit 1; }
+fail() { marker "forge-step-failed: ${FORGE_STEP}: $*"; undo; exit 1; }
 tag_ok() { [[ "$1" =~ ^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$ ]] && [ "$1" != latest ]; }
 read_tag() { sed -n 's/^IMAGE_TAG=//p' "$1" | tail -n 1 | tr -d "\"'"; }
 
@@ -433,15 +436,26 @@ echo "forge-deployed-tag: $IMAGE_TAG_WANTED"
 "#;
 
 /// The step a failed script reported (`forge-step-failed: NAME…`), searched in stderr then
-/// stdout.
+/// stdout; without that marker (the command was stopped, or SSM cut the output), the last step
+/// the script started (`forge-step: NAME` on stdout).
 pub fn failed_step(stdout: &str, stderr: &str) -> Option<String> {
-    [stderr, stdout].iter().find_map(|text| {
-        text.lines().rev().find_map(|line| {
-            let rest = line.strip_prefix("forge-step-failed: ")?;
-            let end = rest.find([':', ' ']).unwrap_or(rest.len());
-            Some(rest[..end].to_owned())
+    [stderr, stdout]
+        .iter()
+        .find_map(|text| {
+            text.lines().rev().find_map(|line| {
+                let rest = line.strip_prefix("forge-step-failed: ")?;
+                let end = rest.find([':', ' ']).unwrap_or(rest.len());
+                Some(rest[..end].to_owned())
+            })
         })
-    })
+        .or_else(|| {
+            stdout.lines().rev().find_map(|line| {
+                line.strip_prefix("forge-step: ")
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty() && *s != "finished")
+                    .map(str::to_owned)
+            })
+        })
 }
 
 /// The tag a successful script reported (`forge-deployed-tag: TAG`).
@@ -513,7 +527,12 @@ mod tests {
             .as_deref(),
             Some("write-compose")
         );
-        assert_eq!(failed_step("forge-step: up\n", ""), None);
+        // No marker (stopped, or cut off by SSM's output limit): the step that was running.
+        assert_eq!(
+            failed_step("forge-step: pull\nforge-step: up\n", "...").as_deref(),
+            Some("up")
+        );
+        assert_eq!(failed_step("forge-step: finished\n", ""), None);
         assert_eq!(
             deployed_tag("forge-step: finished\nforge-deployed-tag: 42\n").as_deref(),
             Some("42")
