@@ -22,7 +22,9 @@
 //! So a value is written `'value'` when it has no `'`, no line break and does not end with `\`;
 //! otherwise `"…"` with `\` → `\\`, `"` → `\"`, newline → `\n`, CR → `\r` and `$` → `$$`.
 //! [`parse`] implements compose's reading rules and the tests round-trip awkward values through
-//! it. (Compose releases before compose-go 2.x mis-read a double-quoted value ending in `\\`.)
+//! it. A value ending in `\` is refused ([`EnvFileError::TrailingBackslash`]): compose-go's
+//! reader takes a quote right after a backslash as escaped without counting backslashes, so in
+//! the versions checked no quoting of such a value reads back exactly.
 //!
 //! ## Writing
 //!
@@ -87,6 +89,15 @@ pub enum EnvFileError {
         "parameter `{parameter}` holds a NUL character, which an environment variable cannot carry"
     )]
     Nul {
+        /// The parameter.
+        parameter: String,
+    },
+    /// A value ends with a backslash: docker compose's .env reader takes a quote right after a
+    /// backslash as escaped, in either quoting, so no `.env` line reads back as that value.
+    #[error(
+        "parameter `{parameter}` ends with a backslash, which docker compose cannot read back from a .env file; change the parameter so it does not end with one and run again; .env was not changed"
+    )]
+    TrailingBackslash {
         /// The parameter.
         parameter: String,
     },
@@ -212,6 +223,9 @@ pub fn variables(
         }
         if value.expose().contains('\0') {
             return Err(EnvFileError::Nul { parameter: name });
+        }
+        if value.expose().ends_with('\\') {
+            return Err(EnvFileError::TrailingBackslash { parameter: name });
         }
         if let Some((first, _)) = out.get(&variable) {
             let (first, second) = if *first <= name {
@@ -816,6 +830,14 @@ mod tests {
         assert!(!err.contains("\"a\"") && !err.contains("'a'"));
         let err = variables("/p", [("/p/image_tag".to_owned(), Secret::new("x"))]).unwrap_err();
         assert!(matches!(err, EnvFileError::Reserved { .. }));
+        // compose cannot read a value ending in a backslash back: refused, value not shown.
+        let err =
+            variables("/p", [("/p/share".to_owned(), Secret::new(r"C:\s3cret\"))]).unwrap_err();
+        assert!(
+            matches!(err, EnvFileError::TrailingBackslash { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("/p/share") && !err.to_string().contains("s3cret"));
     }
 
     #[test]
