@@ -89,7 +89,7 @@ import boto3, os
 ssm = boto3.client("ssm", endpoint_url=os.environ["ENDPOINT"])
 for i in range(12):
     ssm.put_parameter(Name=f"/forge/dagster/plain/p{i:02}", Value=f"value-{i}", Type="String")
-ssm.put_parameter(Name="/forge/dagster/db/password", Value="p@ss'w$rd \"x\"\nline2 #not-a-comment\\", Type="SecureString")
+ssm.put_parameter(Name="/forge/dagster/db/password", Value="p@ss'w$rd \"x\"\nline2 #not-a-comment\\ end", Type="SecureString")
 ssm.put_parameter(Name="/forge/dagster/api-key", Value="k$HOME", Type="SecureString")
 ssm.put_parameter(Name="/forge/other/secret", Value="must not appear", Type="SecureString")
 ssm.put_parameter(Name="/forge/dagsterx/secret", Value="must not appear", Type="String")
@@ -132,7 +132,7 @@ ssm.put_parameter(Name="/forge/dagsterx/secret", Value="must not appear", Type="
     assert_eq!(entries.len(), 15, "{entries:#?}");
     assert_eq!(
         entries["DB_PASSWORD"],
-        "p@ss'w$rd \"x\"\nline2 #not-a-comment\\"
+        "p@ss'w$rd \"x\"\nline2 #not-a-comment\\ end"
     );
     assert_eq!(entries["API_KEY"], "k$HOME");
     assert_eq!(entries["PLAIN_P11"], "value-11");
