@@ -372,3 +372,69 @@ async fn a_silent_sts_times_out_per_attempt_and_is_retried() {
     );
     assert!(err.to_string().contains("did not answer within"), "{err}");
 }
+
+/// Short-lived credentials behind the SDK's identity cache: reused while valid, refreshed by a
+/// new chain walk shortly before they expire, and that walk reads the token source again (a
+/// CI token file rewritten between the two).
+#[tokio::test]
+async fn short_lived_credentials_are_cached_then_refreshed_with_a_fresh_token() {
+    let short = Duration::from_secs(4);
+    let sts = FakeSts::start(
+        vec![Fine(short), Fine(short)],
+        vec![Fine(short), Fine(short)],
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    let (first, second) = (fresh_jwt(1), fresh_jwt(2));
+    std::fs::write(&token_file, &first).unwrap();
+    let source = forge_auth::TokenSource::detect(
+        &forge_auth::token::TokenSetting::File(token_file.clone()),
+        &|_: &str| None,
+        &forge_auth::token::DetectOptions::default(),
+    )
+    .unwrap();
+    let provider =
+        RoleChainProvider::new(chain(source, 0), &base_config(&sts.server.url()).await).unwrap();
+    // A 1 s buffer (the cache adds a random share of it): 4 s credentials are reused for at
+    // least 2.5 s, and once past expiry they are certainly replaced.
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("eu-west-1"))
+        .endpoint_url(sts.server.url())
+        .identity_cache(
+            aws_config::identity::IdentityCache::lazy()
+                .buffer_time(Duration::from_secs(1))
+                .build(),
+        )
+        .credentials_provider(provider)
+        .load()
+        .await;
+    let walks = || sts.calls("AssumeRoleWithWebIdentity").len();
+    forge_auth::identity::caller_identity(&sdk).await.unwrap();
+    forge_auth::identity::caller_identity(&sdk).await.unwrap();
+    assert_eq!(
+        walks(),
+        1,
+        "valid credentials are reused, not fetched per call"
+    );
+
+    std::fs::write(&token_file, &second).unwrap();
+    tokio::time::sleep(Duration::from_millis(4300)).await;
+    forge_auth::identity::caller_identity(&sdk).await.unwrap();
+    assert_eq!(
+        walks(),
+        2,
+        "credentials inside the refresh buffer are replaced"
+    );
+    assert_eq!(sts.calls("AssumeRole").len(), 2);
+    let tokens: Vec<String> = sts
+        .calls("AssumeRoleWithWebIdentity")
+        .iter()
+        .map(|c| c.form("WebIdentityToken").unwrap_or_default())
+        .collect();
+    assert_eq!(
+        tokens,
+        [first, second],
+        "the second walk read the new token"
+    );
+}
