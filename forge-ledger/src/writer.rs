@@ -121,6 +121,17 @@ pub enum LedgerError {
         /// The last rejection reason from git.
         last: String,
     },
+    /// The remote refused the push for another reason it gave (a protected branch, a non-bare
+    /// repository with the branch checked out, …). Not retried.
+    #[error(
+        "the remote refused the push to {branch} (not retried; nothing landed): {reason}; check the branch's protection rules, or that a local --repo path is a bare repository"
+    )]
+    PushRefused {
+        /// The branch.
+        branch: String,
+        /// git's rejection line.
+        reason: String,
+    },
     /// A server-side hook (pre-receive/update) declined the push. Not retried.
     #[error(
         "the remote's hook declined the push to {branch} (not retried; nothing landed): {message}"
@@ -877,6 +888,12 @@ impl Ledger {
                             message,
                         });
                     }
+                    Rejection::Refused(reason) => {
+                        return Err(LedgerError::PushRefused {
+                            branch: self.branch.clone(),
+                            reason,
+                        });
+                    }
                     Rejection::Other => return Err(self.git_err(err)),
                 })
             }
@@ -905,6 +922,8 @@ enum Rejection {
     Retry(String),
     /// A server-side hook said no: final.
     Hook(String),
+    /// The remote refused for another reason: final.
+    Refused(String),
     /// Something else (auth, network, …).
     Other,
 }
@@ -918,13 +937,24 @@ fn classify_rejection(stderr: &str) -> Rejection {
         "failed to update ref",
         "stale info",
     ];
-    let line = stderr
+    // Only git's own rejection lines decide: a hook's output (`remote: …`) may contain any
+    // words, "fetch first" included.
+    let rejected: Vec<&str> = stderr
         .lines()
-        .find(|l| l.contains("[rejected]") || l.contains("[remote rejected]"))
-        .unwrap_or("")
-        .trim()
-        .to_owned();
-    if RETRY.iter().any(|p| stderr.contains(p)) {
+        .map(str::trim)
+        .filter(|l| l.contains("[rejected]") || l.contains("[remote rejected]"))
+        .collect();
+    let line = rejected.first().copied().unwrap_or("").to_owned();
+    let own_lines: String = if rejected.is_empty() {
+        stderr
+            .lines()
+            .filter(|l| !l.starts_with("remote:"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    } else {
+        rejected.join("\n")
+    };
+    if RETRY.iter().any(|p| own_lines.contains(p)) {
         let reason = if line.is_empty() {
             stderr.lines().last().unwrap_or("").trim().to_owned()
         } else {
@@ -932,7 +962,7 @@ fn classify_rejection(stderr: &str) -> Rejection {
         };
         return Rejection::Retry(reason);
     }
-    if stderr.contains("hook declined") || stderr.contains("[remote rejected]") {
+    if own_lines.contains("hook declined") {
         let mut message: Vec<&str> = stderr
             .lines()
             .filter_map(|l| l.strip_prefix("remote:"))
@@ -943,6 +973,9 @@ fn classify_rejection(stderr: &str) -> Rejection {
             message.push(&line);
         }
         return Rejection::Hook(message.join("; "));
+    }
+    if !line.is_empty() {
+        return Rejection::Refused(line);
     }
     Rejection::Other
 }
@@ -1167,6 +1200,21 @@ mod tests {
         check(
             "fatal: could not read from remote repository\n",
             Rejection::Other,
+        );
+        // A hook that happens to say "fetch first" is still a hook rejection, not a race.
+        check(
+            "remote: please fetch first and read the runbook\nTo /tmp/x.git\n ! [remote rejected] abc -> main (pre-receive hook declined)\n",
+            Rejection::Hook(
+                "please fetch first and read the runbook; ! [remote rejected] abc -> main (pre-receive hook declined)"
+                    .into(),
+            ),
+        );
+        // Other refusals are said as they are, not blamed on a hook.
+        check(
+            "To /tmp/x\n ! [remote rejected] abc -> main (branch is currently checked out)\n",
+            Rejection::Refused(
+                "! [remote rejected] abc -> main (branch is currently checked out)".into(),
+            ),
         );
     }
 
