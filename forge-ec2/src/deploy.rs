@@ -418,6 +418,33 @@ impl Default for PollConfig {
     }
 }
 
+/// For a rollback to each instance's previous tag: a description of the split when the
+/// instances ended on different tags (an instance whose last deploy failed and was undone has
+/// an older `.env.previous` than its neighbours), else `None`.
+fn diverged(instances: &[InstanceResult]) -> Option<String> {
+    let tags: std::collections::BTreeSet<&str> = instances
+        .iter()
+        .filter_map(|i| i.deployed_tag.as_deref())
+        .collect();
+    if tags.len() < 2 {
+        return None;
+    }
+    let each: Vec<String> = instances
+        .iter()
+        .filter_map(|i| {
+            Some(format!(
+                "{} → {}",
+                i.instance_id,
+                i.deployed_tag.as_deref()?
+            ))
+        })
+        .collect();
+    Some(format!(
+        "the instances rolled back to different previous tags ({}); run the rollback again with an explicit tag (--to-tag) so they all run the same one",
+        each.join(", ")
+    ))
+}
+
 /// One instance's outcome.
 #[derive(Debug, Clone, Serialize)]
 pub struct InstanceResult {
@@ -460,8 +487,12 @@ pub struct DeployReport {
     pub target_count: usize,
     /// Per instance, sorted by instance id.
     pub instances: Vec<InstanceResult>,
-    /// True only when every targeted instance succeeded.
+    /// True only when every targeted instance succeeded (and, for a rollback to each
+    /// instance's previous tag, they all ended on the same tag).
     pub succeeded: bool,
+    /// Why the run counts as failed although no instance did (instances rolled back to
+    /// different previous tags).
+    pub problem: Option<String>,
     /// How results were read: `ListCommandInvocations` or `GetCommandInvocation`.
     pub listing: &'static str,
     /// Seconds from SendCommand to the last result.
@@ -690,7 +721,14 @@ impl Ec2Deployer {
                 }) => {
                     let listing = state.listing;
                     let instances = self.finish(&command_id, invocations, listing).await;
-                    let succeeded = !instances.is_empty() && instances.iter().all(|i| i.succeeded);
+                    let mut succeeded =
+                        !instances.is_empty() && instances.iter().all(|i| i.succeeded);
+                    let problem = if succeeded && send.requested_tag.is_none() {
+                        diverged(&instances)
+                    } else {
+                        None
+                    };
+                    succeeded &= problem.is_none();
                     return Ok(DeployReport {
                         command_id,
                         mode: send.mode,
@@ -699,6 +737,7 @@ impl Ec2Deployer {
                         target_count: target_count.max(instances.len()),
                         instances,
                         succeeded,
+                        problem,
                         listing: if listing == Listing::Unavailable {
                             "GetCommandInvocation"
                         } else {

@@ -343,6 +343,13 @@ fn finish(report: &DeployReport, format: Format) -> anyhow::Result<ExitCode> {
     if report.succeeded {
         return Ok(ExitCode::SUCCESS);
     }
+    if let Some(problem) = &report.problem {
+        return Ok(output::report_error(&anyhow::anyhow!(
+            "{} (SSM command {})",
+            problem,
+            report.command_id
+        )));
+    }
     let failed: Vec<String> = report
         .instances
         .iter()
@@ -373,6 +380,9 @@ fn text_report(report: &DeployReport) -> String {
         report.instances.len(),
         report.elapsed_secs
     );
+    if let Some(problem) = &report.problem {
+        let _ = writeln!(out, "  problem: {problem}");
+    }
     for i in &report.instances {
         let _ = write!(out, "  {}  {}", i.instance_id, i.status);
         if i.status_details != i.status {

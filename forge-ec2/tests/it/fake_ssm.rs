@@ -600,3 +600,47 @@ async fn a_refused_list_commands_is_an_error_not_a_partial_success() {
     assert!(matches!(err, Ec2Error::StatusUnavailable { .. }), "{err:?}");
     assert!(err.to_string().contains("grant ssm:ListCommands"), "{err}");
 }
+
+/// Rolling back to "each instance's previous tag" can split a fleet: an instance whose last
+/// deploy failed and was undone has an older `.env.previous` than its neighbours. Every instance
+/// succeeding on a different tag is not a successful rollback.
+#[tokio::test]
+async fn a_rollback_that_leaves_instances_on_different_tags_is_a_failure() {
+    let fake = FakeSsm::start(|op, body, _n| match op {
+        "SendCommand" => send_answer(&[]),
+        "ListCommands" => command("Success", 2),
+        "ListCommandInvocations" => (
+            200,
+            json!({"CommandInvocations": [
+                listed("i-0000000000000000a", "Success", "Success", 0),
+                listed("i-0000000000000000b", "Success", "Success", 0)
+            ]}),
+        ),
+        "GetCommandInvocation" => {
+            let id = body_id(body);
+            let tag = if id.ends_with('a') { "40" } else { "41" };
+            got(
+                id,
+                "Success",
+                "Success",
+                0,
+                &format!("forge-step: finished\nforge-deployed-tag: {tag}\n"),
+                "",
+            )
+        }
+        _ => error(400, "UnknownOperationException"),
+    })
+    .await;
+    let request =
+        forge_ec2::RollbackRequest::new(Targets::parse("tag:app=web").unwrap(), "/opt/web");
+    let report = fake.deployer().await.rollback(&request).await.unwrap();
+    assert!(report.instances.iter().all(|i| i.succeeded));
+    assert!(!report.succeeded);
+    let problem = report.problem.expect("the split is named");
+    assert!(
+        problem.contains("i-0000000000000000a → 40")
+            && problem.contains("i-0000000000000000b → 41")
+            && problem.contains("--to-tag"),
+        "{problem}"
+    );
+}
