@@ -136,6 +136,9 @@ pub enum Ec2Error {
         unfinished: String,
         /// What happened to the cancel request.
         cancel: String,
+        /// What each instance had reported when the deadline passed (finished ones with their
+        /// results, the others with their status so far).
+        instances: Vec<InstanceResult>,
     },
 }
 
@@ -553,6 +556,8 @@ struct WaitState {
     /// The last `TargetCount` ListCommands reported: a failed ListCommands must not make a
     /// subset of the instances look like all of them.
     target_count: Option<usize>,
+    /// The invocations the last successful poll saw (reported if the deadline passes).
+    last: Vec<Invocation>,
 }
 
 enum Progress {
@@ -705,6 +710,7 @@ impl Ec2Deployer {
                 .collect(),
             listing: Listing::Unknown,
             target_count: None,
+            last: Vec::new(),
         };
         let mut delay = self.poll.initial;
         let mut errors = 0u32;
@@ -804,7 +810,12 @@ impl Ec2Deployer {
                         DisplayErrorContext(&e)
                     ),
                 };
+                let listing = state.listing;
+                let instances = self
+                    .finish(&command_id, std::mem::take(&mut state.last), listing)
+                    .await;
                 return Err(Ec2Error::Deadline {
+                    instances,
                     command_id,
                     deadline: send.deadline,
                     elapsed: started.elapsed(),
@@ -878,13 +889,13 @@ impl Ec2Deployer {
                 invocations,
             });
         }
-        Ok(Progress::Waiting {
-            unfinished: invocations
-                .iter()
-                .filter(|i| !i.finished())
-                .map(|i| format!("{} ({})", i.instance_id, i.detail))
-                .collect(),
-        })
+        let unfinished = invocations
+            .iter()
+            .filter(|i| !i.finished())
+            .map(|i| format!("{} ({})", i.instance_id, i.detail))
+            .collect();
+        state.last = invocations;
+        Ok(Progress::Waiting { unfinished })
     }
 
     /// The command's status and target count; `None` while ListCommands does not list it yet.

@@ -298,11 +298,8 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     request.check_running = !args.run.no_check_running;
     // Refuse bad input before asking for credentials.
     request.validate().map_err(invalid)?;
-    let report = deployer(&args.run, &r.loaded)
-        .await?
-        .deploy(&request)
-        .await
-        .map_err(library_error)?;
+    let result = deployer(&args.run, &r.loaded).await?.deploy(&request).await;
+    let report = or_partial(result, args.run.output)?;
     finish(&report, args.run.output)
 }
 
@@ -325,12 +322,48 @@ async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     request.deadline = r.deadline;
     request.check_running = !args.run.no_check_running;
     request.validate().map_err(invalid)?;
-    let report = deployer(&args.run, &r.loaded)
+    let result = deployer(&args.run, &r.loaded)
         .await?
         .rollback(&request)
-        .await
-        .map_err(library_error)?;
+        .await;
+    let report = or_partial(result, args.run.output)?;
     finish(&report, args.run.output)
+}
+
+/// The report, or the error; a deadline that passed still prints what each instance had
+/// reported by then (in the requested format) before the error.
+fn or_partial(
+    result: Result<DeployReport, forge_ec2::Ec2Error>,
+    format: Format,
+) -> anyhow::Result<DeployReport> {
+    let e = match result {
+        Ok(report) => return Ok(report),
+        Err(e) => e,
+    };
+    if let forge_ec2::Ec2Error::Deadline {
+        instances,
+        command_id,
+        ..
+    } = &e
+        && !instances.is_empty()
+    {
+        match format {
+            Format::Json => output::print_json(&serde_json::json!({
+                "command_id": command_id,
+                "succeeded": false,
+                "error": e.to_string(),
+                "instances": instances,
+            }))?,
+            Format::Text => {
+                let mut out = format!(
+                    "SSM command {command_id} stopped at its deadline; instances so far:\n"
+                );
+                instance_lines(&mut out, instances);
+                output::print_stdout(&out)?;
+            }
+        }
+    }
+    Err(library_error(e))
 }
 
 /// Prints the report; exits 1 (with an error naming the failed instances) unless every
@@ -383,7 +416,14 @@ fn text_report(report: &DeployReport) -> String {
     if let Some(problem) = &report.problem {
         let _ = writeln!(out, "  problem: {problem}");
     }
-    for i in &report.instances {
+    instance_lines(&mut out, &report.instances);
+    out
+}
+
+/// One line per instance (status, exit code, tag, failed step), with the output tail and the
+/// advice under a failed one.
+fn instance_lines(out: &mut String, instances: &[forge_ec2::InstanceResult]) {
+    for i in instances {
         let _ = write!(out, "  {}  {}", i.instance_id, i.status);
         if i.status_details != i.status {
             let _ = write!(out, " ({})", i.status_details);
@@ -417,5 +457,4 @@ fn text_report(report: &DeployReport) -> String {
             );
         }
     }
-    out
 }

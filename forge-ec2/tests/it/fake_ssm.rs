@@ -427,7 +427,21 @@ async fn deadline_cancels_and_names_the_unfinished() {
     let mut req = request("tag:app=web");
     req.deadline = Duration::from_millis(300);
     let err = fake.deployer().await.deploy(&req).await.unwrap_err();
-    assert!(matches!(err, Ec2Error::Deadline { .. }), "{err:?}");
+    let Ec2Error::Deadline { instances, .. } = &err else {
+        panic!("expected a deadline, got {err:?}");
+    };
+    // What each instance had reported is kept for the report, finished or not.
+    let seen: Vec<(&str, &str, bool)> = instances
+        .iter()
+        .map(|i| (i.instance_id.as_str(), i.status.as_str(), i.succeeded))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("i-0000000000000000a", "Success", true),
+            ("i-0000000000000000b", "Hibernating", false)
+        ]
+    );
     let msg = err.to_string();
     assert!(
         msg.contains("i-0000000000000000b (Hibernating)") && msg.contains("was cancelled"),
