@@ -576,19 +576,23 @@ mod tests {
 
     #[tokio::test]
     async fn credential_helpers_are_asked_for_docker_hub_by_its_index_url() {
-        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
+        // A `credsStore` helper named `name` running `script` (it reads the server on stdin).
+        let store = |name: &str, script: &str| {
+            use std::os::unix::fs::PermissionsExt as _;
+            let helper = dir.path().join(format!("docker-credential-{name}"));
+            std::fs::write(&helper, format!("#!/bin/sh\nread server\n{script}\n")).unwrap();
+            std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let json = format!(r#"{{"credsStore":"{name}"}}"#);
+            DockerConfig::parse(Path::new("config.json"), json.as_bytes())
+                .unwrap()
+                .with_helper_dirs(vec![dir.path().to_owned()])
+        };
         // Answers with the server name it was asked for as the secret.
-        let helper = dir.path().join("docker-credential-echo");
-        std::fs::write(
-            &helper,
-            "#!/bin/sh\nread server\nprintf '{\"Username\":\"u\",\"Secret\":\"%s\"}' \"$server\"\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let cfg = DockerConfig::parse(Path::new("config.json"), br#"{"credsStore":"echo"}"#)
-            .unwrap()
-            .with_helper_dirs(vec![dir.path().to_owned()]);
+        let cfg = store(
+            "echo",
+            r#"printf '{"Username":"u","Secret":"%s"}' "$server""#,
+        );
         for (registry, asked) in [
             ("docker.io", "https://index.docker.io/v1/"),
             ("r.example:5000", "r.example:5000"),
@@ -600,16 +604,11 @@ mod tests {
             );
         }
         // A store filled by a script under the plain name is found too.
-        let helper = dir.path().join("docker-credential-plain");
-        std::fs::write(
-            &helper,
-            "#!/bin/sh\nread server\n[ \"$server\" = docker.io ] || { echo 'credentials not found in native keychain'; exit 1; }\nprintf '{\"Username\":\"u\",\"Secret\":\"p\"}'\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let cfg = DockerConfig::parse(Path::new("config.json"), br#"{"credsStore":"plain"}"#)
-            .unwrap()
-            .with_helper_dirs(vec![dir.path().to_owned()]);
+        let cfg = store(
+            "plain",
+            r#"[ "$server" = docker.io ] || { echo 'credentials not found in native keychain'; exit 1; }
+printf '{"Username":"u","Secret":"p"}'"#,
+        );
         assert_eq!(
             cfg.lookup("docker.io").await.unwrap(),
             Some(Credential::basic("u", "p"))
