@@ -33,6 +33,27 @@ pub struct Args {
     change: release::ChangeArgs,
 }
 
+/// The digest `file` recorded for `tag`: the newest Ledger commit that set the tag, by its
+/// pin (`TAG@sha256:…`) or its `Forge-Digest` trailer.
+fn recorded_digest(
+    ledger: &forge_ledger::Ledger,
+    file: &str,
+    selector: &forge_ledger::Selector,
+    tag: &str,
+) -> anyhow::Result<Option<String>> {
+    let history = ledger
+        .history(file, selector)
+        .map_err(release::ledger_error)
+        .with_context(|| format!("cannot read the Ledger history of {file}"))?;
+    Ok(history.into_iter().find_map(|entry| {
+        let (value, pin) = match entry.value.split_once('@') {
+            Some((v, d)) => (v.to_owned(), Some(d.to_owned())),
+            None => (entry.value.clone(), None),
+        };
+        (value == tag).then(|| pin.or_else(|| entry.trailers.get("Forge-Digest").cloned()))?
+    }))
+}
+
 /// Runs `forge promote`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::runtime()?.block_on(promote(args))
@@ -93,7 +114,21 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
 
     let destination = release.image_ref(&args.to, &tag)?;
     let source = match &to_env.from {
-        Some(from) => release.image_ref(from, &tag)?,
+        // The bytes the `from` environment recorded for this tag, not whatever the tag points
+        // to now: the digest in Prod is the digest CI built.
+        Some(from) => {
+            let image = release.image_ref(from, &tag)?;
+            let from_file = release.manifest(from)?;
+            match recorded_digest(&ledger, &from_file, &selector, &tag)? {
+                Some(digest) => format!("{image}@{digest}"),
+                None => {
+                    tracing::warn!(
+                        "{from}'s Ledger history records no digest for {tag}; promoting the image {image} points to now"
+                    );
+                    image
+                }
+            }
+        }
         None => destination.clone(),
     };
     let envs: Vec<&str> = to_env
@@ -106,11 +141,36 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
     let src_ref: forge_registry::Reference = source.parse().map_err(release::refused)?;
     let dst_ref: forge_registry::Reference = destination.parse().map_err(release::refused)?;
 
+    // Everything that could still refuse the Ledger write (the expect-tag check, the guard
+    // against older builds, a pin that needs a digest) is checked now, before anything is
+    // copied or deployed: a refusal leaves no tag pushed.
+    let resolved = client
+        .resolve(&src_ref)
+        .await
+        .map_err(release::registry_error)?;
+    let ledger_value = |digest: &str| match &current.digest {
+        Some(_) => format!("{tag}@{digest}"),
+        None => tag.clone(),
+    };
+    ledger
+        .set_tag(&forge_ledger::SetTag {
+            file: file.clone(),
+            selector: selector.clone(),
+            tag: ledger_value(resolved.digest.as_str()),
+            expect_tag: Some(current.value.clone()),
+            subject: Some((args.service.clone(), args.to.clone())),
+            dry_run: true,
+            ..forge_ledger::SetTag::default()
+        })
+        .map_err(release::ledger_error)
+        .with_context(|| {
+            format!(
+                "the Ledger would refuse {tag} for {}; nothing was copied or written",
+                args.to
+            )
+        })?;
+
     if args.change.dry_run {
-        let resolved = client
-            .resolve(&src_ref)
-            .await
-            .map_err(release::registry_error)?;
         let plan = serde_json::json!({
             "dry_run": true,
             "service": args.service,
@@ -201,10 +261,7 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
             selector,
             // A digest-pinned entry gets the digest just proven at the destination, so the
             // pin always names the bytes the tag was promoted with.
-            tag: match &current.digest {
-                Some(_) => format!("{tag}@{digest}"),
-                None => tag.clone(),
-            },
+            tag: ledger_value(&digest),
             expect_tag: Some(current.value.clone()),
             subject: Some((args.service.clone(), args.to.clone())),
             trailers,

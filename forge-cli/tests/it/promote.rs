@@ -762,3 +762,65 @@ fn a_digest_pinned_entry_gets_the_proven_digest() {
         "{text}"
     );
 }
+
+#[test]
+fn the_recorded_digest_is_promoted_and_a_refusal_pushes_nothing() {
+    let Some(stage) = Stage::start(&[("payments", "payments/api", true)]) else {
+        return;
+    };
+    let layout = stage.path().join("layout");
+    let approved = ["--approved-by", "bob@example.com"];
+    stage.promote("payments", "dev", &["--tag", "1001"]);
+    stage.promote("payments", "dev", &["--tag", "1002"]);
+    // Someone re-points Dev's 1001 at other bytes after it was recorded.
+    push(
+        &layout,
+        "1002",
+        &format!("{}/payments/api:1001", stage.dev.host()),
+    );
+    let qa = stage.promote("payments", "qa", &["--tag", "1001"]);
+    assert_eq!(
+        qa["destination"]["digest"],
+        stage.digests[0].as_str(),
+        "the digest Dev recorded for 1001, not what the tag points to now: {qa}"
+    );
+    assert_eq!(
+        stage
+            .oracle_digest(&format!("{}/payments/api:1001", stage.shared.host()))
+            .as_deref(),
+        Some(stage.digests[0].as_str())
+    );
+
+    // Prod runs 1002; promoting the older 1001 is refused before anything is copied.
+    stage.promote("payments", "qa", &["--tag", "1002"]);
+    stage.promote(
+        "payments",
+        "prod",
+        &["--tag", "1002", approved[0], approved[1]],
+    );
+    let out = stage.forge(&[
+        "promote",
+        "--service",
+        "payments",
+        "--to",
+        "prod",
+        "--tag",
+        "1001",
+        "--requested-by",
+        "alice@example.com",
+        approved[0],
+        approved[1],
+    ]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("nothing was copied or written"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        stage.oracle_digest(&format!("{}/prod/payments/api:1001", stage.shared.host())),
+        None,
+        "no tag pushed for a refused promotion"
+    );
+    assert_eq!(stage.ledger_tag("prod", "payments"), "1002");
+}
