@@ -283,6 +283,10 @@ pub struct Revert {
     pub trailers: Vec<(String, String)>,
     /// Check only.
     pub dry_run: bool,
+    /// The value the caller read (and proved its rollback against): the revert is a
+    /// compare-and-swap against it, so a promotion landing in between is never overwritten.
+    /// Default: the newest value in the history as the revert reads it.
+    pub expect: Option<String>,
 }
 
 /// A Git repository of manifests ("the Ledger") on one branch.
@@ -673,7 +677,12 @@ impl Ledger {
             file: request.file.clone(),
             selector: request.selector.clone(),
             tag: target,
-            expect_tag: Some(current.value.clone()),
+            expect_tag: Some(
+                request
+                    .expect
+                    .clone()
+                    .unwrap_or_else(|| current.value.clone()),
+            ),
             subject: request.subject.clone(),
             trailers,
             dry_run: request.dry_run,

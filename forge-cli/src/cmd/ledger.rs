@@ -314,6 +314,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
                     subject: commit.subject(),
                     trailers: commit.trailers.clone(),
                     dry_run,
+                    expect: None,
                 })
                 .map_err(ledger_error)?;
             print_outcome(&outcome, &ledger, format)?;

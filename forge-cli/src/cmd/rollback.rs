@@ -30,6 +30,11 @@ pub struct Args {
     change: release::ChangeArgs,
 }
 
+/// The tag of a Ledger value (`TAG` or `TAG@sha256:…`).
+fn tag_part(value: &str) -> &str {
+    value.split_once('@').map_or(value, |(tag, _)| tag)
+}
+
 /// Runs `forge rollback`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     crate::runtime()?.block_on(rollback(args))
@@ -47,8 +52,11 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
         requested_by.as_deref(),
         args.change.approved_by.as_deref(),
     )?;
+    // `--to TAG` or `--to TAG@sha256:…` (the form a digest-pinned entry shows in history);
+    // the tag part must pass the same checks as a promotion's.
+    let pattern = release.config().policy.tag_pattern.clone();
     if let Some(to) = &args.to {
-        policy::check_tag(to, None)?;
+        policy::check_tag(tag_part(to), pattern.as_deref())?;
     }
 
     let ledger = release.ledger()?;
@@ -64,25 +72,33 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
     })?;
     let target = match &args.to {
         Some(to) => to.clone(),
-        None => history.iter().map(|e| &e.value).find(|v| **v != current).cloned().ok_or_else(|| {
+        None => history.iter().map(|e| &e.value).find(|v| tag_part(v) != tag_part(&current)).cloned().ok_or_else(|| {
             InvalidInput(format!(
                 "{} in {} has only ever run `{current}` per the Ledger: there is no previous tag; pass --to TAG",
                 args.service, args.env
             ))
         })?,
     };
-    if target == current {
+    // Entries pinned by digest show as TAG@sha256:… in history: compare and look up by tag.
+    let target_tag = tag_part(&target).to_owned();
+    if target_tag == tag_part(&current) {
         return Err(InvalidInput(format!(
             "{} in {} already runs `{target}`: nothing to roll back",
             args.service, args.env
         ))
         .into());
     }
-    // The digest recorded when `target` was promoted into this environment.
+    // The digest recorded when `target` was promoted into this environment: the pin the
+    // entry carried, else the commit's trailer.
     let recorded = history
         .iter()
-        .filter(|e| e.value == target)
-        .find_map(|e| e.trailers.get(trailer::DIGEST).cloned())
+        .filter(|e| tag_part(&e.value) == target_tag)
+        .find_map(|e| {
+            e.value
+                .split_once('@')
+                .map(|(_, pin)| pin.to_owned())
+                .or_else(|| e.trailers.get(trailer::DIGEST).cloned())
+        })
         .ok_or_else(|| {
             InvalidInput(format!(
                 "no digest is recorded in the Ledger for `{target}` in {} ({file} has no {} trailer for it): \
@@ -92,7 +108,23 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
             ))
         })?;
 
-    let reference = release.image_ref(&args.env, &target)?;
+    if let Some((_, pin)) = args.to.as_deref().and_then(|to| to.split_once('@'))
+        && pin != recorded
+    {
+        return Err(InvalidInput(format!(
+            "--to names {pin}, but {recorded} is recorded for `{target_tag}` in {}: give the tag alone, or the recorded digest",
+            args.env
+        ))
+        .into());
+    }
+    // Resolved by the bare tag, so a tag re-pointed since it was recorded is caught below.
+    let reference = release.image_ref(&args.env, &target_tag)?;
+    // What the Ledger entry gets: a pinned entry keeps being pinned, to the recorded bytes.
+    let target = if current.contains('@') {
+        format!("{target_tag}@{recorded}")
+    } else {
+        target_tag.clone()
+    };
     let client = release.registry_client(&[args.env.as_str()]).await?;
     let image: forge_registry::Reference = reference.parse().map_err(release::refused)?;
     let resolved = client
@@ -128,13 +160,15 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
     }
 
     let ec2 = match release.service_config.kind {
-        ServiceKind::Ec2 => Some(crate::ec2_release::deploy(&release, &args.env, &target).await?),
+        ServiceKind::Ec2 => {
+            Some(crate::ec2_release::deploy(&release, &args.env, &target_tag).await?)
+        }
         ServiceKind::Argocd => None,
     };
     let trailers = args.change.trailers(
         "rollback",
         &recorded,
-        &target,
+        &target_tag,
         None,
         requested_by.as_deref(),
     );
@@ -146,6 +180,9 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
             subject: Some((args.service.clone(), args.env.clone())),
             trailers,
             dry_run: false,
+            // Compare-and-swap against the value this rollback was proven against: a
+            // promotion that landed during the checks or the EC2 redeploy is not overwritten.
+            expect: Some(current.clone()),
         })
         .map_err(release::ledger_error)?;
 
@@ -154,7 +191,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
         service: args.service.clone(),
         environment: args.env.clone(),
         from_environment: None,
-        build_id: target.clone(),
+        build_id: target_tag.clone(),
         source: ImageEvidence {
             reference: reference.clone(),
             digest: recorded.clone(),

@@ -761,6 +761,43 @@ fn a_digest_pinned_entry_gets_the_proven_digest() {
         )),
         "{text}"
     );
+
+    // A pinned entry rolls back by its tag, proven by the bare tag, and stays pinned.
+    stage.promote("payments", "dev", &["--tag", "1002"]);
+    stage.promote("payments", "qa", &[]);
+    for to in [
+        None,
+        Some("1001"),
+        Some(format!("1001@{digest}").leak() as &str),
+    ] {
+        let mut args = vec![
+            "rollback",
+            "--service",
+            "payments",
+            "--env",
+            "qa",
+            "--dry-run",
+        ];
+        if let Some(to) = to {
+            args.extend(["--to", to]);
+        }
+        let out = stage.forge(&args);
+        assert_success(&out);
+        assert!(
+            stdout(&out).contains("to 1001@"),
+            "{to:?}: {}",
+            stdout(&out)
+        );
+    }
+    let out = stage.forge(&["rollback", "--service", "payments", "--env", "qa"]);
+    assert_success(&out);
+    let text = stage.ledger.read("apps/qa/payments.yaml");
+    assert!(
+        text.contains(&format!(
+            "registry.example.invalid/payments/api:1001@{digest}"
+        )),
+        "{text}"
+    );
 }
 
 #[test]

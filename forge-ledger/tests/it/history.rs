@@ -203,3 +203,23 @@ fn history_and_revert_keep_pinned_digests() {
             .contains(&format!("registry.example/api:100@{D1}"))
     );
 }
+
+#[test]
+fn a_revert_proven_against_an_older_value_does_not_overwrite_a_newer_promotion() {
+    let Some(remote) = remote(&[("a.yaml", VALUES)]) else {
+        return;
+    };
+    let ledger = Ledger::new(remote.url(), "main");
+    ledger.set_tag(&set("a.yaml", "101")).unwrap();
+    // The caller read 101 and proved its rollback target; meanwhile 102 landed.
+    ledger.set_tag(&set("a.yaml", "102")).unwrap();
+    let err = ledger
+        .revert(&Revert {
+            to: Some("100".into()),
+            expect: Some("101".into()),
+            ..revert("a.yaml")
+        })
+        .unwrap_err();
+    assert!(matches!(err, LedgerError::Superseded { .. }), "{err:?}");
+    assert_eq!(remote.read("a.yaml"), values("102").trim_end());
+}
