@@ -129,13 +129,19 @@ pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 }
 
 /// Publishes a named result for later pipeline steps: an Azure DevOps output variable or a
-/// `$GITHUB_OUTPUT` line; does nothing outside a pipeline.
-#[allow(dead_code, reason = "used by the commands landing with issues 4-6")]
+/// `$GITHUB_OUTPUT` line; does nothing outside a pipeline. The Azure logging command goes to
+/// stderr (the agent reads commands on both streams), so stdout stays the result alone:
+/// `--output json | jq` works inside a pipeline too.
 pub fn set_pipeline_output(name: &str, value: &str) -> anyhow::Result<()> {
     match Pipeline::detect() {
-        Pipeline::AzureDevOps => print_stdout(&format!(
-            "##vso[task.setvariable variable={name};isOutput=true]{value}\n"
-        )),
+        Pipeline::AzureDevOps => {
+            let mut err = io::stderr().lock();
+            writeln!(
+                err,
+                "##vso[task.setvariable variable={name};isOutput=true]{value}"
+            )?;
+            Ok(())
+        }
         Pipeline::GitHubActions => {
             if let Some(path) = std::env::var_os("GITHUB_OUTPUT") {
                 let mut file = std::fs::OpenOptions::new()

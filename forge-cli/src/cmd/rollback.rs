@@ -152,10 +152,23 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
         })?;
 
     if args.change.dry_run {
-        output::print_stdout(&format!(
-            "dry run: would roll {} in {} back from {current} to {target}\n  image:  {reference} = {recorded} (proven)\nnothing was written\n",
-            args.service, args.env
-        ))?;
+        match args.change.output {
+            output::Format::Json => output::print_json(&serde_json::json!({
+                "dry_run": true,
+                "action": "rollback",
+                "service": args.service,
+                "environment": args.env,
+                "from": current,
+                "to": target,
+                "image": reference,
+                "digest": recorded,
+                "proven": true,
+            }))?,
+            output::Format::Text => output::print_stdout(&format!(
+                "dry run: would roll {} in {} back from {current} to {target}\n  image:  {reference} = {recorded} (proven)\nnothing was written\n",
+                args.service, args.env
+            ))?,
+        }
         return Ok(ExitCode::SUCCESS);
     }
 

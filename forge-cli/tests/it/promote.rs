@@ -671,7 +671,9 @@ fn pipelines_get_error_annotations_and_output_variables() {
         "ci",
     ]);
     assert_success(&out);
-    let text = stdout(&out);
+    // Logging commands on stderr (the agent reads both streams); stdout is the result alone.
+    let text = stderr(&out);
+    assert!(!stdout(&out).contains("##vso"), "{}", stdout(&out));
     let digest = &stage.digests[0];
     assert!(
         text.contains(&format!(
@@ -789,6 +791,19 @@ fn a_digest_pinned_entry_gets_the_proven_digest() {
             stdout(&out)
         );
     }
+    let out = stage.forge(&[
+        "rollback",
+        "--service",
+        "payments",
+        "--env",
+        "qa",
+        "--dry-run",
+        "--output",
+        "json",
+    ]);
+    assert_success(&out);
+    let plan: Value = serde_json::from_slice(&out.stdout).expect("a JSON plan");
+    assert_eq!(plan["to"], format!("1001@{digest}"), "{plan}");
     let out = stage.forge(&["rollback", "--service", "payments", "--env", "qa"]);
     assert_success(&out);
     let text = stage.ledger.read("apps/qa/payments.yaml");
