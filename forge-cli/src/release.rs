@@ -53,6 +53,25 @@ pub struct ChangeArgs {
 
 impl ChangeArgs {
     /// `--requested-by`, else the pipeline's requester, else the local user.
+    /// What to write to `--evidence` if the change fails: the pipeline's evidence artifact
+    /// (published even on failure) then says what was attempted and why it stopped.
+    pub fn failure_record(
+        &self,
+        action: &'static str,
+        service: &str,
+        environment: &str,
+    ) -> FailureRecord {
+        FailureRecord {
+            path: self.evidence.clone(),
+            action,
+            service: service.to_owned(),
+            environment: environment.to_owned(),
+            requested_by: self.requester(),
+            approved_by: self.approved_by.clone(),
+            started: std::time::SystemTime::now(),
+        }
+    }
+
     pub fn requester(&self) -> Option<String> {
         self.requested_by.clone().or_else(detect_requester)
     }
@@ -406,7 +425,43 @@ pub struct LedgerEvidence {
 }
 
 /// Writes the evidence record atomically (temp file + rename in the same directory).
-pub fn write_evidence(path: &Path, evidence: &Evidence) -> anyhow::Result<()> {
+/// The evidence of a promotion or rollback that did not complete (see
+/// [`ChangeArgs::failure_record`]).
+pub struct FailureRecord {
+    path: Option<PathBuf>,
+    action: &'static str,
+    service: String,
+    environment: String,
+    requested_by: Option<String>,
+    approved_by: Option<String>,
+    started: std::time::SystemTime,
+}
+
+impl FailureRecord {
+    /// Writes the record when `--evidence` was given. Best effort: the change's own error is
+    /// what the caller reports; a failure to write this one is only logged.
+    pub fn write(&self, error: &anyhow::Error) {
+        let Some(path) = &self.path else { return };
+        let record = serde_json::json!({
+            "action": self.action,
+            "service": self.service,
+            "environment": self.environment,
+            "succeeded": false,
+            "verification": { "verified": false },
+            "error": format!("{error:#}"),
+            "requested_by": self.requested_by,
+            "approved_by": self.approved_by,
+            "started_at": crate::output::rfc3339(self.started),
+            "finished_at": crate::output::rfc3339(std::time::SystemTime::now()),
+            "forge_version": env!("CARGO_PKG_VERSION"),
+        });
+        if let Err(e) = write_evidence(path, &record) {
+            tracing::warn!("cannot write the failure evidence: {e:#}");
+        }
+    }
+}
+
+pub fn write_evidence<T: Serialize>(path: &Path, evidence: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(evidence)?;
     let dir = path
         .parent()

@@ -56,7 +56,14 @@ fn recorded_digest(
 
 /// Runs `forge promote`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::runtime()?.block_on(promote(args))
+    let failure = args
+        .change
+        .failure_record("promote", &args.service, &args.to);
+    let result = crate::runtime()?.block_on(promote(args));
+    if let Err(e) = &result {
+        failure.write(e);
+    }
+    result
 }
 
 async fn promote(args: Args) -> anyhow::Result<ExitCode> {

@@ -37,7 +37,14 @@ fn tag_part(value: &str) -> &str {
 
 /// Runs `forge rollback`.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    crate::runtime()?.block_on(rollback(args))
+    let failure = args
+        .change
+        .failure_record("rollback", &args.service, &args.env);
+    let result = crate::runtime()?.block_on(rollback(args));
+    if let Err(e) = &result {
+        failure.write(e);
+    }
+    result
 }
 
 async fn rollback(args: Args) -> anyhow::Result<ExitCode> {

@@ -850,6 +850,7 @@ fn the_recorded_digest_is_promoted_and_a_refusal_pushes_nothing() {
         "prod",
         &["--tag", "1002", approved[0], approved[1]],
     );
+    let evidence = stage.path().join("refused.json");
     let out = stage.forge(&[
         "promote",
         "--service",
@@ -862,8 +863,21 @@ fn the_recorded_digest_is_promoted_and_a_refusal_pushes_nothing() {
         "alice@example.com",
         approved[0],
         approved[1],
+        "--evidence",
+        evidence.to_str().unwrap(),
     ]);
     assert_exit(&out, 2);
+    // The evidence artifact is published on failure too: it says what stopped.
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(&evidence).unwrap()).unwrap();
+    assert_eq!(record["succeeded"], false, "{record}");
+    assert_eq!(record["environment"], "prod");
+    assert!(
+        record["error"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was copied or written"),
+        "{record}"
+    );
     assert!(
         stderr(&out).contains("nothing was copied or written"),
         "{}",
