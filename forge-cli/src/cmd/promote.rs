@@ -275,8 +275,16 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
             ..forge_ledger::SetTag::default()
         })
         .map_err(release::ledger_error)
-        .with_context(|| {
-            format!("the image is verified at {destination}, but the Ledger was not updated")
+        .with_context(|| match &ec2 {
+            // The fleet has been redeployed already: say so, the Ledger and the instances
+            // now disagree until someone reconciles them.
+            Some(_) => format!(
+                "the image is verified at {destination} and the EC2 instances now run {tag}, but the Ledger was not updated (it still says {}): record it with `forge ledger set-tag` or roll the instances back",
+                current.value
+            ),
+            None => {
+                format!("the image is verified at {destination}, but the Ledger was not updated")
+            }
         })?;
 
     let evidence = Evidence {
