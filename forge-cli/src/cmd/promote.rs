@@ -50,7 +50,8 @@ fn recorded_digest(
             Some((v, d)) => (v.to_owned(), Some(d.to_owned())),
             None => (entry.value.clone(), None),
         };
-        (value == tag).then(|| pin.or_else(|| entry.trailers.get("Forge-Digest").cloned()))?
+        (value == tag)
+            .then(|| pin.or_else(|| entry.trailers.get(release::trailer::DIGEST).cloned()))?
     }))
 }
 
