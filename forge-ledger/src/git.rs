@@ -43,7 +43,7 @@ pub enum GitError {
     },
     /// `git` ran longer than its time limit and was killed (a stalled fetch or push).
     #[error(
-        "`{command}` did not finish within {limit:?} and was stopped; check the network path to the Ledger remote (a stalled fetch or push), then retry"
+        "`{command}` did not finish within {limit:?} and was stopped; check the network path to the Ledger remote (a stalled fetch or push). A stopped push may still have landed: look at the remote branch before retrying"
     )]
     TimedOut {
         /// The command line, with URLs redacted.
@@ -191,12 +191,18 @@ impl Git {
             source,
         };
         let mut child = cmd.spawn().map_err(spawn_err)?;
-        if let Some(input) = input
-            && let Some(mut stdin) = child.stdin.take()
-        {
-            // A write error here (git exited early) shows up in the exit status below.
-            let _ = stdin.write_all(input);
-        }
+        // stdin is fed from its own thread while stdout/stderr are drained: `git cat-file
+        // --batch` answers while it reads, and a full pipe either way would block both sides.
+        // A write error (git exited early) shows up in the exit status below.
+        let feeder = match (input, child.stdin.take()) {
+            (Some(input), Some(mut stdin)) => {
+                let input = input.to_vec();
+                Some(std::thread::spawn(move || {
+                    let _ = stdin.write_all(&input);
+                }))
+            }
+            _ => None,
+        };
         let output = match self.timeout {
             None => child.wait_with_output().map_err(spawn_err)?,
             Some(limit) => wait_with_limit(child, limit)
@@ -206,6 +212,10 @@ impl Git {
                     limit,
                 })?,
         };
+        if let Some(feeder) = feeder {
+            // git has exited: the write has finished or failed.
+            let _ = feeder.join();
+        }
         tracing::trace!(
             command = %command_line,
             status = %output.status,

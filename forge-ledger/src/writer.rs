@@ -19,6 +19,8 @@ use serde::Serialize;
 use crate::git::{Git, GitError, redact_url};
 use crate::{PatchError, Selector};
 
+/// The shortest time limit any single git command gets (see `Ledger::git`).
+const GIT_COMMAND_FLOOR: Duration = Duration::from_secs(600);
 /// The ref inside the work repository that holds the fetched branch tip.
 const FETCHED: &str = "refs/forge/fetched";
 
@@ -312,6 +314,7 @@ pub struct Ledger {
     workdir: Option<PathBuf>,
     max_attempts: u32,
     max_duration: Duration,
+    git_timeout: Option<Duration>,
     backoff_base: Duration,
     backoff_cap: Duration,
     identity: Option<(String, String)>,
@@ -356,6 +359,7 @@ impl Ledger {
             workdir: None,
             max_attempts: 30,
             max_duration: Duration::from_secs(180),
+            git_timeout: None,
             backoff_base: Duration::from_millis(50),
             backoff_cap: Duration::from_secs(8),
             identity: None,
@@ -374,6 +378,13 @@ impl Ledger {
     /// Most push attempts before [`LedgerError::Rejected`] (default 30, at least 1).
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Stops any single git command that runs longer than `limit` (a remote that stopped
+    /// answering). Default: the longer of [`Ledger::max_duration`] and 10 minutes.
+    pub fn git_timeout(mut self, limit: Duration) -> Self {
+        self.git_timeout = Some(limit);
         self
     }
 
@@ -699,11 +710,13 @@ impl Ledger {
     }
 
     fn git(&self, dir: &Path) -> Git {
-        // No single git command may outlast the whole write's budget (a stalled fetch or
-        // push would otherwise hang the pipeline; the budget is only checked between pushes).
-        Git::new(dir)
-            .program(&self.git_program)
-            .timeout(self.max_duration)
+        // A safety net against a remote that stopped answering (the retry budget is only
+        // checked between pushes): no single git command runs longer than the budget, and
+        // never less than GIT_COMMAND_FLOOR, so a healthy clone of a big Ledger is not cut.
+        Git::new(dir).program(&self.git_program).timeout(
+            self.git_timeout
+                .unwrap_or_else(|| self.max_duration.max(GIT_COMMAND_FLOOR)),
+        )
     }
 
     fn git_err(&self, source: GitError) -> LedgerError {
@@ -938,18 +951,21 @@ enum Rejection {
 }
 
 fn classify_rejection(stderr: &str) -> Rejection {
-    const RETRY: [&str; 6] = [
+    const RETRY: [&str; 7] = [
         "non-fast-forward",
         "fetch first",
         "cannot lock ref",
         "incorrect old value",
         "failed to update ref",
         "stale info",
+        // Azure Repos: "TF401028: The reference … has already been updated by another client".
+        "TF401028",
     ];
     // Only git's own rejection lines decide: a hook's output (`remote: …`) may contain any
     // words, "fetch first" included.
     let rejected: Vec<&str> = stderr
         .lines()
+        .filter(|l| !l.starts_with("remote:"))
         .map(str::trim)
         .filter(|l| l.contains("[rejected]") || l.contains("[remote rejected]"))
         .collect();
@@ -1216,6 +1232,19 @@ mod tests {
             Rejection::Hook(
                 "please fetch first and read the runbook; ! [remote rejected] abc -> main (pre-receive hook declined)"
                     .into(),
+            ),
+        );
+        // Azure Repos' word for a race; and a hook quoting git's words is still a hook.
+        check(
+            "To https://dev.azure.com/x\n ! [remote rejected] abc -> main (TF401028: The reference 'refs/heads/main' has already been updated by another client, so you cannot update it. Please try again.)\n",
+            Rejection::Retry(
+                "! [remote rejected] abc -> main (TF401028: The reference 'refs/heads/main' has already been updated by another client, so you cannot update it. Please try again.)".into(),
+            ),
+        );
+        check(
+            "remote: ! [rejected] is what you get for pushing on Fridays\nTo /tmp/x.git\n ! [remote rejected] abc -> main (pre-receive hook declined)\n",
+            Rejection::Hook(
+                "! [rejected] is what you get for pushing on Fridays; ! [remote rejected] abc -> main (pre-receive hook declined)".into(),
             ),
         );
         // Other refusals are said as they are, not blamed on a hook.

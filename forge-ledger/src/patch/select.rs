@@ -196,10 +196,11 @@ impl Collector<'_> {
 
     /// Records a non-empty `digest` next to the candidate just added.
     fn pin_last(&mut self, digest: Option<&Node>) {
+        // `digest:` empty or null (`~`, `null`) pins nothing.
         let digest = digest
             .and_then(Node::str)
             .map(str::trim)
-            .filter(|d| !d.is_empty());
+            .filter(|d| !matches!(*d, "" | "~" | "null" | "Null" | "NULL"));
         if let (Some(d), Some(last)) = (digest, self.out.last_mut()) {
             last.sibling_digest = Some(d.to_owned());
         }

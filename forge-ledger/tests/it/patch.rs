@@ -553,6 +553,12 @@ fn unsupported_shapes_are_refused() {
             "1.0"
         );
     }
+    // An empty or null digest pins nothing.
+    for empty in ["\"\"", "~", "null"] {
+        let text = format!("image:\n  repository: r/api\n  tag: \"1.0\"\n  digest: {empty}\n");
+        let patched = patch_tag(&text, &none, "2.0").unwrap_or_else(|e| panic!("{empty}: {e}"));
+        assert!(patched.text.contains("tag: \"2.0\""), "{}", patched.text);
+    }
     // Reading an anchored scalar is harmless; only writing it is refused.
     let found = read_tag(&fixture("shapes/anchored-target.yaml"), &none).expect("read anchored");
     assert_eq!(found.value, "1.0.0");

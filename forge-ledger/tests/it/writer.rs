@@ -437,7 +437,7 @@ fn a_stalled_push_is_stopped_at_the_time_limit_and_lands_nothing() {
     let before = git(&remote.path(), &["rev-parse", "main"]);
     let started = std::time::Instant::now();
     let err = Ledger::new(remote.url(), "main")
-        .max_duration(Duration::from_secs(2))
+        .git_timeout(Duration::from_secs(2))
         .set_tag(&set("a.yaml", "101"))
         .unwrap_err();
     assert!(
