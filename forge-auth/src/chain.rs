@@ -636,7 +636,12 @@ impl RoleChainProvider {
                 SdkError::DispatchFailure(d) => {
                     // A refused or dropped connection may pass; a request that could not be
                     // sent at all (a malformed endpoint) will not.
-                    let transient = d.is_io() || d.is_timeout();
+                    let transient = d.is_io()
+                        || d.is_timeout()
+                        // hyper's IncompleteMessage (a dropped keep-alive connection), as the
+                        // SDK's own classifier treats it.
+                        || d.as_other()
+                            == Some(aws_smithy_types::retry::ErrorKind::TransientError);
                     (
                         "DispatchFailure".to_owned(),
                         "STS could not be reached".to_owned(),

@@ -94,8 +94,11 @@ impl std::str::FromStr for TokenSetting {
 /// How a rejected token setting is quoted back: a value that looks like a token itself (a
 /// JWT, or anything long; `--token eyJ…` is an easy mistake) is never echoed.
 pub fn shown_setting(value: &str) -> String {
-    let jwt_like = value.len() > 40 && value.split('.').count() == 3;
-    if jwt_like || value.len() > 120 {
+    // Real settings are short words (`auto`, `env:OIDC`, `file:/path`); a typo is too. Anything
+    // longer, or dotted like a JWT, may be a credential (a GitHub token is 40 characters).
+    let jwt_like = value.split('.').count() == 3;
+    let is_source = value.starts_with("file:") || value.starts_with("env:");
+    if jwt_like || (!is_source && value.len() > 24) || value.len() > 200 {
         "a value that looks like a token itself (give its source instead, such as env:VAR or file:PATH)"
             .to_owned()
     } else {

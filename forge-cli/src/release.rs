@@ -52,7 +52,6 @@ pub struct ChangeArgs {
 }
 
 impl ChangeArgs {
-    /// `--requested-by`, else the pipeline's requester, else the local user.
     /// What to write to `--evidence` if the change fails: the pipeline's evidence artifact
     /// (published even on failure) then says what was attempted and why it stopped.
     pub fn failure_record(
@@ -72,6 +71,7 @@ impl ChangeArgs {
         }
     }
 
+    /// `--requested-by`, else the pipeline's requester, else the local user.
     pub fn requester(&self) -> Option<String> {
         self.requested_by.clone().or_else(detect_requester)
     }
@@ -112,6 +112,7 @@ impl ChangeArgs {
     ) -> anyhow::Result<std::process::ExitCode> {
         if let Some(path) = &self.evidence {
             write_evidence(path, evidence)?;
+            EVIDENCE_WRITTEN.store(true, std::sync::atomic::Ordering::SeqCst);
         }
         crate::output::set_pipeline_output("FORGE_TAG", &evidence.build_id)?;
         crate::output::set_pipeline_output("FORGE_DIGEST", &evidence.destination.digest)?;
@@ -424,7 +425,10 @@ pub struct LedgerEvidence {
     pub attempts: u32,
 }
 
-/// Writes the evidence record atomically (temp file + rename in the same directory).
+/// Set once a change's own evidence is written: a later failure (printing the result to a
+/// closed pipe) must not overwrite a record of a change that landed.
+static EVIDENCE_WRITTEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// The evidence of a promotion or rollback that did not complete (see
 /// [`ChangeArgs::failure_record`]).
 pub struct FailureRecord {
@@ -442,6 +446,9 @@ impl FailureRecord {
     /// what the caller reports; a failure to write this one is only logged.
     pub fn write(&self, error: &anyhow::Error) {
         let Some(path) = &self.path else { return };
+        if EVIDENCE_WRITTEN.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         let record = serde_json::json!({
             "action": self.action,
             "service": self.service,
@@ -461,6 +468,7 @@ impl FailureRecord {
     }
 }
 
+/// Writes the evidence record atomically (temp file + rename in the same directory).
 pub fn write_evidence<T: Serialize>(path: &Path, evidence: &T) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(evidence)?;
     let dir = path

@@ -197,6 +197,22 @@ fn token_settings_and_detection() {
         let err = bad.parse::<TokenSetting>().unwrap_err();
         assert!(err.to_string().contains("is not a token source"), "{err}");
     }
+    // A credential where the source belongs is described, never quoted back.
+    let pat = format!("ghp_{}", "A1b2".repeat(9));
+    for secret in [pat.as_str(), "eyJh.eyJz.sig"] {
+        let err = secret.parse::<TokenSetting>().unwrap_err().to_string();
+        assert!(
+            !err.contains(secret) && err.contains("looks like a token"),
+            "{err}"
+        );
+    }
+    assert!(
+        "vault"
+            .parse::<TokenSetting>()
+            .unwrap_err()
+            .to_string()
+            .contains("`vault`")
+    );
     let detect = |setting: &TokenSetting, pairs: &[(&str, &str)], options: &DetectOptions| {
         TokenSource::detect(setting, &map(pairs), options).map(|s| s.describe())
     };

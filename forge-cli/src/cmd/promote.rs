@@ -33,8 +33,9 @@ pub struct Args {
     change: release::ChangeArgs,
 }
 
-/// The digest `file` recorded for `tag`: the newest Ledger commit that set the tag, by its
-/// pin (`TAG@sha256:…`) or its `Forge-Digest` trailer.
+/// The digest `file` recorded for `tag`: from the newest Ledger commit that set the tag and
+/// recorded one, by its pin (`TAG@sha256:…`) or its `Forge-Digest` trailer (a hand-made commit
+/// of the same tag without either is skipped).
 fn recorded_digest(
     ledger: &forge_ledger::Ledger,
     file: &str,
