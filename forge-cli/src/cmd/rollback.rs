@@ -204,7 +204,15 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
             // promotion that landed during the checks or the EC2 redeploy is not overwritten.
             expect: Some(current.clone()),
         })
-        .map_err(release::ledger_error)?;
+        .map_err(release::ledger_error)
+        .with_context(|| match &ec2 {
+            // The fleet already runs the rollback tag: say so, the Ledger and the instances
+            // disagree until someone reconciles them.
+            Some(_) => format!(
+                "the EC2 instances now run {target_tag}, but the Ledger was not updated (it still says {current}): record it with `forge ledger set-tag` or redeploy the Ledger's tag"
+            ),
+            None => format!("the Ledger was not updated; {} in {} still runs {current}", args.service, args.env),
+        })?;
 
     let evidence = Evidence {
         action: "rollback",
