@@ -767,11 +767,8 @@ fn a_digest_pinned_entry_gets_the_proven_digest() {
     // A pinned entry rolls back by its tag, proven by the bare tag, and stays pinned.
     stage.promote("payments", "dev", &["--tag", "1002"]);
     stage.promote("payments", "qa", &[]);
-    for to in [
-        None,
-        Some("1001"),
-        Some(format!("1001@{digest}").leak() as &str),
-    ] {
+    let pinned_target = format!("1001@{digest}");
+    for to in [None, Some("1001"), Some(pinned_target.as_str())] {
         let mut args = vec![
             "rollback",
             "--service",
