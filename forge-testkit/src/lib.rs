@@ -164,13 +164,10 @@ impl Registry {
     /// CPU time (user + system) the registry process has used so far, from `/proc/<pid>/stat`
     /// (Linux; `None` elsewhere). Tick resolution (USER_HZ, 100 on Linux): average many runs.
     pub fn cpu_time(&self) -> Option<Duration> {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self._process.0.id())).ok()?;
-        // The command name (field 2) may hold spaces: count fields after its closing ')'.
-        let rest = stat.rsplit_once(')')?.1;
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let utime: u64 = fields.get(11)?.parse().ok()?;
-        let stime: u64 = fields.get(12)?.parse().ok()?;
-        Some(Duration::from_millis((utime + stime) * 10))
+        proc_stat_cpu(
+            &format!("/proc/{}/stat", self._process.0.id()),
+            StatTimes::Own,
+        )
     }
 
     /// The storage root (`docker/registry/v2/...` lives below it).
@@ -187,6 +184,37 @@ impl Registry {
         out.sort();
         out
     }
+}
+
+/// CPU time (user + system) of this process's terminated, waited-for children, from
+/// `/proc/self/stat` (Linux; `None` elsewhere). The difference across one `wait` is what that
+/// child used, without a measuring wrapper process. Tick resolution, like [`Registry::cpu_time`].
+pub fn children_cpu_time() -> Option<Duration> {
+    proc_stat_cpu("/proc/self/stat", StatTimes::WaitedForChildren)
+}
+
+/// Which pair of times `/proc/<pid>/stat` is read for.
+enum StatTimes {
+    /// `utime` + `stime`: the process itself.
+    Own,
+    /// `cutime` + `cstime`: its terminated, waited-for children.
+    WaitedForChildren,
+}
+
+fn proc_stat_cpu(path: &str, which: StatTimes) -> Option<Duration> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name (field 2) may hold spaces: count fields after its closing ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14-17 of proc(5) are utime, stime, cutime, cstime; `rest` starts at field 3.
+    let first = match which {
+        StatTimes::Own => 11,
+        StatTimes::WaitedForChildren => 13,
+    };
+    let user: u64 = fields.get(first)?.parse().ok()?;
+    let system: u64 = fields.get(first + 1)?.parse().ok()?;
+    // USER_HZ is 100 on Linux.
+    Some(Duration::from_millis((user + system) * 10))
 }
 
 fn collect_repos(root: &Path, dir: &Path, out: &mut Vec<String>) {
@@ -413,5 +441,30 @@ impl BareRemote {
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn children_cpu_time_counts_a_waited_for_child() {
+        let Some(before) = children_cpu_time() else {
+            // Not Linux: the function documents `None` here.
+            assert!(!Path::new("/proc/self/stat").exists());
+            return;
+        };
+        // A child that burns well over one 10 ms tick of CPU.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 300000 ]; do i=$((i+1)); done"])
+            .spawn()
+            .expect("sh runs");
+        assert!(child.wait().expect("wait").success());
+        let after = children_cpu_time().expect("still readable");
+        assert!(
+            after >= before + Duration::from_millis(10),
+            "expected at least one tick more after the wait: {before:?} -> {after:?}"
+        );
     }
 }

@@ -8,7 +8,7 @@
 //! otherwise mount blobs from other repositories. The destination repository is provisioned
 //! first with a one-blob seed image (Forge refuses to create repositories, like ECR with an
 //! allowlist). The tools run alternately, several times each; medians are reported. Peak RSS
-//! comes from `/usr/bin/time -f %M` (GNU time) or, without it, by polling `VmHWM`.
+//! is the kernel's `VmHWM` polled while the tool runs (no wrapper process: see `measure`).
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -247,7 +247,7 @@ struct CaseResult {
 struct Run {
     wall: Duration,
     rss_kib: Option<u64>,
-    /// User + system CPU time (GNU time's `%U + %S`).
+    /// User + system CPU time of the tool (from `/proc/self/stat`'s children's times).
     cpu: Option<Duration>,
     /// CPU the two registries spent during the run (their share of a CPU-bound machine).
     registry_cpu: Option<Duration>,
@@ -413,65 +413,53 @@ fn copy_once(
     Ok(run)
 }
 
-/// Runs `cmd`, returning wall time, peak RSS and stdout; a failure is an error with stderr.
+/// Runs `cmd`, returning wall time, peak RSS, CPU time and stdout; a failure is an error with
+/// stderr.
+///
+/// The tool is started directly, not under a measuring wrapper such as `/usr/bin/time`: a
+/// wrapper's own exec (~1.3 ms here) would be counted in both tools' wall times and push the
+/// ratio of a 20 ms case towards 1. Peak RSS is the kernel's high-water mark (`VmHWM`, which
+/// only grows) polled while the tool runs; CPU time is what this process's waited-for
+/// children gained across the wait (`/proc/self/stat`), which is the tool alone.
 fn measure(cmd: &mut Command) -> Result<(Run, String), String> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
     let shown = format!("{cmd:?}").replace('"', "");
     let dir = tempdir()?;
     let out_path = dir.join("stdout");
     let err_path = dir.join("stderr");
-    let time_path = dir.join("time");
-    let gnu_time = Path::new("/usr/bin/time").is_file();
-    let mut child_cmd = if gnu_time {
-        let mut c = Command::new("/usr/bin/time");
-        c.arg("-f").arg("%M %U %S").arg("-o").arg(&time_path);
-        c.arg(cmd.get_program()).args(cmd.get_args());
-        c
-    } else {
-        let mut c = Command::new(cmd.get_program());
-        c.args(cmd.get_args());
-        c
-    };
     let file = |p: &Path| std::fs::File::create(p).map_err(|e| format!("{}: {e}", p.display()));
-    child_cmd
-        .stdin(Stdio::null())
+    cmd.stdin(Stdio::null())
         .stdout(file(&out_path)?)
         .stderr(file(&err_path)?);
+    let cpu_before = forge_testkit::children_cpu_time();
     let start = Instant::now();
-    let mut child = child_cmd
+    let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start `{shown}`: {e}"))?;
-    let mut hwm = None;
-    let status = if gnu_time {
-        // Block: a polling loop would round a 10 ms run up to its poll interval.
-        child.wait().map_err(|e| e.to_string())?
-    } else {
-        loop {
-            if let Some(status) = child.try_wait().map_err(|e| e.to_string())? {
-                break status;
+    let pid = child.id();
+    let exited = AtomicBool::new(false);
+    let (status, wall, rss_kib) = std::thread::scope(|scope| {
+        let poller = scope.spawn(|| {
+            let mut hwm = None;
+            while !exited.load(Ordering::Acquire) {
+                hwm = read_hwm(pid).or(hwm);
+                std::thread::sleep(Duration::from_millis(2));
             }
-            hwm = read_hwm(child.id()).or(hwm);
-            std::thread::sleep(Duration::from_millis(2));
-        }
-    };
-    let wall = start.elapsed();
+            hwm
+        });
+        // Block in wait(): a polling loop would round a 10 ms run up to its poll interval.
+        let status = child.wait();
+        let wall = start.elapsed();
+        exited.store(true, Ordering::Release);
+        (status, wall, poller.join().ok().flatten())
+    });
+    let status = status.map_err(|e| format!("waiting for `{shown}`: {e}"))?;
+    let cpu = cpu_before
+        .zip(forge_testkit::children_cpu_time())
+        .map(|(b, a)| a.saturating_sub(b));
     let stdout = std::fs::read_to_string(&out_path).unwrap_or_default();
     let stderr = std::fs::read_to_string(&err_path).unwrap_or_default();
-    // GNU time writes "Command exited with non-zero status" lines before the format on failure.
-    let time_line = std::fs::read_to_string(&time_path)
-        .ok()
-        .and_then(|t| t.lines().last().map(str::to_owned))
-        .unwrap_or_default();
-    let fields: Vec<&str> = time_line.split_whitespace().collect();
-    let (rss_kib, cpu) = match fields.as_slice() {
-        [rss, user, sys] if gnu_time => (
-            rss.parse().ok(),
-            user.parse::<f64>()
-                .ok()
-                .zip(sys.parse::<f64>().ok())
-                .map(|(u, s)| Duration::from_secs_f64(u + s)),
-        ),
-        _ => (hwm, None),
-    };
     if !status.success() {
         return Err(format!("`{shown}` failed ({status}):\n{stderr}"));
     }
@@ -747,7 +735,7 @@ fn median(runs: &[Run]) -> Duration {
     }
 }
 
-/// Mean of a tick-resolution time (GNU time and /proc count in 10 ms steps: a median of
+/// Mean of a tick-resolution time (/proc counts in 10 ms steps: a median of
 /// short runs would mostly read 0 or 10 ms).
 fn mean(times: impl Iterator<Item = Option<Duration>>) -> Option<Duration> {
     let times: Vec<Duration> = times.flatten().collect();
@@ -787,18 +775,14 @@ fn render(
          {forge_version}; {skopeo_version} run as `skopeo copy --all --preserve-digests \
          --src-tls-verify=false --dest-tls-verify=false`. Every cold run (either tool) gets a fresh \
          destination registry; results are checked with `skopeo inspect --raw` (digest equal to \
-         the source). {} 1-minute load average before/after: {} / {} (the machine may be \
-         shared with other work: compare the CPU column too, it is less sensitive to \
-         contention).\n",
+         the source). Each tool is started directly (no wrapper process, whose own start-up \
+         would be counted in its wall time). Peak RSS is the kernel's high-water mark `VmHWM` \
+         polled while the tool runs, CPU the tool's user + system time (mean, from /proc, 10 ms \
+         ticks); registry CPU is what both `docker-registry` processes spent during the run \
+         (mean, from /proc), which bounds the wall time when the machine's CPUs are the limit. \
+         1-minute load average before/after: {} / {} (the machine may be shared with other \
+         work: compare the CPU column too, it is less sensitive to contention).\n",
         date.trim(),
-        if Path::new("/usr/bin/time").is_file() {
-            "Peak RSS is GNU time's `%M`, CPU its `%U + %S` (mean); registry CPU is what both \
-             `docker-registry` processes spent during the run (mean, from /proc), which bounds \
-             the wall time when the machine's CPUs are the limit."
-        } else {
-            "Peak RSS is the last `VmHWM` polled from /proc (GNU time is not installed: no CPU \
-             times)."
-        },
         load.0,
         load.1
     );
