@@ -510,6 +510,15 @@ impl Repo {
                 message,
             })
         };
+        // A 401 from wherever a redirect led (blob storage, a CDN) must not get the registry's
+        // credentials: reqwest drops `Authorization` on a cross-host redirect for that reason,
+        // and answering the new host's challenge would undo it.
+        if host_key(response.url()) != host_key(&self.base) {
+            return Err(unauthorized(format!(
+                "HTTP 401 from {} after the registry redirected there, and Forge sends the registry's credentials only to the registry: the redirect target must accept the registry's signed URL without credentials (check the registry's storage redirect settings)",
+                host_key(response.url())
+            )));
+        }
         let Some(challenge) = response
             .headers()
             .get(header::WWW_AUTHENTICATE)

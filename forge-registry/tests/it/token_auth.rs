@@ -49,6 +49,11 @@ struct State {
     tokens: HashSet<String>,
     /// Authorization headers seen on registry (non-token) requests.
     registry_auth: Vec<Option<String>>,
+    /// Send blob requests on to `http://localhost:<port>/storage/…` (another host for the
+    /// client), which challenges for credentials of its own.
+    storage_redirect: bool,
+    /// Authorization headers seen at `/storage/`.
+    storage_auth: Vec<Option<String>>,
 }
 
 struct Fake {
@@ -98,6 +103,17 @@ async fn handle(
             .body(Full::new(Bytes::from(body)))
             .expect("response")
     };
+    if path.starts_with("/storage/") {
+        state.lock().expect("state").storage_auth.push(auth.clone());
+        let mut resp = respond(StatusCode::UNAUTHORIZED, b"{}".to_vec());
+        resp.headers_mut().insert(
+            "www-authenticate",
+            format!("Bearer realm=\"http://localhost:{port}/token\",service=\"fake-registry\"")
+                .parse()
+                .expect("header"),
+        );
+        return Ok(resp);
+    }
     if path == "/elsewhere" {
         let mut st = state.lock().expect("state");
         st.redirected
@@ -211,6 +227,16 @@ async fn handle(
         .iter()
         .any(|d| path.ends_with(&format!("/blobs/{d}")))
     {
+        if state.lock().expect("state").storage_redirect {
+            let mut resp = respond(StatusCode::TEMPORARY_REDIRECT, Vec::new());
+            resp.headers_mut().insert(
+                "location",
+                format!("http://localhost:{port}/storage{path}")
+                    .parse()
+                    .expect("header"),
+            );
+            return Ok(resp);
+        }
         return Ok(respond(StatusCode::OK, Vec::new()));
     }
     Ok(respond(StatusCode::NOT_FOUND, b"{}".to_vec()))
@@ -540,4 +566,42 @@ async fn identity_tokens_go_nowhere_but_an_oauth2_token_service() {
         .await
         .expect_err("Basic without a password");
     assert!(err.to_string().contains("only an identity token"), "{err}");
+}
+
+/// Blob storage behind a redirect (S3, a CDN) that answers 401 with a challenge of its own must
+/// not be handed the registry's credentials: reqwest drops `Authorization` on a cross-host
+/// redirect, and Forge must not undo that by answering the new host's challenge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redirect_target_asking_for_credentials_does_not_get_the_registrys() {
+    let fake = start().await;
+    let host = format!("127.0.0.1:{}", fake.port);
+    let src: Reference = format!("{host}/team/app:1").parse().expect("ref");
+    let c = client(Some(Credential::basic("ci", "s3cret")), fake.port);
+    let digest = c.resolve(&src).await.expect("pull").digest;
+    let token_requests_before = fake.state.lock().expect("state").token_requests.len();
+
+    fake.state.lock().expect("state").storage_redirect = true;
+    let err = c
+        .verify(&src, &digest)
+        .await
+        .expect_err("the storage host's challenge is refused");
+    let st = fake.state.lock().expect("state");
+    assert!(!st.storage_auth.is_empty(), "the redirect was followed");
+    assert!(
+        st.storage_auth.iter().all(Option::is_none),
+        "credentials reached the storage host: {:?}",
+        st.storage_auth
+    );
+    assert_eq!(
+        st.token_requests.len(),
+        token_requests_before,
+        "no token was asked for on the storage host's behalf: {:?}",
+        st.token_requests
+    );
+    assert!(matches!(err.kind, ErrorKind::Unauthorized { .. }), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("localhost") && message.contains("redirect"),
+        "names the host and the redirect: {message}"
+    );
 }
