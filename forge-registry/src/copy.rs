@@ -493,10 +493,33 @@ impl Client {
             }
         }
         let tag = dst.tag();
-        dst_ep.put_manifest(&top_manifest, tag, true).await?;
-        counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
-        if let Some(p) = &options.progress {
-            p.manifest_pushed(&top_manifest.digest, &top_manifest.media_type);
+        // The tag was checked before the blobs; a copy can take minutes, and another pipeline
+        // may have pushed the same tag meanwhile (a re-run build with a new digest). Look
+        // again right before writing it: a different digest is a conflict, never overwritten;
+        // the same digest is already there (and ECR refuses a same-digest re-push). Only
+        // registry-side immutability (ECR `IMMUTABLE`) closes the remaining milliseconds.
+        let pushed_meanwhile = match tag {
+            Some(t) => dst_ep.get_manifest(t).await?,
+            None => None,
+        };
+        match pushed_meanwhile {
+            Some(existing) if existing.digest != top.digest => {
+                return Err(Error::new(ErrorKind::TagTakenDuringCopy {
+                    destination: dst.to_string(),
+                    existing: existing.digest,
+                    source: top.digest.clone(),
+                }));
+            }
+            Some(_) => {
+                tracing::debug!(destination = %dst, "the tag appeared with the same digest during the copy");
+            }
+            None => {
+                dst_ep.put_manifest(&top_manifest, tag, true).await?;
+                counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+                if let Some(p) = &options.progress {
+                    p.manifest_pushed(&top_manifest.digest, &top_manifest.media_type);
+                }
+            }
         }
 
         // 7. Prove it.

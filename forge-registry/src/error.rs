@@ -115,6 +115,16 @@ pub enum ErrorKind {
         /// Digest being copied.
         source: Digest,
     },
+    /// The destination tag was free when the copy began, and someone else pushed a different
+    /// digest under it before the copy wrote it. The tag is left as it is.
+    TagTakenDuringCopy {
+        /// The destination reference.
+        destination: String,
+        /// Digest the destination tag now holds.
+        existing: Digest,
+        /// Digest being copied.
+        source: Digest,
+    },
     /// `latest` (a mutable tag) was given as the destination tag.
     MutableTagRefused {
         /// The destination reference.
@@ -234,6 +244,7 @@ impl ErrorKind {
                 | ErrorKind::InvalidDigest(_)
                 | ErrorKind::InvalidInput { .. }
                 | ErrorKind::TagConflict { .. }
+                | ErrorKind::TagTakenDuringCopy { .. }
                 | ErrorKind::MutableTagRefused { .. }
                 | ErrorKind::TagPatternMismatch { .. }
                 | ErrorKind::RepositoryMissing { .. }
@@ -280,6 +291,14 @@ impl fmt::Display for ErrorKind {
             } => write!(
                 f,
                 "destination tag {destination} already points at {existing}, not at the source digest {source}: tags are immutable, so promote under a new tag. Nothing was uploaded."
+            ),
+            ErrorKind::TagTakenDuringCopy {
+                destination,
+                existing,
+                source,
+            } => write!(
+                f,
+                "destination tag {destination} was pushed by someone else during this copy and now points at {existing}, not at the source digest {source}: it was left as it is. Find the other pipeline that promotes under this tag; promote under a new tag. The blobs uploaded for {source} are unreferenced and harmless."
             ),
             ErrorKind::MutableTagRefused { destination, tag } => write!(
                 f,

@@ -242,6 +242,89 @@ async fn tag_conflict_names_both_digests_and_changes_nothing() {
     }
 }
 
+/// Pushes `image` under `host/prod/app:<tag>` the first time a blob of the copy finishes: another
+/// pipeline taking the destination tag while this copy is busy with its blobs.
+struct RacingPipeline {
+    host: String,
+    tag: &'static str,
+    image: Image,
+    pushed: std::sync::atomic::AtomicBool,
+}
+
+impl forge_registry::Progress for RacingPipeline {
+    fn blob_finished(&self, _: &forge_registry::Digest, _: u64) {
+        if self.pushed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let (host, tag, image) = (self.host.clone(), self.tag, self.image.clone());
+        // Progress callbacks are synchronous: push from a thread with its own runtime.
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(fixtures::push(&host, "prod/app", tag, &image));
+        })
+        .join()
+        .expect("the racing push");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_pushed_by_someone_else_during_the_copy_is_left_alone() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let image = fixtures::oci_image(40, 2, 50_000);
+    let other = fixtures::oci_image(41, 1, 50_000);
+    fixtures::push(&a, "ci/app", "12", &image).await;
+    fixtures::provision(&b, "prod/app").await;
+    let racer = std::sync::Arc::new(RacingPipeline {
+        host: b.clone(),
+        tag: "12",
+        image: other.clone(),
+        pushed: std::sync::atomic::AtomicBool::new(false),
+    });
+    let options = CopyOptions {
+        progress: Some(racer.clone()),
+        ..CopyOptions::default()
+    };
+
+    let err = client()
+        .copy(
+            &r(&format!("{a}/ci/app:12")),
+            &r(&format!("{b}/prod/app:12")),
+            &options,
+        )
+        .await
+        .expect_err("the tag was taken during the copy");
+    assert!(
+        racer.pushed.load(std::sync::atomic::Ordering::SeqCst),
+        "the race happened"
+    );
+    match &err.kind {
+        ErrorKind::TagTakenDuringCopy {
+            existing, source, ..
+        } => {
+            assert_eq!(existing.to_string(), other.digest);
+            assert_eq!(source.to_string(), image.digest);
+        }
+        k => panic!("expected the tag taken during the copy, got {k:?}"),
+    }
+    assert!(err.is_invalid_input(), "not retried, not a transport error");
+    let text = err.to_string();
+    assert!(
+        text.contains("left as it is") && text.contains("new tag"),
+        "{text}"
+    );
+    assert_eq!(
+        fixtures::manifest_digest(&b, "prod/app", "12")
+            .await
+            .as_deref(),
+        Some(other.digest.as_str()),
+        "the other pipeline's tag was overwritten"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latest_pattern_and_missing_repository_are_refused_before_any_upload() {
     let Some(p) = pair() else { return };
