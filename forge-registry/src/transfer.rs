@@ -23,6 +23,52 @@ pub(crate) type BlobStream = Pin<Box<dyn Stream<Item = Result<Bytes, BoxError>> 
 /// Largest manifest Forge reads (registries commonly cap manifests at 4 MiB).
 const MAX_MANIFEST: usize = 8 * 1024 * 1024;
 
+/// Most pages of a referrers list Forge follows (`Link: <…>; rel="next"`).
+const MAX_REFERRER_PAGES: usize = 100;
+
+/// Why a capped body read stopped.
+enum BodyRead {
+    /// The connection failed mid-body (worth another request).
+    Cut(reqwest::Error),
+    /// The body is longer than the cap, declared or as it arrived.
+    TooLarge,
+}
+
+/// Reads a manifest-sized body, refusing more than `cap` bytes even when the registry sends no
+/// `Content-Length` (a chunked response must not fill memory).
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Bytes, BodyRead> {
+    if resp.content_length().is_some_and(|l| l > cap as u64) {
+        return Err(BodyRead::TooLarge);
+    }
+    let mut body = BytesMut::new();
+    while let Some(chunk) = resp.chunk().await.map_err(BodyRead::Cut)? {
+        if body.len() + chunk.len() > cap {
+            return Err(BodyRead::TooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The `rel="next"` target of a `Link` header (RFC 8288), resolved against `base`.
+fn link_next(headers: &HeaderMap, base: &url::Url) -> Option<url::Url> {
+    headers
+        .get_all(header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|link| {
+            let (target, params) = link.trim().strip_prefix('<')?.split_once('>')?;
+            let is_next = params.split(';').any(|p| {
+                p.trim()
+                    .strip_prefix("rel=")
+                    .map(|r| r.trim_matches('"'))
+                    .is_some_and(|r| r.split_whitespace().any(|r| r == "next"))
+            });
+            is_next.then(|| base.join(target).ok()).flatten()
+        })
+}
+
 /// A manifest as served: raw bytes (never re-serialized), media type, digest of the bytes.
 #[derive(Debug, Clone)]
 pub(crate) struct Fetched {
@@ -118,25 +164,24 @@ impl Endpoint {
                         StatusCode::NOT_FOUND => return Ok(None),
                         _ => return Err(r.error_from(&Method::GET, &url, resp).await),
                     }
-                    if resp
-                        .content_length()
-                        .is_some_and(|l| l > MAX_MANIFEST as u64)
-                    {
-                        return Err(Error::new(ErrorKind::UnsupportedManifest {
-                            reference: reference.to_owned(),
-                            reason: format!("the manifest is larger than {MAX_MANIFEST} bytes"),
-                        }));
-                    }
                     let content_type = resp
                         .headers()
                         .get(header::CONTENT_TYPE)
                         .and_then(|v| v.to_str().ok())
                         .map(str::to_owned);
                     let hdr = header_digest(resp.headers());
-                    let bytes = match resp.bytes().await {
+                    let bytes = match read_capped(resp, MAX_MANIFEST).await {
                         Ok(bytes) => bytes,
-                        Err(_) if r.retry_body_read(&mut attempt, &url).await => continue,
-                        Err(e) => {
+                        Err(BodyRead::TooLarge) => {
+                            return Err(Error::new(ErrorKind::UnsupportedManifest {
+                                reference: reference.to_owned(),
+                                reason: format!("the manifest is larger than {MAX_MANIFEST} bytes"),
+                            }));
+                        }
+                        Err(BodyRead::Cut(_)) if r.retry_body_read(&mut attempt, &url).await => {
+                            continue;
+                        }
+                        Err(BodyRead::Cut(e)) => {
                             return Err(Error {
                                 retries: attempt,
                                 elapsed: start.elapsed(),
@@ -304,10 +349,10 @@ impl Endpoint {
         }
     }
 
-    /// Referrers of `digest` via the referrers API: `None` when the registry says it does not
-    /// serve the API (404, 405 or 501, or a 200 that is not an index). Any other failure is an
-    /// error: taking a 503 for "no API" would drop signatures silently on registries that
-    /// keep referrers only behind the API.
+    /// Referrers of `digest` via the referrers API, every page of it (`Link: <…>; rel="next"`):
+    /// `None` when the registry says it does not serve the API (404, 405 or 501, or a 200 that
+    /// is not an index). Any other failure is an error: taking a 503 for "no API" would drop
+    /// signatures silently on registries that keep referrers only behind the API.
     pub(crate) async fn referrers_api(
         &self,
         digest: &Digest,
@@ -315,14 +360,58 @@ impl Endpoint {
         let Endpoint::Registry(r) = self else {
             return Ok(None);
         };
-        let url = r.url(&format!("referrers/{digest}"));
+        let first = r.url(&format!("referrers/{digest}"));
         let mut h = HeaderMap::new();
         h.insert(
             header::ACCEPT,
             HeaderValue::from_static(MediaType::OCI_INDEX),
         );
+        let mut referrers = Vec::new();
+        let mut visited = std::collections::HashSet::new();
+        let mut url = first.clone();
+        loop {
+            let (is_index, next, body) = self.referrers_page(r, &url, &h).await?;
+            let is_first = url == first;
+            let refs = match ManifestRefs::parse(&body) {
+                Ok(refs)
+                    if is_index || refs.media_type.as_deref() == Some(MediaType::OCI_INDEX) =>
+                {
+                    refs
+                }
+                // The first page decides whether there is an API at all.
+                _ if is_first => return Ok(None),
+                _ => {
+                    return Err(Error::new(ErrorKind::UnsupportedManifest {
+                        reference: url.to_string(),
+                        reason: "a later page of the referrers list is not an OCI index".to_owned(),
+                    }));
+                }
+            };
+            referrers.extend(refs.manifests);
+            visited.insert(url.clone());
+            let Some(next) = next else {
+                return Ok(Some(referrers));
+            };
+            if visited.contains(&next) || visited.len() >= MAX_REFERRER_PAGES {
+                return Err(Error::new(ErrorKind::InvalidInput {
+                    message: format!(
+                        "the referrers list of {digest} at {first} goes on for more than {MAX_REFERRER_PAGES} pages or links back to a page already read ({next}): fix the registry's pagination, or copy with --no-referrers"
+                    ),
+                }));
+            }
+            url = next;
+        }
+    }
+
+    /// One page of a referrers list: whether it is labelled an OCI index, the next page, the body.
+    async fn referrers_page(
+        &self,
+        r: &Repo,
+        url: &url::Url,
+        h: &HeaderMap,
+    ) -> Result<(bool, Option<url::Url>, Bytes), Error> {
         let mut attempt = 0;
-        let (is_index, body) = loop {
+        loop {
             let resp = r
                 .send_counted(Method::GET, url.clone(), h.clone(), None, &mut attempt)
                 .await?;
@@ -331,19 +420,27 @@ impl Endpoint {
                 StatusCode::NOT_FOUND
                 | StatusCode::METHOD_NOT_ALLOWED
                 | StatusCode::NOT_IMPLEMENTED => {
-                    return Ok(None);
+                    // "No API" on the first page; a later page that vanishes is not empty.
+                    return Ok((false, None, Bytes::new()));
                 }
-                _ => return Err(r.error_from(&Method::GET, &url, resp).await),
+                _ => return Err(r.error_from(&Method::GET, url, resp).await),
             }
             let is_index = resp
                 .headers()
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|c| c.starts_with(MediaType::OCI_INDEX));
-            match resp.bytes().await {
-                Ok(body) => break (is_index, body),
-                Err(_) if r.retry_body_read(&mut attempt, &url).await => {}
-                Err(e) => {
+            let next = link_next(resp.headers(), url);
+            match read_capped(resp, MAX_MANIFEST).await {
+                Ok(body) => return Ok((is_index, next, body)),
+                Err(BodyRead::TooLarge) => {
+                    return Err(Error::new(ErrorKind::UnsupportedManifest {
+                        reference: url.to_string(),
+                        reason: format!("a referrers page is larger than {MAX_MANIFEST} bytes"),
+                    }));
+                }
+                Err(BodyRead::Cut(_)) if r.retry_body_read(&mut attempt, url).await => {}
+                Err(BodyRead::Cut(e)) => {
                     return Err(Error {
                         retries: attempt,
                         ..Error::new(ErrorKind::Transport {
@@ -353,12 +450,6 @@ impl Endpoint {
                     });
                 }
             }
-        };
-        match ManifestRefs::parse(&body) {
-            Ok(refs) if is_index || refs.media_type.as_deref() == Some(MediaType::OCI_INDEX) => {
-                Ok(Some(refs.manifests))
-            }
-            _ => Ok(None),
         }
     }
 
@@ -750,5 +841,46 @@ pub(crate) async fn copy_blob_once(
             }
             Ok(BlobOutcome::Copied(desc.size))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_next(link: &[&str], expected: Option<&str>) {
+        let base = url::Url::parse("https://r.example/v2/a/referrers/sha256:ab").expect("url");
+        let mut headers = HeaderMap::new();
+        for l in link {
+            headers.append(header::LINK, HeaderValue::from_str(l).expect("ascii"));
+        }
+        assert_eq!(
+            link_next(&headers, &base).map(|u| u.to_string()).as_deref(),
+            expected,
+            "{link:?}"
+        );
+    }
+
+    #[test]
+    fn link_next_finds_the_next_page() {
+        check_next(&[], None);
+        check_next(
+            &[r#"</v2/a/referrers/sha256:ab?n=1&last=x>; rel="next""#],
+            Some("https://r.example/v2/a/referrers/sha256:ab?n=1&last=x"),
+        );
+        // Unquoted, among other relations, and in a second header.
+        check_next(
+            &[
+                r#"<https://r.example/first>; rel="first""#,
+                "<?page=2>; rel=next",
+            ],
+            Some("https://r.example/v2/a/referrers/sha256:ab?page=2"),
+        );
+        check_next(
+            &[r#"<https://r.example/p1>; rel="prev", <https://r.example/p3>; rel="prev next""#],
+            Some("https://r.example/p3"),
+        );
+        check_next(&[r#"<https://r.example/p1>; rel="prev""#], None);
+        check_next(&["garbage"], None);
     }
 }

@@ -346,3 +346,50 @@ async fn server_errors_forever_fail_with_retries_and_elapsed_time() {
     assert!(err.to_string().contains("500"), "{err}");
     assert_eq!(s.dst_proxy.count(Route::ManifestPut), 0);
 }
+
+/// A registry that streams a manifest without `Content-Length` (chunked) and never stops: Forge
+/// stops reading at its manifest cap instead of filling memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_chunked_manifest_is_refused_at_the_cap() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let server = tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = conn.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nTransfer-Encoding: chunked\r\n\r\n";
+                if conn.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, " ".repeat(64 * 1024));
+                // 64 MiB at most, far past the cap; the client hangs up long before.
+                for _ in 0..1024 {
+                    if conn.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let client = Client::builder()
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .expect("client");
+    let reference: Reference = format!("127.0.0.1:{port}/team/app:1").parse().expect("ref");
+    let err = client
+        .resolve(&reference)
+        .await
+        .expect_err("an endless manifest is refused");
+    server.abort();
+    match &err.kind {
+        ErrorKind::UnsupportedManifest { reason, .. } => {
+            assert!(reason.contains("larger than"), "{reason}");
+        }
+        k => panic!("expected the manifest cap, got {k:?}"),
+    }
+}

@@ -171,6 +171,9 @@ pub enum Fault {
     /// `200`, `Content-Type` OCI index, listing what the real registry holds under the
     /// fallback tag (an empty index when there is none).
     ServeReferrersApi,
+    /// Like `ServeReferrersApi`, one referrer per page: each page but the last names the next
+    /// with `Link: <…?page=N>; rel="next"` (the spec lets registries paginate this list).
+    ServeReferrersApiPaged,
     /// Forward a manifest PUT and add `OCI-Subject` to the answer: the registry says it indexed
     /// the pushed referrer for its subject itself.
     AcknowledgeSubject,
@@ -411,6 +414,7 @@ async fn handle(
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
     let (route, repo, reference) = classify(&method, &path);
     let info = RequestInfo {
         method: method.clone(),
@@ -493,7 +497,8 @@ async fn handle(
                 "injected: connection dropped after {seen} request bytes"
             )));
         }
-        Some(Fault::ServeReferrersApi) => {
+        Some(fault @ (Fault::ServeReferrersApi | Fault::ServeReferrersApiPaged)) => {
+            let paged = matches!(fault, Fault::ServeReferrersApiPaged);
             let digest = reference.clone().unwrap_or_default();
             let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
             let upstream = shared
@@ -506,17 +511,40 @@ async fn handle(
                 .header(header::ACCEPT, "application/vnd.oci.image.index.v1+json")
                 .send()
                 .await?;
-            let body = if upstream.status() == StatusCode::OK {
+            let mut body = if upstream.status() == StatusCode::OK {
                 upstream.bytes().await?.to_vec()
             } else {
                 br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#
                     .to_vec()
             };
+            let mut next_page = None;
+            if paged {
+                let page: usize = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("page="))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                let mut index: serde_json::Value =
+                    serde_json::from_slice(&body).map_err(|e| ProxyError(e.to_string()))?;
+                let all = index["manifests"].as_array().cloned().unwrap_or_default();
+                index["manifests"] =
+                    serde_json::Value::Array(all.get(page).cloned().into_iter().collect());
+                if page + 1 < all.len() {
+                    next_page = Some(format!("<{path}?page={}>; rel=\"next\"", page + 1));
+                }
+                body = index.to_string().into_bytes();
+            }
             let mut resp = Response::new(full(body));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
             );
+            if let Some(link) = next_page {
+                resp.headers_mut().insert(
+                    header::LINK,
+                    HeaderValue::from_str(&link).expect("ascii link"),
+                );
+            }
             shared.record(&info, 200, true);
             return Ok(resp);
         }

@@ -114,6 +114,55 @@ async fn a_source_with_the_referrers_api_is_asked_through_it_and_never_for_fallb
     assert!(fallback_index_lists(&s.dest.host(), &s.sbom, &s.signature).await);
 }
 
+/// The spec lets a registry page the referrers list (`Link: <…>; rel="next"`): every page is
+/// read, so a signature on page 2 is not silently left behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_page_of_a_paginated_referrers_list_is_copied() {
+    let Some(s) = setup().await else { return };
+    // A second referrer of the image itself: its list now has two entries, one per page.
+    let attestation = fixtures::referrer(3, &s.image);
+    let src = s._source.host();
+    fixtures::push(&src, "ci/app", &attestation.digest, &attestation).await;
+    fixtures::put_manifest(
+        &src,
+        "ci/app",
+        &fixtures::fallback_tag(&s.image.digest),
+        fixtures::OCI_INDEX,
+        &fixtures::fallback_index(&[&s.sbom, &attestation]),
+    )
+    .await;
+    s.src_proxy.add_rule(Rule::new(
+        Route::Referrers,
+        Fault::ServeReferrersApiPaged,
+        None,
+    ));
+
+    let report = copy(
+        &format!("{}/ci/app:31", s.src_proxy.host()),
+        &format!("{}/prod/app:31", s.dest.host()),
+    )
+    .await
+    .expect("copy");
+    assert!(report.verified);
+    assert_eq!(report.referrers_copied, 3, "{report:?}");
+    assert_referrers_at_destination(&s).await;
+    assert_eq!(
+        fixtures::manifest_digest(&s.dest.host(), "prod/app", &attestation.digest)
+            .await
+            .as_deref(),
+        Some(attestation.digest.as_str()),
+        "the referrer on the second page was left behind"
+    );
+    let pages: Vec<String> = s
+        .src_proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.route == Route::Referrers && l.path.contains(&s.image.digest))
+        .map(|l| l.path)
+        .collect();
+    assert_eq!(pages.len(), 2, "both pages of the image's list: {pages:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_referrers_api_fails_the_copy_instead_of_dropping_signatures() {
     let Some(s) = setup().await else { return };
