@@ -104,6 +104,23 @@ impl Layout {
         if let Ok(d) = reference.parse::<Digest>() {
             return Ok(entries.into_iter().find(|e| e.digest == d));
         }
+        // An entry for this tag that does not parse (no size, an unknown digest algorithm) is
+        // not "no such tag": that would let a copy write the tag over it.
+        let unreadable = index
+            .get("manifests")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|v| v["annotations"][REF_NAME].as_str() == Some(reference))
+            .find_map(|v| serde_json::from_value::<Descriptor>(v.clone()).err());
+        if let Some(e) = unreadable {
+            return Err(Error::new(ErrorKind::OciLayout {
+                path: self.path.clone(),
+                reason: format!(
+                    "index.json's entry for '{reference}' is not a valid descriptor ({e}); repair or recreate the layout"
+                ),
+            }));
+        }
         let tagged = entries.iter().find(|e| {
             e.annotations
                 .as_ref()
@@ -136,11 +153,33 @@ impl Layout {
             (None, Err(_)) => return Ok(None),
         };
         let path = self.blob_path(&digest);
+        let corrupt = |reason: String| {
+            Error::new(ErrorKind::OciLayout {
+                path: self.path.clone(),
+                reason: format!("{reason}: the layout is corrupt; repair or recreate it"),
+            })
+        };
         let bytes = match tokio::fs::read(&path).await {
             Ok(b) => Bytes::from(b),
+            // A tag whose manifest is gone is not a free tag.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && entry.is_some() => {
+                return Err(corrupt(format!(
+                    "index.json lists {digest} for '{reference}' but {} is missing",
+                    path.display()
+                )));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io(&path)(e)),
         };
+        // Blobs are named by their digest; a file that does not hash to its name must not be
+        // copied on as that digest, nor taken as present.
+        let actual = Digest::of(&bytes);
+        if actual != digest {
+            return Err(corrupt(format!(
+                "{} holds bytes whose digest is {actual}",
+                path.display()
+            )));
+        }
         let refs = ManifestRefs::parse(&bytes).unwrap_or_default();
         let media_type = entry
             .map(|e| e.media_type)

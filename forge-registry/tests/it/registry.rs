@@ -863,3 +863,73 @@ async fn multi_arch_round_trips_through_an_oci_layout_with_the_same_digest() {
     assert!(back.verified);
     assert_image_at(&b, "prod/multi", "2", &image).await;
 }
+
+/// A corrupt OCI layout is an error, never a shortcut: a manifest file that does not hash to
+/// its name is not copied on as that digest, and a tag whose manifest is missing, or whose
+/// `index.json` entry does not parse, is not a free tag to write over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_oci_layouts_are_refused_not_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = |name: &str| dir.path().join(name);
+    let oci = |name: &str, tag: &str| r(&format!("oci:{}:{tag}", layout(name).display()));
+    let copy = |src: Reference, dst: Reference| async move {
+        client().copy(&src, &dst, &CopyOptions::default()).await
+    };
+    let index_of = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(layout(name).join("index.json")).unwrap()).unwrap()
+    };
+    let blob_path = |name: &str, digest: &str| {
+        layout(name)
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let first = forge_testkit::oci::write_image(&layout("src"), "100").unwrap();
+    forge_testkit::oci::write_image(&layout("src"), "101").unwrap();
+
+    // Source: the manifest file re-serialized (pretty-printed) under its old name.
+    forge_testkit::oci::write_image(&layout("tampered"), "100").unwrap();
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(blob_path("tampered", &first)).unwrap()).unwrap();
+    std::fs::write(
+        blob_path("tampered", &first),
+        serde_json::to_vec_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    forge_registry::init_oci_layout(&layout("dst"))
+        .await
+        .unwrap();
+    let err = copy(oci("tampered", "100"), oci("dst", "100"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::OciLayout { .. }), "{err}");
+    assert!(err.to_string().contains("corrupt"), "{err}");
+    assert_eq!(index_of("dst")["manifests"], serde_json::json!([]));
+
+    // Destination: tag 100 is taken, but its manifest file is gone.
+    copy(oci("src", "100"), oci("dst", "100")).await.unwrap();
+    std::fs::remove_file(blob_path("dst", &first)).unwrap();
+    let err = copy(oci("src", "101"), oci("dst", "100"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::OciLayout { .. }), "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert_eq!(index_of("dst")["manifests"][0]["digest"], first.as_str());
+
+    // Destination: the entry for tag 100 lost its size.
+    let mut index = index_of("dst");
+    index["manifests"][0]
+        .as_object_mut()
+        .unwrap()
+        .remove("size");
+    std::fs::write(
+        layout("dst").join("index.json"),
+        serde_json::to_vec(&index).unwrap(),
+    )
+    .unwrap();
+    let err = copy(oci("src", "101"), oci("dst", "100"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err.kind, ErrorKind::OciLayout { .. }), "{err}");
+    assert!(err.to_string().contains("not a valid descriptor"), "{err}");
+    assert_eq!(index_of("dst"), index);
+}
