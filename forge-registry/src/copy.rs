@@ -373,32 +373,42 @@ impl Client {
         if let Some(tag) = dst.tag()
             && let Some(existing) = existing
         {
-            if existing.digest == top.digest {
-                tracing::debug!(destination = %dst, "destination tag already holds the digest");
-                let check =
-                    verify_tree(&dst_ep, dst, tag, &top.digest, Some(existing), &known).await?;
-                return Ok(CopyReport {
-                    source: src.to_string(),
+            if existing.digest != top.digest {
+                return Err(Error::new(ErrorKind::TagConflict {
                     destination: dst.to_string(),
-                    digest: top.digest.clone(),
-                    media_type: top.media_type.clone(),
-                    verified: check.verified,
-                    blobs_copied: 0,
-                    blobs_skipped: 0,
-                    blobs_mounted: 0,
-                    bytes_copied: 0,
-                    manifests_pushed: 0,
-                    referrers_copied: 0,
-                    already_present: true,
-                    retries: retries.load(Ordering::Relaxed),
-                    duration_ms: duration_ms(start),
-                });
+                    existing: existing.digest,
+                    source: top.digest.clone(),
+                }));
             }
-            return Err(Error::new(ErrorKind::TagConflict {
-                destination: dst.to_string(),
-                existing: existing.digest,
-                source: top.digest.clone(),
-            }));
+            tracing::debug!(destination = %dst, "destination tag already holds the digest");
+            match verify_tree(&dst_ep, dst, tag, &top.digest, Some(existing), &known).await {
+                Ok(check) => {
+                    return Ok(CopyReport {
+                        source: src.to_string(),
+                        destination: dst.to_string(),
+                        digest: top.digest.clone(),
+                        media_type: top.media_type.clone(),
+                        verified: check.verified,
+                        blobs_copied: 0,
+                        blobs_skipped: 0,
+                        blobs_mounted: 0,
+                        bytes_copied: 0,
+                        manifests_pushed: 0,
+                        referrers_copied: 0,
+                        already_present: true,
+                        retries: retries.load(Ordering::Relaxed),
+                        duration_ms: duration_ms(start),
+                    });
+                }
+                // The right digest with a blob or child manifest gone (a registry's garbage
+                // collection, a pruned layout): go on and copy what is missing. The tag is not
+                // written again (step 6 finds it holding the digest), and step 7 proves the
+                // repair.
+                Err(e) if matches!(e.kind, ErrorKind::VerificationFailed { .. }) => {
+                    tracing::warn!(destination = %dst, error = %e, "the destination tag holds the source digest but the image is incomplete; copying what is missing");
+                }
+                Err(e) => return Err(e),
+            }
         }
 
         // 4. Walk the tree and the referrers.

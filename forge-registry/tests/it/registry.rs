@@ -933,3 +933,33 @@ async fn corrupt_oci_layouts_are_refused_not_trusted() {
     assert!(err.to_string().contains("not a valid descriptor"), "{err}");
     assert_eq!(index_of("dst"), index);
 }
+
+/// The tag holds the source digest but a layer is gone (the registry's garbage collection, a
+/// hand deletion): re-running the copy puts back what is missing, without writing the tag
+/// again, instead of failing the same verification on every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_present_tag_with_a_missing_blob_is_repaired_without_writing_the_tag() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let image = fixtures::oci_image(50, 2, 40_000);
+    fixtures::push(&a, "ci/app", "21", &image).await;
+    fixtures::push(&b, "prod/app", "21", &image).await;
+    let lost = image.blob_digests()[1].clone();
+    let deleted = reqwest::Client::new()
+        .delete(format!("http://{b}/v2/prod/app/blobs/{lost}"))
+        .send()
+        .await
+        .expect("DELETE blob");
+    assert_eq!(deleted.status(), reqwest::StatusCode::ACCEPTED);
+    assert!(!fixtures::blob_exists(&b, "prod/app", &lost).await);
+
+    let (src, dst) = (format!("{a}/ci/app:21"), format!("{b}/prod/app:21"));
+    let report = copy(&src, &dst).await.expect("the copy repairs the image");
+    assert!(report.verified && !report.already_present, "{report:?}");
+    assert_eq!(report.blobs_copied, 1, "{report:?}");
+    assert_eq!(report.manifests_pushed, 0, "the tag is not written again");
+    assert_image_at(&b, "prod/app", "21", &image).await;
+
+    let again = copy(&src, &dst).await.expect("re-copy");
+    assert!(again.already_present && again.verified);
+}
