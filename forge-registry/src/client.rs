@@ -689,6 +689,27 @@ impl Repo {
         self.send_counted(method, url, headers, body, &mut 0).await
     }
 
+    /// [`Repo::send_counted`] on a budget shared by several requests (a blob transfer's upload
+    /// session, its source GET and its own retries): the request starts at the retries already
+    /// used and adds its own. Two requests running at once can each use what was left when
+    /// they started, so the total stays within twice the policy, not a product of it.
+    pub(crate) async fn send_budgeted(
+        &self,
+        method: Method,
+        url: Url,
+        headers: HeaderMap,
+        body: Option<Bytes>,
+        used: &AtomicU32,
+    ) -> Result<Response, Error> {
+        let before = used.load(Ordering::Relaxed);
+        let mut attempt = before;
+        let result = self
+            .send_counted(method, url, headers, body, &mut attempt)
+            .await;
+        used.fetch_add(attempt - before, Ordering::Relaxed);
+        result
+    }
+
     /// [`Repo::send`] drawing on a retry budget the caller shares with its own retries (a body
     /// read that broke), so one request never gets more than the policy's retries in all.
     pub(crate) async fn send_counted(

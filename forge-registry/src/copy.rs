@@ -721,13 +721,15 @@ async fn copy_blob(
 ) -> Result<(), Error> {
     // The caller has checked the blob is not at the destination.
     let start = Instant::now();
-    let mut attempt = 0;
+    // One budget for the whole blob: the retries of its requests (upload session, source GET)
+    // and the retries of the transfer itself all count against `max_retries`.
+    let retries = AtomicU32::new(0);
     let mut reauthenticated = false;
     loop {
         if let Some(p) = &progress {
             p.blob_started(&desc.digest, desc.size);
         }
-        match copy_blob_once(src, dst, desc, mode, progress.clone()).await {
+        match copy_blob_once(src, dst, desc, mode, progress.clone(), &retries).await {
             Ok(BlobOutcome::Mounted) => {
                 counters.blobs_mounted.fetch_add(1, Ordering::Relaxed);
                 if let Some(p) = &progress {
@@ -743,8 +745,11 @@ async fn copy_blob(
                 }
                 return Ok(());
             }
-            Err(e) if e.kind.is_retryable() && attempt < policy.max_retries => {
-                attempt += 1;
+            Err(e)
+                if e.kind.is_retryable()
+                    && retries.load(Ordering::Relaxed) < policy.max_retries =>
+            {
+                let attempt = retries.fetch_add(1, Ordering::Relaxed) + 1;
                 // A 429 or 503 on the streamed PUT says how long to wait; honour it as the
                 // request-level retries do.
                 let backoff = policy.backoff(attempt);
@@ -768,6 +773,7 @@ async fn copy_blob(
             }
             Err(mut e) => {
                 e.elapsed = start.elapsed();
+                e.retries = e.retries.max(retries.load(Ordering::Relaxed));
                 return Err(e);
             }
         }

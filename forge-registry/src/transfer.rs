@@ -2,6 +2,7 @@
 //! transfer between them.
 
 use std::pin::Pin;
+use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -291,13 +292,19 @@ impl Endpoint {
         }
     }
 
-    pub(crate) async fn open_blob(&self, desc: &Descriptor) -> Result<BlobStream, Error> {
+    /// Opens a blob for streaming. `retries` is the blob transfer's retry budget (see
+    /// [`copy_blob_once`]): the GET retries only with what is left of it.
+    pub(crate) async fn open_blob(
+        &self,
+        desc: &Descriptor,
+        retries: &AtomicU32,
+    ) -> Result<BlobStream, Error> {
         match self {
             Endpoint::Layout(l) => l.open_blob(desc).await,
             Endpoint::Registry(r) => {
                 let url = r.url(&format!("blobs/{}", desc.digest));
                 let resp = r
-                    .send(Method::GET, url.clone(), HeaderMap::new(), None)
+                    .send_budgeted(Method::GET, url.clone(), HeaderMap::new(), None, retries)
                     .await?;
                 if resp.status() != StatusCode::OK {
                     return Err(r.error_from(&Method::GET, &url, resp).await);
@@ -612,7 +619,11 @@ enum UploadStart {
     Session(url::Url),
 }
 
-async fn start_upload(r: &Repo, mount: Option<(&Digest, &str)>) -> Result<UploadStart, Error> {
+async fn start_upload(
+    r: &Repo,
+    mount: Option<(&Digest, &str)>,
+    retries: &AtomicU32,
+) -> Result<UploadStart, Error> {
     let mut url = r.url("blobs/uploads/");
     if let Some((digest, from)) = mount {
         url.query_pairs_mut()
@@ -622,7 +633,7 @@ async fn start_upload(r: &Repo, mount: Option<(&Digest, &str)>) -> Result<Upload
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     let resp = r
-        .send(Method::POST, url.clone(), h, Some(Bytes::new()))
+        .send_budgeted(Method::POST, url.clone(), h, Some(Bytes::new()), retries)
         .await?;
     match resp.status() {
         StatusCode::CREATED if mount.is_some() => Ok(UploadStart::Mounted),
@@ -786,18 +797,22 @@ async fn upload_chunked(
     check_put(r, &url, resp, desc).await
 }
 
-/// Copies one blob once (no retry): mount, or stream source → destination with verification.
+/// Copies one blob once: mount, or stream source → destination with verification. The
+/// streamed upload is never retried here; the requests around it (upload session, source GET)
+/// retry only within `retries`, the budget the caller's blob-level retries draw on too, so a
+/// blob never gets more than the policy's retries in all.
 pub(crate) async fn copy_blob_once(
     src: &Endpoint,
     dst: &Endpoint,
     desc: &Descriptor,
     mode: UploadMode,
     progress: Option<Arc<dyn Progress>>,
+    retries: &AtomicU32,
 ) -> Result<BlobOutcome, Error> {
     let what = format!("blob {} from {}", desc.digest, src.describe());
     match dst {
         Endpoint::Layout(l) => {
-            let stream = src.open_blob(desc).await?;
+            let stream = src.open_blob(desc, retries).await?;
             let (stream, slot) = verifying(stream, desc, what, progress);
             match l.write_blob(&desc.digest, stream).await {
                 Ok(n) => Ok(BlobOutcome::Copied(n)),
@@ -814,16 +829,18 @@ pub(crate) async fn copy_blob_once(
                 _ => None,
             };
             let (session, stream) = match mount_from.as_deref() {
-                Some(from) => match start_upload(d, Some((&desc.digest, from))).await? {
+                Some(from) => match start_upload(d, Some((&desc.digest, from)), retries).await? {
                     UploadStart::Mounted => return Ok(BlobOutcome::Mounted),
-                    UploadStart::Session(url) => (url, src.open_blob(desc).await?),
+                    UploadStart::Session(url) => (url, src.open_blob(desc, retries).await?),
                 },
                 // No mount possible: open the upload session and the source stream at once
                 // (one round trip less per blob).
                 None => {
-                    let (start, stream) =
-                        futures_util::future::join(start_upload(d, None), src.open_blob(desc))
-                            .await;
+                    let (start, stream) = futures_util::future::join(
+                        start_upload(d, None, retries),
+                        src.open_blob(desc, retries),
+                    )
+                    .await;
                     match start? {
                         UploadStart::Session(url) => (url, stream?),
                         UploadStart::Mounted => return Ok(BlobOutcome::Mounted),

@@ -393,3 +393,27 @@ async fn an_endless_chunked_manifest_is_refused_at_the_cap() {
         k => panic!("expected the manifest cap, got {k:?}"),
     }
 }
+
+/// A blob's retries come out of one budget: the transfer's own retries and those of the
+/// requests inside it (source GET, upload session) together stay within `max_retries`,
+/// instead of multiplying (4 transfer attempts × 4 GETs each before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_blob_never_gets_more_than_the_policys_retries_in_all() {
+    let Some(s) = setup().await else { return };
+    let rule = Rule::new(Route::BlobGet, status(503, "UNAVAILABLE", None), None)
+        .matching(s.big_layer_hex());
+    let err = s.run(&s.src_proxy, rule).await.unwrap_err();
+    let gets = s
+        .src_proxy
+        .log()
+        .into_iter()
+        .filter(|l| l.route == Route::BlobGet && l.path.contains(s.big_layer_hex()))
+        .count();
+    assert_eq!(gets, 1 + RETRIES as usize, "{err}");
+    assert_eq!(err.retries, RETRIES, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("after {RETRIES} retries")),
+        "{err}"
+    );
+}
