@@ -51,6 +51,16 @@ pub enum GitError {
         /// The limit.
         limit: Duration,
     },
+    /// `git` succeeded but printed something Forge cannot read as what it asked for.
+    #[error(
+        "`{command}` printed output Forge cannot read ({detail}); check for git config that changes its output format, and report this if it persists"
+    )]
+    UnexpectedOutput {
+        /// The command line, with URLs redacted.
+        command: String,
+        /// What was wrong with it.
+        detail: String,
+    },
 }
 
 impl GitError {
@@ -58,7 +68,9 @@ impl GitError {
     pub fn stderr(&self) -> &str {
         match self {
             GitError::Failed { stderr, .. } => stderr,
-            GitError::Spawn { .. } | GitError::TimedOut { .. } => "",
+            GitError::Spawn { .. }
+            | GitError::TimedOut { .. }
+            | GitError::UnexpectedOutput { .. } => "",
         }
     }
 }
@@ -106,6 +118,20 @@ pub fn redact_url(text: &str) -> String {
     out
 }
 
+/// Variables that make git act on another repository than the directory it runs in.
+const REPOSITORY_ENV: &[&str] = &[
+    "GIT_DIR",
+    "GIT_WORK_TREE",
+    "GIT_INDEX_FILE",
+    "GIT_OBJECT_DIRECTORY",
+    "GIT_ALTERNATE_OBJECT_DIRECTORIES",
+    "GIT_COMMON_DIR",
+    "GIT_NAMESPACE",
+    "GIT_QUARANTINE_PATH",
+    "GIT_PREFIX",
+    "GIT_SHALLOW_FILE",
+];
+
 /// Runs `git` in one directory with a fixed environment.
 #[derive(Debug, Clone)]
 pub struct Git {
@@ -152,11 +178,27 @@ impl Git {
 
     fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(&self.program);
-        cmd.args(args)
-            .current_dir(&self.dir)
-            .env("LC_ALL", "C")
-            .env("LANGUAGE", "C")
-            .env("GIT_TERMINAL_PROMPT", "0");
+        // Settings that would change what these commands do or print, whatever the user's or
+        // the machine's git config says: no client-side hooks (a global `core.hooksPath` or a
+        // template's pre-push hook, such as git-lfs's, must not run on the Ledger's pushes) and
+        // no signature lines in `git log` output (`log.showSignature`), which would shift the
+        // fields Forge parses.
+        cmd.args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "log.showSignature=false",
+        ])
+        .args(args)
+        .current_dir(&self.dir)
+        .env("LC_ALL", "C")
+        .env("LANGUAGE", "C")
+        .env("GIT_TERMINAL_PROMPT", "0");
+        // Run from inside a git hook, these point at the hook's repository (githooks(5)), and
+        // every command here would act on it instead of `dir`.
+        for var in REPOSITORY_ENV {
+            cmd.env_remove(var);
+        }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }

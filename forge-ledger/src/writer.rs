@@ -606,6 +606,14 @@ impl Ledger {
             let [commit, time, author, subject, trailers] = fields[..] else {
                 continue;
             };
+            // Each record must start with the commit id: anything else (signature lines from
+            // a config Forge did not override) would pair a file version with the wrong commit.
+            if !is_object_id(commit) {
+                return Err(self.git_err(GitError::UnexpectedOutput {
+                    command: "git log".to_owned(),
+                    detail: format!("a record starts with {commit:?}, not a commit id"),
+                }));
+            }
             commits.push((commit, time, author, subject, parse_trailers(trailers)));
         }
         if commits.is_empty() {
@@ -623,7 +631,12 @@ impl Ledger {
         let blobs = git
             .run_bytes(&["cat-file", "--batch"], Some(input.as_bytes()))
             .map_err(|e| self.git_err(e))?;
-        let contents = parse_batch(&blobs, commits.len());
+        let contents = parse_batch(&blobs, commits.len()).ok_or_else(|| {
+            self.git_err(GitError::UnexpectedOutput {
+                command: "git cat-file --batch".to_owned(),
+                detail: format!("not one answer for each of the {} commits", commits.len()),
+            })
+        })?;
         let mut oldest_first: Vec<HistoryEntry> = Vec::new();
         for ((commit, time, author, subject, trailers), content) in
             commits.into_iter().zip(contents).rev()
@@ -1108,14 +1121,23 @@ fn parse_trailers(text: &str) -> BTreeMap<String, String> {
 }
 
 /// Parses `git cat-file --batch` output for `expected` requests; a missing object gives `None`.
-fn parse_batch(mut bytes: &[u8], expected: usize) -> Vec<Option<String>> {
+/// `git cat-file --batch` answers, one per request: the text of each blob (`None` for a missing
+/// path or another object type). `None` when the output does not hold exactly `expected`
+/// answers, so a version of a file is never paired with the wrong commit.
+fn parse_batch(mut bytes: &[u8], expected: usize) -> Option<Vec<Option<String>>> {
     let mut out = Vec::with_capacity(expected);
-    while out.len() < expected && !bytes.is_empty() {
-        let Some(nl) = bytes.iter().position(|&b| b == b'\n') else {
-            break;
-        };
+    while !bytes.is_empty() {
+        if out.len() == expected {
+            return None;
+        }
+        let nl = bytes.iter().position(|&b| b == b'\n')?;
         let header = String::from_utf8_lossy(&bytes[..nl]).into_owned();
         bytes = &bytes[nl + 1..];
+        // `<commit>:<path> missing`; the path may hold spaces.
+        if header.ends_with(" missing") || header.ends_with(" ambiguous") {
+            out.push(None);
+            continue;
+        }
         let mut parts = header.split(' ');
         let (_, kind, size) = (parts.next(), parts.next(), parts.next());
         match (kind, size.and_then(|s| s.parse::<usize>().ok())) {
@@ -1127,11 +1149,15 @@ fn parse_batch(mut bytes: &[u8], expected: usize) -> Vec<Option<String>> {
                 out.push(None);
                 bytes = &bytes[size + 1..];
             }
-            _ => out.push(None), // `<name> missing` / `ambiguous`
+            _ => return None,
         }
     }
-    out.resize(expected, None);
-    out
+    (out.len() == expected).then_some(out)
+}
+
+/// A full hexadecimal object id (SHA-1 or SHA-256 repositories).
+fn is_object_id(s: &str) -> bool {
+    matches!(s.len(), 40 | 64) && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
 /// Splits `TAG` or `TAG@sha256:<hex>` and validates both parts (before anything is fetched).
@@ -1282,10 +1308,23 @@ mod tests {
 
     #[test]
     fn batch_output_is_parsed() {
-        let out = b"aaa blob 3\nabc\nbbb:x missing\nccc blob 0\n\n";
+        let out = b"aaa blob 3\nabc\nbbb:x y missing\nccc blob 0\n\n";
         assert_eq!(
             parse_batch(out, 3),
-            vec![Some("abc".into()), None, Some(String::new())]
+            Some(vec![Some("abc".into()), None, Some(String::new())])
         );
+        // One answer more or fewer than asked for: never paired up by position.
+        assert_eq!(parse_batch(out, 2), None);
+        assert_eq!(parse_batch(out, 4), None);
+        assert_eq!(parse_batch(b"aaa blob 9\nabc\n", 1), None);
+    }
+
+    #[test]
+    fn object_ids_are_full_hex() {
+        assert!(is_object_id(&"a".repeat(40)));
+        assert!(is_object_id(&"0f".repeat(32)));
+        assert!(!is_object_id("gpg: Signature made Thu Nov 26"));
+        assert!(!is_object_id(&"a".repeat(39)));
+        assert!(!is_object_id(&"g".repeat(40)));
     }
 }

@@ -594,3 +594,31 @@ fn help_never_prints_environment_values() {
         assert!(!help.contains("s3cr3t"), "{var}'s value printed: {help}");
     }
 }
+
+/// Forge run from inside a git hook inherits `GIT_DIR` and `GIT_WORK_TREE` (githooks(5)): its
+/// Ledger commands still act on the Ledger, and the hook's repository is left alone.
+#[test]
+fn git_variables_of_a_calling_hook_do_not_redirect_ledger_commands() {
+    let Some(remote) = ledger(&[("a.yaml", VALUES)]) else {
+        return;
+    };
+    let hook_repo = tempfile::tempdir().expect("temp dir");
+    git(hook_repo.path(), &["init", "--quiet"]);
+    let refs_before = git(hook_repo.path(), &["for-each-ref"]);
+    let url = remote.url();
+    let out = forge()
+        .args([
+            "ledger", "set-tag", "--repo", &url, "--file", "a.yaml", "--tag", "101",
+        ])
+        .env("GIT_DIR", hook_repo.path().join(".git"))
+        .env("GIT_WORK_TREE", hook_repo.path())
+        .output()
+        .expect("run forge");
+    assert_success(&out);
+    assert_eq!(remote.read("a.yaml"), values("101").trim_end());
+    assert_eq!(
+        git(hook_repo.path(), &["for-each-ref"]),
+        refs_before,
+        "the hook's repository got the Ledger's refs"
+    );
+}

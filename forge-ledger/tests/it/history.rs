@@ -223,3 +223,33 @@ fn a_revert_proven_against_an_older_value_does_not_overwrite_a_newer_promotion()
     assert!(matches!(err, LedgerError::Superseded { .. }), "{err:?}");
     assert_eq!(remote.read("a.yaml"), values("102").trim_end());
 }
+
+/// History pairs each version of the file with its commit by position in git's output; output
+/// that does not start each record with a commit id (signature lines, a wrapper's banner) is
+/// an error, never a history whose tags belong to other commits.
+#[test]
+fn history_refuses_git_log_output_it_cannot_pair_with_commits() {
+    let Some(remote) = remote(&[("a.yaml", VALUES)]) else {
+        return;
+    };
+    let ledger = Ledger::new(remote.url(), "main");
+    ledger.set_tag(&set("a.yaml", "101")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("git");
+    crate::writer::script(
+        &wrapper,
+        "for a in \"$@\"; do [ \"$a\" = log ] && printf 'gpg: Signature made Thu Nov 26 2026\\n'; done\nexec git \"$@\"",
+    );
+    let err = Ledger::new(remote.url(), "main")
+        .git_program(&wrapper)
+        .history("a.yaml", &Selector::default())
+        .unwrap_err();
+    let LedgerError::Git { source, .. } = &err else {
+        panic!("expected a git error, got {err:?}");
+    };
+    assert!(
+        matches!(source, forge_ledger::git::GitError::UnexpectedOutput { .. }),
+        "{source:?}"
+    );
+    assert!(err.to_string().contains("git failed"), "{err}");
+}

@@ -454,3 +454,51 @@ fn a_stalled_push_is_stopped_at_the_time_limit_and_lands_nothing() {
     assert!(text.contains("did not finish within"), "{text}");
     assert_eq!(git(&remote.path(), &["rev-parse", "main"]), before);
 }
+
+/// Writes an executable shell script.
+pub fn script(path: &std::path::Path, body: &str) {
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).expect("write the script");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755))
+            .expect("make the script executable");
+    }
+}
+
+/// The machine's git config must not change what the Ledger does. A wrapper git adds config
+/// the way a global `~/.gitconfig` would: a client-side `core.hooksPath` whose pre-push hook
+/// fails (think of a template's git-lfs hook without git-lfs) and `log.showSignature`. The
+/// push lands without running the hook, and history still reads.
+#[test]
+fn the_machines_git_config_does_not_reach_the_ledgers_commands() {
+    let Some(remote) = remote(&[("a.yaml", VALUES)]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hooks = dir.path().join("hooks");
+    std::fs::create_dir(&hooks).unwrap();
+    let ran = dir.path().join("pre-push-ran");
+    script(
+        &hooks.join("pre-push"),
+        &format!(
+            "touch '{}'\necho 'git-lfs not found' >&2\nexit 1",
+            ran.display()
+        ),
+    );
+    let wrapper = dir.path().join("git");
+    script(
+        &wrapper,
+        &format!(
+            "exec git -c core.hooksPath='{}' -c log.showSignature=true \"$@\"",
+            hooks.display()
+        ),
+    );
+    let ledger = Ledger::new(remote.url(), "main").git_program(&wrapper);
+    ledger.set_tag(&set("a.yaml", "101")).unwrap();
+    assert!(!ran.exists(), "the client-side pre-push hook ran");
+    assert_eq!(remote.read("a.yaml"), values("101").trim_end());
+    let history = ledger.history("a.yaml", &Selector::default()).unwrap();
+    let tags: Vec<_> = history.iter().map(|e| e.value.as_str()).collect();
+    assert_eq!(tags, ["101", "100"]);
+}
