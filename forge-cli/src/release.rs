@@ -332,6 +332,26 @@ pub fn registry_error(e: forge_registry::Error) -> anyhow::Error {
     crate::output::classify(e, refused)
 }
 
+/// The digest a Ledger history entry records for `tag`: the entry's own pin (`TAG@sha256:…`),
+/// else its commit's `Forge-Digest` trailer, trusted only when the same commit's
+/// `Forge-Build-Id` names `tag`. A commit made by hand that kept an older commit's trailers
+/// (or any other mispairing) then records nothing, rather than another build's digest.
+pub fn recorded_digest(entry: &forge_ledger::HistoryEntry, tag: &str) -> Option<String> {
+    let (value, pin) = match entry.value.split_once('@') {
+        Some((value, pin)) => (value, Some(pin)),
+        None => (entry.value.as_str(), None),
+    };
+    if value != tag {
+        return None;
+    }
+    if let Some(pin) = pin {
+        return Some(pin.to_owned());
+    }
+    (entry.trailers.get(trailer::BUILD_ID).map(String::as_str) == Some(tag))
+        .then(|| entry.trailers.get(trailer::DIGEST).cloned())
+        .flatten()
+}
+
 /// Ledger refusals (superseded, backwards, invalid tag, no target) exit 2; failures exit 1.
 pub fn ledger_error(e: forge_ledger::LedgerError) -> anyhow::Error {
     let refused = e.is_refusal();
@@ -492,6 +512,38 @@ pub fn write_evidence<T: Serialize>(path: &Path, evidence: &T) -> anyhow::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recorded_digests_need_the_tag_in_the_same_commit() {
+        let entry = |value: &str, trailers: &[(&str, &str)]| forge_ledger::HistoryEntry {
+            commit: "c".repeat(40),
+            time: String::new(),
+            author: String::new(),
+            value: value.to_owned(),
+            subject: String::new(),
+            trailers: trailers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        };
+        let d = "sha256:".to_owned() + &"d".repeat(64);
+        let forge_commit = [(trailer::BUILD_ID, "102"), (trailer::DIGEST, d.as_str())];
+        assert_eq!(
+            recorded_digest(&entry("102", &forge_commit), "102"),
+            Some(d.clone())
+        );
+        assert_eq!(recorded_digest(&entry("102", &forge_commit), "101"), None);
+        // A hand edit to 102 that kept 101's trailers records nothing for 102.
+        let stale = [(trailer::BUILD_ID, "101"), (trailer::DIGEST, d.as_str())];
+        assert_eq!(recorded_digest(&entry("102", &stale), "102"), None);
+        assert_eq!(
+            recorded_digest(&entry("102", &[(trailer::DIGEST, &d)]), "102"),
+            None
+        );
+        // A pinned entry records its pin, whatever the trailers say.
+        let pinned = format!("102@{d}");
+        assert_eq!(recorded_digest(&entry(&pinned, &stale), "102"), Some(d));
+    }
 
     #[test]
     fn ecr_hosts() {

@@ -46,14 +46,9 @@ fn recorded_digest(
         .history(file, selector)
         .map_err(release::ledger_error)
         .with_context(|| format!("cannot read the Ledger history of {file}"))?;
-    Ok(history.into_iter().find_map(|entry| {
-        let (value, pin) = match entry.value.split_once('@') {
-            Some((v, d)) => (v.to_owned(), Some(d.to_owned())),
-            None => (entry.value.clone(), None),
-        };
-        (value == tag)
-            .then(|| pin.or_else(|| entry.trailers.get(release::trailer::DIGEST).cloned()))?
-    }))
+    Ok(history
+        .iter()
+        .find_map(|entry| release::recorded_digest(entry, tag)))
 }
 
 /// Runs `forge promote`.

@@ -77,6 +77,25 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
             "{file} has no history in the Ledger: nothing to roll back"
         ))
     })?;
+    // After a rollback, "the newest other value" is the tag that was just rolled back from:
+    // running the same job again (a retry after a late failure) would bring it back.
+    if args.to.is_none()
+        && let Some(newest) = history.first()
+        && newest.trailers.get(trailer::ACTION).map(String::as_str) == Some("rollback")
+    {
+        let undone = history
+            .iter()
+            .map(|e| &e.value)
+            .find(|v| tag_part(v) != tag_part(&current))
+            .map_or_else(|| "the previous tag".to_owned(), |v| format!("`{v}`"));
+        return Err(InvalidInput(format!(
+            "the newest change of {} in {} is itself a rollback (to `{current}`, commit {}): rolling back again by default would bring back {undone}, the tag that was rolled back; pass --to TAG to name the tag to run",
+            args.service,
+            args.env,
+            newest.commit.get(..12).unwrap_or(&newest.commit)
+        ))
+        .into());
+    }
     let target = match &args.to {
         Some(to) => to.clone(),
         None => history.iter().map(|e| &e.value).find(|v| tag_part(v) != tag_part(&current)).cloned().ok_or_else(|| {
@@ -99,13 +118,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
     // entry carried, else the commit's trailer.
     let recorded = history
         .iter()
-        .filter(|e| tag_part(&e.value) == target_tag)
-        .find_map(|e| {
-            e.value
-                .split_once('@')
-                .map(|(_, pin)| pin.to_owned())
-                .or_else(|| e.trailers.get(trailer::DIGEST).cloned())
-        })
+        .find_map(|e| release::recorded_digest(e, &target_tag))
         .ok_or_else(|| {
             InvalidInput(format!(
                 "no digest is recorded in the Ledger for `{target}` in {} ({file} has no {} trailer for it): \

@@ -489,6 +489,38 @@ fn rollback_restores_the_previous_tag_and_its_digest() {
     // Prod running 1001 while QA runs 1002 is not drift: different tags.
     let status = stage.forge(&["status", "--service", "payments", "--output", "json"]);
     assert_success(&status);
+
+    // The same rollback job run again (a retry after a late failure) must not bring 1002
+    // back: after a rollback, the default target is refused and --to is required.
+    let again = stage.forge(&[
+        "rollback",
+        "--service",
+        "payments",
+        "--env",
+        "prod",
+        "--requested-by",
+        "oncall",
+    ]);
+    assert_exit(&again, 2);
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        message.contains("itself a rollback") && message.contains("--to"),
+        "{message}"
+    );
+    assert_eq!(stage.ledger_tag("prod", "payments"), "1001");
+    let named = stage.forge(&[
+        "rollback",
+        "--service",
+        "payments",
+        "--env",
+        "prod",
+        "--to",
+        "1002",
+        "--requested-by",
+        "oncall",
+    ]);
+    assert_success(&named);
+    assert_eq!(stage.ledger_tag("prod", "payments"), "1002");
 }
 
 #[test]
