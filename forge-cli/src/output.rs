@@ -111,12 +111,14 @@ fn escape_github(text: &str) -> String {
         .replace('\n', "%0A")
 }
 
-/// Writes `text` to stdout; a closed pipe (`forge … | head`) is not an error.
+/// Writes `text` to stdout; a closed pipe (`forge … | head`) is not an error. Nothing more is
+/// printed then, and the command ends normally rather than exiting on the spot, so what it
+/// holds is cleaned up (a Ledger's temporary clone is removed on drop).
 pub fn print_stdout(text: &str) -> anyhow::Result<()> {
     let mut out = io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => std::process::exit(0),
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
         Err(e) => Err(e.into()),
     }
 }

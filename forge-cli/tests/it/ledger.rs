@@ -622,3 +622,32 @@ fn git_variables_of_a_calling_hook_do_not_redirect_ledger_commands() {
         "the hook's repository got the Ledger's refs"
     );
 }
+
+/// `forge ledger history … | head -1`: the reader goes away before Forge prints. Forge exits 0
+/// and still removes its temporary copy of the Ledger (it used to exit on the spot, leaving a
+/// full clone in $TMPDIR on every such run).
+#[test]
+fn a_closed_stdout_exits_0_and_leaves_no_temporary_ledger_behind() {
+    let Some(remote) = ledger(&[("a.yaml", VALUES)]) else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let url = remote.url();
+    let mut child = forge()
+        .args(["ledger", "history", "--repo", &url, "--file", "a.yaml"])
+        .env("TMPDIR", tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run forge");
+    // Close the read end before Forge has fetched anything, so its first write fails.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for forge");
+    assert_success(&out);
+    let left: Vec<_> = std::fs::read_dir(tmp.path())
+        .expect("read TMPDIR")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name())
+        .collect();
+    assert!(left.is_empty(), "left in TMPDIR: {left:?}");
+}
