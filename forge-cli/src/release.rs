@@ -518,6 +518,7 @@ mod tests {
         let entry = |value: &str, trailers: &[(&str, &str)]| forge_ledger::HistoryEntry {
             commit: "c".repeat(40),
             time: String::new(),
+            timestamp: 0,
             author: String::new(),
             value: value.to_owned(),
             subject: String::new(),

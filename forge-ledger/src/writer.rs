@@ -258,8 +258,12 @@ pub struct SetTagOutcome {
 pub struct HistoryEntry {
     /// The commit that set this value.
     pub commit: String,
-    /// Committer time, RFC 3339.
+    /// Committer time, RFC 3339, in the committer's own offset.
     pub time: String,
+    /// Committer time in seconds since the Unix epoch: what to order by, since `time` strings
+    /// from committers in different offsets do not sort by their text.
+    #[serde(skip)]
+    pub timestamp: i64,
     /// `Name <email>` of the author.
     pub author: String,
     /// The tag, as `TAG@sha256:…` where the entry pins a digest.
@@ -592,7 +596,7 @@ impl Ledger {
         let work = self.work_repo(&mut state)?;
         let git = self.git(&work.path);
         self.fetch(&git, false)?;
-        let format = "%H%x1f%cI%x1f%an <%ae>%x1f%s%x1f%(trailers:only,unfold)%x1e";
+        let format = "%H%x1f%cI%x1f%ct%x1f%an <%ae>%x1f%s%x1f%(trailers:only,unfold)%x1e";
         let log = git
             .run(&["log", &format!("--format={format}"), FETCHED, "--", &file])
             .map_err(|e| self.git_err(e))?;
@@ -602,8 +606,8 @@ impl Ledger {
             if record.trim().is_empty() {
                 continue;
             }
-            let fields: Vec<&str> = record.splitn(5, '\x1f').collect();
-            let [commit, time, author, subject, trailers] = fields[..] else {
+            let fields: Vec<&str> = record.splitn(6, '\x1f').collect();
+            let [commit, time, timestamp, author, subject, trailers] = fields[..] else {
                 continue;
             };
             // Each record must start with the commit id: anything else (signature lines from
@@ -614,7 +618,20 @@ impl Ledger {
                     detail: format!("a record starts with {commit:?}, not a commit id"),
                 }));
             }
-            commits.push((commit, time, author, subject, parse_trailers(trailers)));
+            let Ok(timestamp) = timestamp.parse::<i64>() else {
+                return Err(self.git_err(GitError::UnexpectedOutput {
+                    command: "git log".to_owned(),
+                    detail: format!("commit {commit} has the time {timestamp:?}"),
+                }));
+            };
+            commits.push((
+                commit,
+                time,
+                timestamp,
+                author,
+                subject,
+                parse_trailers(trailers),
+            ));
         }
         if commits.is_empty() {
             return Err(LedgerError::NotFound {
@@ -638,7 +655,7 @@ impl Ledger {
             })
         })?;
         let mut oldest_first: Vec<HistoryEntry> = Vec::new();
-        for ((commit, time, author, subject, trailers), content) in
+        for ((commit, time, timestamp, author, subject, trailers), content) in
             commits.into_iter().zip(contents).rev()
         {
             let Some(text) = content else { continue };
@@ -660,6 +677,7 @@ impl Ledger {
             oldest_first.push(HistoryEntry {
                 commit: commit.to_owned(),
                 time: time.to_owned(),
+                timestamp,
                 author: author.to_owned(),
                 value,
                 subject: subject.to_owned(),

@@ -236,6 +236,9 @@ fn render_status(services: &[ServiceStatus]) -> String {
 struct AuditEvent {
     env: String,
     time: String,
+    /// Seconds since the epoch: the order (the `time` texts carry each committer's offset).
+    #[serde(skip)]
+    timestamp: i64,
     commit: String,
     author: String,
     tag: String,
@@ -280,6 +283,7 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
                 approved_by: t(trailer::APPROVED_BY),
                 source: t(trailer::SOURCE),
                 time: entry.time,
+                timestamp: entry.timestamp,
                 commit: entry.commit,
                 author: entry.author,
                 tag: entry.value,
@@ -287,7 +291,11 @@ pub fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
             });
         }
     }
-    events.sort_by(|a, b| b.time.cmp(&a.time).then_with(|| a.env.cmp(&b.env)));
+    events.sort_by(|a, b| {
+        b.timestamp
+            .cmp(&a.timestamp)
+            .then_with(|| a.env.cmp(&b.env))
+    });
     match args.output {
         Format::Json => {
             output::print_json(&serde_json::json!({ "service": args.service, "events": events }))?
