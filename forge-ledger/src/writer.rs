@@ -110,7 +110,9 @@ pub enum LedgerError {
     /// attempt re-applied the patch to the fresh tip.
     #[error(
         "push rejected {attempts} times over {:.1}s: {last}; other writers kept moving {branch} — \
-         nothing of this change landed; retry later or raise --max-attempts",
+         nothing of this change landed; run it again later (each run re-applies the change to \
+         the newest tip), or allow more attempts (`Ledger::max_attempts`, \
+         `forge ledger set-tag --max-attempts`)",
         elapsed.as_secs_f64()
     )]
     Rejected {
@@ -185,10 +187,14 @@ impl LedgerError {
                 | LedgerError::InvalidInput { .. }
                 | LedgerError::Superseded { .. }
                 | LedgerError::Backwards { .. }
-                | LedgerError::Patch { .. }
                 | LedgerError::NotFound { .. }
                 | LedgerError::BranchNotFound { .. }
                 | LedgerError::NothingToRevert { .. }
+        ) || matches!(
+            self,
+            // The patcher proving its own edit wrong is a bug to report, not bad input.
+            LedgerError::Patch { source, .. }
+                if !matches!(**source, PatchError::VerifyFailed { .. })
         )
     }
 }
@@ -1321,6 +1327,28 @@ mod tests {
         assert_eq!(
             commit_message("a.yaml", None, "1", "2", &[]),
             "a.yaml: 1 -> 2\n"
+        );
+    }
+
+    #[test]
+    fn a_patcher_bug_is_not_a_refusal() {
+        let patch = |source: PatchError| LedgerError::Patch {
+            file: "a.yaml".into(),
+            branch: "main".into(),
+            source: Box::new(source),
+        };
+        assert!(
+            patch(PatchError::NoTarget {
+                searched: "image.tag".into()
+            })
+            .is_refusal()
+        );
+        assert!(
+            !patch(PatchError::VerifyFailed {
+                path: "image.tag".into(),
+                detail: "a comment changed".into()
+            })
+            .is_refusal()
         );
     }
 
