@@ -71,7 +71,10 @@ fn history_lists_values_newest_first_and_collapses_unrelated_commits() {
         git(&remote.path(), &["cat-file", "-e", &entry.commit]);
         assert_eq!(
             entry.timestamp.to_string(),
-            git(&remote.path(), &["log", "-1", "--format=%ct", &entry.commit]),
+            git(
+                &remote.path(),
+                &["log", "-1", "--format=%ct", &entry.commit]
+            ),
             "seconds since the epoch, for ordering"
         );
     }
