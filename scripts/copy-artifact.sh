@@ -15,7 +15,7 @@ usage: copy-artifact.sh --source REF --destination REF [--jobs N] [--tag-pattern
                         [--docker-config PATH] [--no-referrers] [--output text|json]
        copy-artifact.sh --service NAME --to ENV [--tag TAG] [--requested-by WHO]
                         [--approved-by WHO] [--evidence FILE] [--config FILE]
-                        [--dry-run] [--output text|json]
+                        [--dry-run] [--allow-unrecorded-digest] [--output text|json]
 
 The first form copies one image with `forge copy` (digest verified); the second runs
 `forge promote` (policy, copy from the `from` environment, Ledger update).
@@ -61,7 +61,7 @@ while [[ $# -gt 0 ]]; do
     --to) need_value "$1" "$#"; to_env="$2"; shift 2 ;;
     --tag | --requested-by | --approved-by | --evidence | --config)
       need_value "$1" "$#"; promote_args+=("$1" "$2"); shift 2 ;;
-    --dry-run) promote_args+=("$1"); shift ;;
+    --dry-run | --allow-unrecorded-digest) promote_args+=("$1"); shift ;;
     --output) need_value "$1" "$#"; common_args+=("$1" "$2"); shift 2 ;;
     *) fail_usage "unknown argument '$1'" ;;
   esac
@@ -75,7 +75,7 @@ if [[ -n "$source_ref" || -n "$destination_ref" ]]; then
   [[ -z "$service" && -z "$to_env" ]] ||
     fail_usage "use either --source/--destination (copy) or --service/--to (promote), not both"
   [[ ${#promote_args[@]} -eq 0 ]] ||
-    fail_usage "--tag, --requested-by, --approved-by, --evidence, --config and --dry-run belong to the --service/--to form"
+    fail_usage "--tag, --requested-by, --approved-by, --evidence, --config, --dry-run and --allow-unrecorded-digest belong to the --service/--to form"
   exec "$forge" copy "$source_ref" "$destination_ref" "${copy_args[@]}" "${common_args[@]}"
 fi
 

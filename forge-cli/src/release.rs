@@ -26,6 +26,9 @@ pub mod trailer {
     pub const REQUESTED_BY: &str = "Forge-Requested-By";
     /// Who approved.
     pub const APPROVED_BY: &str = "Forge-Approved-By";
+    /// Present when the source digest was not recorded in the Ledger and the promotion was
+    /// allowed explicitly (`--allow-unrecorded-digest`).
+    pub const UNRECORDED_SOURCE: &str = "Forge-Unrecorded-Source";
 }
 
 /// The options `promote` and `rollback` share.
@@ -386,6 +389,10 @@ pub struct Evidence {
     pub build_id: String,
     /// The image reference read.
     pub source: ImageEvidence,
+    /// True when `--allow-unrecorded-digest` promoted a tag whose digest the `from`
+    /// environment's Ledger history did not record: the source digest is what the tag
+    /// pointed to at promotion time, not a digest Forge recorded.
+    pub source_digest_unrecorded: bool,
     /// The image reference written or proven.
     pub destination: ImageEvidence,
     /// What the copy/verification proved.

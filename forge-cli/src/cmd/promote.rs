@@ -29,6 +29,12 @@ pub struct Args {
     /// referrers cannot be copied (nested deeper than 4 levels, or a failing referrers API).
     #[arg(long)]
     no_referrers: bool,
+    /// Promote what the `from` environment's tag points to now when the Ledger's history
+    /// records no digest for it (the tag was set by hand, or before Forge). Without it such a
+    /// promotion is refused: Forge cannot prove the bytes are the ones CI built. The commit
+    /// and the evidence say the source digest was unrecorded.
+    #[arg(long)]
+    allow_unrecorded_digest: bool,
     #[command(flatten)]
     change: release::ChangeArgs,
 }
@@ -117,6 +123,9 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
     };
 
     let destination = release.image_ref(&args.to, &tag)?;
+    // Whether the source digest comes from the Ledger's record (the bytes the `from`
+    // environment was given) or, by explicit choice, from what its tag points to now.
+    let mut source_recorded = true;
     let source = match &to_env.from {
         // The bytes the `from` environment recorded for this tag, not whatever the tag points
         // to now: the digest in Prod is the digest CI built.
@@ -125,11 +134,22 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
             let from_file = release.manifest(from)?;
             match recorded_digest(&ledger, &from_file, &selector, &tag)? {
                 Some(digest) => format!("{image}@{digest}"),
-                None => {
+                None if args.allow_unrecorded_digest => {
                     tracing::warn!(
-                        "{from}'s Ledger history records no digest for {tag}; promoting the image {image} points to now"
+                        "{from}'s Ledger history records no digest for {tag}; promoting what {image} points to now, as --allow-unrecorded-digest asks"
                     );
+                    source_recorded = false;
                     image
+                }
+                None => {
+                    return Err(InvalidInput(format!(
+                        "{from}'s Ledger history ({from_file}) records no digest for {tag}: no Forge commit set it \
+                         (it was set by hand or before Forge), so Forge cannot prove {image} still holds the bytes {from} was given; \
+                         nothing was copied or written. Check that {image} is the build CI made, then pass --allow-unrecorded-digest \
+                         to promote what the tag points to now (the Ledger commit and the evidence will say so); \
+                         tags Forge sets from now on record their digest"
+                    ))
+                    .into());
                 }
             }
         }
@@ -182,6 +202,7 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
             "tag": tag,
             "source": source,
             "source_digest": resolved.digest.to_string(),
+            "source_digest_unrecorded": !source_recorded,
             "destination": destination,
             "ledger": { "file": file, "old": current.value, "new": tag },
             "requested_by": requested_by,
@@ -252,13 +273,19 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
         ServiceKind::Argocd => None,
     };
 
-    let trailers = args.change.trailers(
+    let mut trailers = args.change.trailers(
         "promote",
         &digest,
         &tag,
         Some(&source),
         requested_by.as_deref(),
     );
+    if !source_recorded {
+        trailers.push((
+            release::trailer::UNRECORDED_SOURCE.to_owned(),
+            "allowed by --allow-unrecorded-digest".to_owned(),
+        ));
+    }
     let outcome = ledger
         .set_tag(&forge_ledger::SetTag {
             file: file.clone(),
@@ -294,6 +321,7 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
             reference: source.clone(),
             digest: digest.clone(),
         },
+        source_digest_unrecorded: !source_recorded,
         destination: ImageEvidence {
             reference: destination.clone(),
             digest: digest.clone(),
@@ -340,8 +368,13 @@ fn describe(e: &Evidence) -> String {
         ),
         None => format!("{} already at {}: no commit", e.ledger.file, e.ledger.new),
     };
+    let unrecorded = if e.source_digest_unrecorded {
+        "  note:        the source digest was not recorded in the Ledger; promoted what the tag pointed to (--allow-unrecorded-digest)\n"
+    } else {
+        ""
+    };
     format!(
-        "promoted {} {} to {}\n  source:      {}\n  destination: {}\n  digest:      {} (verified at the destination)\n  copy:        {copy}\n  ledger:      {ledger}\n",
+        "promoted {} {} to {}\n  source:      {}\n  destination: {}\n  digest:      {} (verified at the destination)\n  copy:        {copy}\n  ledger:      {ledger}\n{unrecorded}",
         e.service,
         e.build_id,
         e.environment,

@@ -237,6 +237,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
             reference: reference.clone(),
             digest: recorded.clone(),
         },
+        source_digest_unrecorded: false,
         destination: ImageEvidence {
             reference: reference.clone(),
             digest: resolved.digest.to_string(),

@@ -829,6 +829,7 @@ fn scripts_map_arguments_exactly_and_pass_the_exit_code_through() {
                 "--config",
                 "f.toml",
                 "--dry-run",
+                "--allow-unrecorded-digest",
             ],
             &[
                 "promote",
@@ -847,6 +848,7 @@ fn scripts_map_arguments_exactly_and_pass_the_exit_code_through() {
                 "--config",
                 "f.toml",
                 "--dry-run",
+                "--allow-unrecorded-digest",
             ],
         ),
         (
@@ -1292,7 +1294,7 @@ fn copy_artifact_promotes_through_the_real_forge() {
     let ledger = forge_testkit::BareRemote::seeded(&[
         (
             "apps/dev/payments.yaml",
-            &application("payments", "dev", "1001"),
+            &application("payments", "dev", "1000"),
         ),
         (
             "apps/qa/payments.yaml",
@@ -1358,6 +1360,20 @@ fn copy_artifact_promotes_through_the_real_forge() {
             .unwrap()
             .to_owned()
     };
+
+    // The CI form records Dev's build (and its digest) in the Ledger first.
+    let out = run(&[
+        "--service",
+        "payments",
+        "--to",
+        "dev",
+        "--tag",
+        "1001",
+        "--requested-by",
+        "ci@example.com",
+    ]);
+    assert_success(&out);
+    assert_eq!(ledger_tag("dev"), "1001");
 
     let evidence = work.path().join("evidence-qa.json");
     let evidence_arg = evidence.to_string_lossy().into_owned();

@@ -919,3 +919,68 @@ fn the_recorded_digest_is_promoted_and_a_refusal_pushes_nothing() {
     );
     assert_eq!(stage.ledger_tag("prod", "payments"), "1002");
 }
+
+#[test]
+fn a_tag_set_by_hand_is_promoted_only_when_explicitly_allowed() {
+    let Some(stage) = Stage::start(&[("payments", "payments/api", true)]) else {
+        return;
+    };
+    // Dev's 1001 set by hand: the Ledger records no digest for it.
+    let out = stage.forge(&[
+        "ledger",
+        "set-tag",
+        "--repo",
+        &stage.ledger.url(),
+        "--file",
+        "apps/dev/payments.yaml",
+        "--tag",
+        "1001",
+    ]);
+    assert_success(&out);
+    let commits = stage.ledger.log().len();
+    let qa_image = format!("{}/payments/api:1001", stage.shared.host());
+
+    for dry_run in [true, false] {
+        let mut args = vec![
+            "promote",
+            "--service",
+            "payments",
+            "--to",
+            "qa",
+            "--requested-by",
+            "alice@example.com",
+        ];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let out = stage.forge(&args);
+        assert_exit(&out, 2);
+        let err = stderr(&out);
+        for needle in [
+            "records no digest for 1001",
+            "apps/dev/payments.yaml",
+            "nothing was copied or written",
+            "--allow-unrecorded-digest",
+        ] {
+            assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+        }
+        assert_eq!(stage.oracle_digest(&qa_image), None, "no tag pushed");
+        assert_eq!(stage.ledger.log().len(), commits, "no Ledger commit");
+    }
+
+    let qa = stage.promote("payments", "qa", &["--allow-unrecorded-digest"]);
+    assert_eq!(qa["source_digest_unrecorded"], true, "{qa}");
+    assert_eq!(qa["destination"]["digest"], stage.digests[0].as_str());
+    assert_eq!(
+        stage.oracle_digest(&qa_image).as_deref(),
+        Some(stage.digests[0].as_str())
+    );
+    let message = git(&stage.ledger.path(), &["log", "-1", "--format=%B", "main"]);
+    assert!(
+        message.contains("Forge-Unrecorded-Source: allowed by --allow-unrecorded-digest"),
+        "{message}"
+    );
+    // QA now records the digest, so Prod needs no flag.
+    let prod = stage.promote("payments", "prod", &["--approved-by", "bob@example.com"]);
+    assert_eq!(prod["source_digest_unrecorded"], false, "{prod}");
+}
