@@ -7,8 +7,14 @@ use crate::output::InvalidInput;
 use crate::release::Release;
 
 /// Deploys `tag` of the release's EC2 service to `env` and returns the deploy report (JSON).
-/// Any instance that did not succeed is an error listing them.
-pub async fn deploy(release: &Release, env: &str, tag: &str) -> anyhow::Result<serde_json::Value> {
+/// Each instance switches only if it pulled `tag` as `digest` (the digest just proven in the
+/// registry). Any instance that did not succeed is an error listing them.
+pub async fn deploy(
+    release: &Release,
+    env: &str,
+    tag: &str,
+    digest: &str,
+) -> anyhow::Result<serde_json::Value> {
     let service = &release.service_config;
     let name = &release.service;
     let missing = |key: &str| {
@@ -37,6 +43,17 @@ pub async fn deploy(release: &Release, env: &str, tag: &str) -> anyhow::Result<s
     let mut request = forge_ec2::DeployRequest::new(targets, compose, tag, service_dir);
     request.parameters_path = service.parameters_path.clone();
     request.comment = Some(format!("forge promote {name} {tag} to {env}"));
+    let image = release.image_ref(env, tag)?;
+    // An OCI layout directory is not something an instance pulls from; there is no pin to check.
+    if !image.starts_with("oci:") {
+        let repository = image
+            .strip_suffix(&format!(":{tag}"))
+            .expect("image_ref ends with the tag it was given");
+        request.image_pin = Some(format!("{repository}@{digest}"));
+    }
+    request
+        .validate()
+        .map_err(|e| InvalidInput(format!("cannot deploy {name} {tag} to {env}: {e}")))?;
 
     let sdk = crate::aws::sdk_config_for_env(&release.loaded, env)
         .await

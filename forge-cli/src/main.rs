@@ -72,7 +72,7 @@ enum Command {
     Ledger(cmd::ledger::Command),
     /// Deploy docker-compose services on EC2 through SSM Run Command, roll back, render the script.
     #[command(subcommand)]
-    Ec2(cmd::ec2::Command),
+    Ec2(Box<cmd::ec2::Command>),
 }
 
 fn main() -> ExitCode {
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => cmd::copy::run_verify(a),
         Command::Config(c) => cmd::config::run(c),
         Command::Ledger(c) => cmd::ledger::run(c),
-        Command::Ec2(c) => cmd::ec2::run(c),
+        Command::Ec2(c) => cmd::ec2::run(*c),
     };
     match result {
         Ok(code) => code,

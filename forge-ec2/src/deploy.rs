@@ -189,6 +189,10 @@ pub struct DeployRequest {
     pub check_running: bool,
     /// SSM comment (at most 100 characters; longer ones are cut).
     pub comment: Option<String>,
+    /// `REPOSITORY@sha256:…`: each instance refuses to switch unless the compose file runs
+    /// `REPOSITORY:<image_tag>` and docker pulled it as this digest (see [`crate::script`]).
+    /// None: the tag alone decides what runs.
+    pub image_pin: Option<String>,
 }
 
 impl DeployRequest {
@@ -213,12 +217,16 @@ impl DeployRequest {
             deadline: defaults::DEADLINE,
             check_running: true,
             comment: None,
+            image_pin: None,
         }
     }
 
     /// Checks every value; [`Ec2Deployer::deploy`] calls it before sending anything.
     pub fn validate(&self) -> Result<(), ValidationError> {
         script::check_image_tag(&self.image_tag)?;
+        if let Some(pin) = &self.image_pin {
+            script::check_image_pin(pin)?;
+        }
         script::check_service_dir(&self.service_dir)?;
         script::check_compose(&self.compose_file)?;
         if let Some(p) = &self.parameters_path {
@@ -240,6 +248,7 @@ impl DeployRequest {
             parameters_path: self.parameters_path.as_deref(),
             region: self.parameters_region.as_deref().or(region),
             check_running: self.check_running,
+            pin: self.image_pin.as_deref(),
         }
     }
 }
@@ -274,6 +283,9 @@ pub struct RollbackRequest {
     pub check_running: bool,
     /// SSM comment.
     pub comment: Option<String>,
+    /// `REPOSITORY@sha256:…` the rollback tag must be pulled as (only with `to_tag`; see
+    /// [`DeployRequest::image_pin`]).
+    pub image_pin: Option<String>,
 }
 
 impl RollbackRequest {
@@ -293,6 +305,7 @@ impl RollbackRequest {
             deadline: defaults::DEADLINE,
             check_running: true,
             comment: None,
+            image_pin: None,
         }
     }
 
@@ -300,6 +313,15 @@ impl RollbackRequest {
     pub fn validate(&self) -> Result<(), ValidationError> {
         if let Some(tag) = &self.to_tag {
             script::check_image_tag(tag)?;
+        }
+        if let Some(pin) = &self.image_pin {
+            script::check_image_pin(pin)?;
+            if self.to_tag.is_none() {
+                return Err(ValidationError::ImagePin {
+                    pin: pin.clone(),
+                    reason: "a pin needs the tag it belongs to; name the rollback tag (to_tag / --to-tag)".to_owned(),
+                });
+            }
         }
         script::check_service_dir(&self.service_dir)?;
         if let Some(c) = &self.compose_file {
@@ -327,6 +349,7 @@ impl RollbackRequest {
             parameters_path: self.parameters_path.as_deref(),
             region: self.parameters_region.as_deref().or(region),
             check_running: self.check_running,
+            pin: self.image_pin.as_deref(),
         }
     }
 }

@@ -9,20 +9,28 @@
 //!
 //! 1. `prepare`: create and enter the service directory, pick `docker compose` or `docker-compose`.
 //! 2. `read-previous-tag` (rollback without a named tag): the tag recorded in `.env.previous`.
-//! 3. `backup`: copies of `docker-compose.yml`, `.env` and `.env.previous` (or a note that they
-//!    did not exist). Until `pull` has succeeded, any failure restores them, so a failed deploy
-//!    leaves the files describing the containers that still run (`forge-undo:` on stderr).
-//!    From `up` on, the new files stay.
-//! 4. `write-compose`: decode the base64 compose file into a temp file, verify its sha256 (a
-//!    mismatch is refused and nothing changes), rename it to `docker-compose.yml`.
-//! 5. `refresh-env` (when a parameters path is set): `forge-refresh-env` rewrites `.env` from
-//!    Parameter Store, keeping `IMAGE_TAG`.
-//! 6. `set-image-tag`: `IMAGE_TAG=<tag>` in `.env` (atomically, mode 0600); the tag it replaces
-//!    goes to `.env.previous` (unless it is the same tag), which is what a rollback reads.
-//! 7. `pull`: `docker compose pull --quiet`.
-//! 8. `up`: `docker compose up -d`.
-//! 9. `check-running` (optional): every service of the compose file is running (retried for
-//!    about 30 s while containers start).
+//! 3. `write-compose`: decode the base64 compose file into a staged file and verify its sha256
+//!    (a mismatch is refused and nothing changes); `check-compose` when the instance's file is kept.
+//! 4. `refresh-env` (when a parameters path is set): `forge-refresh-env` rewrites a staged copy
+//!    of `.env` from Parameter Store, keeping `IMAGE_TAG`.
+//! 5. `set-image-tag`: `IMAGE_TAG=<tag>` in the staged `.env` (mode 0600).
+//! 6. `pull`: `docker compose --env-file STAGED -f STAGED pull --quiet`, so the images are pulled
+//!    before any live file changes.
+//! 7. `verify-digest` (with a pin `REPOSITORY@sha256:…`): the compose file runs
+//!    `REPOSITORY:<tag>`, and docker pulled it as that digest (`RepoDigests`); otherwise nothing
+//!    changes. Tags are mutable in a registry; this is what proves the instance got the bytes
+//!    Forge promoted.
+//! 8. `install`: the staged files replace `docker-compose.yml` and `.env`; the tag replaced goes
+//!    to `.env.previous` (unless it is the same tag), which is what a rollback reads. Backups
+//!    are kept until the moves are done and restored if one fails (`forge-undo:` on stderr).
+//! 9. `up`: `docker compose up -d`. From here the new files stay: they describe the new containers.
+//! 10. `check-running` (optional): every service of the compose file is running (retried for
+//!     about 30 s while containers start), with `ps --filter status=running`, which
+//!     docker-compose v1 understands too.
+//!
+//! Until `install`, a failure or a stop (SIGTERM/SIGHUP/SIGINT, e.g. SSM cancelling the
+//! command) leaves the live files as they were, and the staged files are removed on every exit.
+//! Requires `--env-file` (docker-compose ≥ 1.25 or the Compose v2 plugin).
 //!
 //! A failing command prints `forge-step-failed: NAME (exit N)` on stderr (ERR trap); a refused
 //! check prints `forge-step-failed: NAME: reason`. On success the last lines are
@@ -69,6 +77,14 @@ pub enum ValidationError {
         /// The value as given.
         value: String,
         /// Why, and the accepted range.
+        reason: String,
+    },
+    /// The image pin is not `REPOSITORY@sha256:<hex>`, or cannot apply.
+    #[error("image pin `{pin}` is not allowed: {reason}")]
+    ImagePin {
+        /// The pin as given.
+        pin: String,
+        /// Why, and what to pass instead.
         reason: String,
     },
     /// The compose file is empty or too large to send.
@@ -166,6 +182,42 @@ pub fn check_parameters_path(path: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Checks an image pin: `REPOSITORY@sha256:<64 hex>`, the repository as the compose file names
+/// it (e.g. `123456789012.dkr.ecr.eu-west-1.amazonaws.com/payments/api`).
+pub fn check_image_pin(pin: &str) -> Result<(), ValidationError> {
+    let err = |reason: &str| ValidationError::ImagePin {
+        pin: pin.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let Some((repository, digest)) = pin.rsplit_once('@') else {
+        return Err(err(
+            "give REPOSITORY@sha256:<64 hex>, e.g. 123456789012.dkr.ecr.eu-west-1.amazonaws.com/payments/api@sha256:…",
+        ));
+    };
+    let hex = digest.strip_prefix("sha256:").unwrap_or_default();
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(err(
+            "the digest must be sha256: followed by 64 lowercase hex digits",
+        ));
+    }
+    let repository_ok = !repository.is_empty()
+        && repository
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-/:".contains(&b))
+        && !repository.starts_with(['/', ':', '.', '-'])
+        && !repository.ends_with(['/', ':']);
+    if !repository_ok {
+        return Err(err(
+            "the repository must be an image name without tag, as the compose file writes it (lowercase, digits, `._-/:`)",
+        ));
+    }
+    Ok(())
+}
+
 /// Checks the compose file's size.
 pub fn check_compose(compose: &[u8]) -> Result<(), ValidationError> {
     if compose.is_empty() {
@@ -222,6 +274,9 @@ pub struct ScriptSpec<'a> {
     pub region: Option<&'a str>,
     /// Check that every service runs after `up -d`.
     pub check_running: bool,
+    /// `REPOSITORY@sha256:…`: after the pull, `REPOSITORY:<tag>` must be an image of the
+    /// compose file and must have been pulled as this digest (only with a known tag).
+    pub pin: Option<&'a str>,
 }
 
 /// Renders the script for `spec`.
@@ -248,11 +303,13 @@ pub fn render(spec: &ScriptSpec<'_>) -> String {
         }
         TagChoice::RollbackToPrevious => s.push_str("IMAGE_TAG_WANTED=''\n"),
     }
+    if let Some(pin) = spec.pin {
+        let _ = writeln!(s, "IMAGE_PIN_WANTED={}", shell_quote(pin));
+    }
     s.push_str(PREPARE);
     if spec.tag == TagChoice::RollbackToPrevious {
         s.push_str(READ_PREVIOUS);
     }
-    s.push_str(BACKUP);
     match spec.compose {
         Some(compose) => {
             let _ = writeln!(
@@ -260,16 +317,17 @@ pub fn render(spec: &ScriptSpec<'_>) -> String {
                 "\nstep write-compose\nCOMPOSE_SHA256={}",
                 shell_quote(&sha256_hex(compose))
             );
-            s.push_str(WRITE_COMPOSE_HEAD);
+            s.push_str(STAGE_COMPOSE_HEAD);
             let b64 = base64::engine::general_purpose::STANDARD.encode(compose);
             for chunk in b64.as_bytes().chunks(76) {
                 s.push_str(std::str::from_utf8(chunk).unwrap_or_default());
                 s.push('\n');
             }
-            s.push_str(WRITE_COMPOSE_TAIL);
+            s.push_str(STAGE_COMPOSE_TAIL);
         }
-        None => s.push_str(KEEP_COMPOSE),
+        None => s.push_str(STAGE_KEEP_COMPOSE),
     }
+    s.push_str(STAGE_ENV);
     if let Some(path) = spec.parameters_path {
         let _ = writeln!(
             s,
@@ -277,21 +335,22 @@ pub fn render(spec: &ScriptSpec<'_>) -> String {
             shell_quote(path)
         );
         s.push_str(REFRESH_CHECK);
-        match spec.region {
-            Some(region) => {
-                let _ = writeln!(
-                    s,
-                    "forge-refresh-env --path \"$PARAMETERS_PATH\" --file \"$SERVICE_DIR/.env\" --region {}",
-                    shell_quote(region)
-                );
-            }
-            None => s.push_str(
-                "forge-refresh-env --path \"$PARAMETERS_PATH\" --file \"$SERVICE_DIR/.env\"\n",
-            ),
-        }
+        let region = spec
+            .region
+            .map(|r| format!(" --region {}", shell_quote(r)))
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "forge-refresh-env --path \"$PARAMETERS_PATH\" --file \"$SERVICE_DIR/$env_new\"{region}"
+        );
     }
     s.push_str(SET_TAG);
-    s.push_str(PULL_UP);
+    s.push_str(PULL);
+    if spec.pin.is_some() {
+        s.push_str(VERIFY_DIGEST);
+    }
+    s.push_str(INSTALL);
+    s.push_str(UP);
     if spec.check_running {
         s.push_str(CHECK_RUNNING);
     }
@@ -322,6 +381,16 @@ undo() {
 marker() { echo "$1"; echo "$1" >&2; }
 on_err() { local rc=$?; marker "forge-step-failed: ${FORGE_STEP} (exit ${rc})"; undo; exit "${rc}"; }
 trap on_err ERR
+# Stopped (SSM cancel or timeout, a shutdown): the same undo, so the files never name a tag
+# the containers do not run.
+on_signal() { trap - ERR; marker "forge-step-failed: ${FORGE_STEP} (stopped by SIG$1)"; undo; exit "$2"; }
+trap 'on_signal TERM 143' TERM
+trap 'on_signal HUP 129' HUP
+trap 'on_signal INT 130' INT
+# Staged files (relative to the service directory, no spaces) are removed however the run ends.
+STAGED=""
+remove_staged() { local f; for f in $STAGED; do rm -f -- "$f"; done; }
+trap remove_staged EXIT
 step() { FORGE_STEP="$1"; echo "forge-step: $1"; }
 fail() { marker "forge-step-failed: ${FORGE_STEP}: $*"; undo; exit 1; }
 tag_ok() { [[ "$1" =~ ^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$ ]] && [ "$1" != latest ]; }
@@ -351,36 +420,32 @@ tag_ok "$IMAGE_TAG_WANTED" || fail "$SERVICE_DIR/.env.previous holds no valid IM
 echo "forge-rollback-to: $IMAGE_TAG_WANTED"
 "#;
 
-const BACKUP: &str = r#"
-step backup
-for f in $UNDO_FILES; do
-  rm -f -- "$f.forge-undo" "$f.forge-absent"
-  if [ -e "$f" ]; then cp -p -- "$f" "$f.forge-undo"; else : > "$f.forge-absent"; fi
-done
-UNDO=1
-"#;
-
-const WRITE_COMPOSE_HEAD: &str = r#"compose_tmp="$(mktemp .forge-compose.XXXXXX)"
-if ! base64 -d > "$compose_tmp" <<'FORGE_COMPOSE_B64'
-"#;
-
-const WRITE_COMPOSE_TAIL: &str = r#"FORGE_COMPOSE_B64
-then
-  rm -f -- "$compose_tmp"
-  fail "the compose file did not decode (corrupted in transit?); docker-compose.yml was not changed"
-fi
-compose_actual="$(sha256sum "$compose_tmp" | cut -d ' ' -f 1)"
-if [ "$compose_actual" != "$COMPOSE_SHA256" ]; then
-  rm -f -- "$compose_tmp"
-  fail "compose file checksum mismatch (expected $COMPOSE_SHA256, got $compose_actual): refusing to deploy; docker-compose.yml was not changed"
-fi
-chmod 0644 "$compose_tmp"
-mv -f -- "$compose_tmp" docker-compose.yml
-"#;
-
-const KEEP_COMPOSE: &str = r#"
+const STAGE_KEEP_COMPOSE: &str = r#"
 step check-compose
 [ -f docker-compose.yml ] || fail "no docker-compose.yml in $SERVICE_DIR; deploy with a compose file first"
+compose_new=docker-compose.yml
+"#;
+
+const STAGE_COMPOSE_HEAD: &str = r#"compose_new="$(mktemp .forge-compose.XXXXXX)"
+STAGED="$STAGED $compose_new"
+if ! base64 -d > "$compose_new" <<'FORGE_COMPOSE_B64'
+"#;
+
+const STAGE_COMPOSE_TAIL: &str = r#"FORGE_COMPOSE_B64
+then
+  fail "the compose file did not decode (corrupted in transit?); docker-compose.yml was not changed"
+fi
+compose_actual="$(sha256sum "$compose_new" | cut -d ' ' -f 1)"
+if [ "$compose_actual" != "$COMPOSE_SHA256" ]; then
+  fail "compose file checksum mismatch (expected $COMPOSE_SHA256, got $compose_actual): refusing to deploy; docker-compose.yml was not changed"
+fi
+chmod 0644 "$compose_new"
+"#;
+
+/// The new `.env` is built in a staged copy; the live one changes only at `install`.
+const STAGE_ENV: &str = r#"env_new="$(mktemp .forge-env.XXXXXX)"
+STAGED="$STAGED $env_new"
+if [ -f .env ]; then cat .env > "$env_new"; fi
 "#;
 
 const REFRESH_CHECK: &str = r#"command -v forge-refresh-env >/dev/null 2>&1 || fail "forge-refresh-env is not installed on this instance (put it in /usr/local/bin); .env was not changed"
@@ -388,28 +453,57 @@ const REFRESH_CHECK: &str = r#"command -v forge-refresh-env >/dev/null 2>&1 || f
 
 const SET_TAG: &str = r#"
 step set-image-tag
+env_tagged="$(mktemp .forge-env.XXXXXX)"
+STAGED="$STAGED $env_tagged"
+grep -v '^IMAGE_TAG=' "$env_new" > "$env_tagged" || [ "$?" -eq 1 ]
+printf 'IMAGE_TAG=%s\n' "$IMAGE_TAG_WANTED" >> "$env_tagged"
+chmod 0600 "$env_tagged"
+mv -f -- "$env_tagged" "$env_new"
+"#;
+
+/// Pull with the staged files: if it fails, or the command is stopped, the live files still
+/// describe the containers that run.
+const PULL: &str = r#"
+step pull
+compose --env-file "$env_new" -f "$compose_new" pull --quiet
+"#;
+
+const VERIFY_DIGEST: &str = r#"
+step verify-digest
+pin_repo="${IMAGE_PIN_WANTED%@*}"
+want="$pin_repo:$IMAGE_TAG_WANTED"
+images="$(compose --env-file "$env_new" -f "$compose_new" config | sed -n 's/^[[:space:]]*image:[[:space:]]*//p' | tr -d "\"'" | sort -u)"
+grep -qxF -- "$want" <<<"$images" || fail "no service in docker-compose.yml runs $want (its images: ${images//$'\n'/ }), so the promoted image would not be deployed; use $pin_repo:\${IMAGE_TAG} as the service's image; nothing was changed"
+pulled="$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' -- "$want")"
+grep -qxF -- "$IMAGE_PIN_WANTED" <<<"$pulled" || fail "$want was pulled as ${pulled//$'\n'/ }, not ${IMAGE_PIN_WANTED}: the registry's tag does not hold the promoted bytes (re-pushed?); check the registry, nothing was changed"
+echo "forge-image-digest: $IMAGE_PIN_WANTED"
+"#;
+
+/// Puts the staged files in place (backed up until `up` starts) and records the tag replaced
+/// in `.env.previous`, which is what a rollback reads.
+const INSTALL: &str = r#"
+step install
+for f in $UNDO_FILES; do
+  rm -f -- "$f.forge-undo" "$f.forge-absent"
+  if [ -e "$f" ]; then cp -p -- "$f" "$f.forge-undo"; else : > "$f.forge-absent"; fi
+done
+UNDO=1
 previous_tag=""
 if [ -f .env ]; then previous_tag="$(read_tag .env)"; fi
-env_tmp="$(mktemp .forge-env.XXXXXX)"
-if [ -f .env ]; then grep -v '^IMAGE_TAG=' .env > "$env_tmp" || [ "$?" -eq 1 ]; fi
-printf 'IMAGE_TAG=%s\n' "$IMAGE_TAG_WANTED" >> "$env_tmp"
-chmod 0600 "$env_tmp"
 if [ -n "$previous_tag" ] && [ "$previous_tag" != "$IMAGE_TAG_WANTED" ]; then
   printf 'IMAGE_TAG=%s\n' "$previous_tag" > .env.previous.forge-tmp
   mv -f -- .env.previous.forge-tmp .env.previous
 fi
-mv -f -- "$env_tmp" .env
+if [ "$compose_new" != docker-compose.yml ]; then mv -f -- "$compose_new" docker-compose.yml; fi
+mv -f -- "$env_new" .env
 echo "forge-image-tag: ${previous_tag:-(none)} -> $IMAGE_TAG_WANTED"
-"#;
-
-const PULL_UP: &str = r#"
-step pull
-compose -f docker-compose.yml pull --quiet
 
 # From here containers change: keep the new files even if a later step fails.
 for f in $UNDO_FILES; do rm -f -- "$f.forge-undo" "$f.forge-absent"; done
 UNDO=0
+"#;
 
+const UP: &str = r#"
 step up
 compose -f docker-compose.yml up -d
 "#;
@@ -420,7 +514,9 @@ expected="$(compose -f docker-compose.yml config --services | sort)"
 attempt=0
 while :; do
   attempt=$((attempt + 1))
-  running="$(compose -f docker-compose.yml ps --services --status running | sort)"
+  # `--filter status=running`: understood by docker-compose v1 and the v2 plugin alike
+  # (`--status` is v2 only).
+  running="$(compose -f docker-compose.yml ps --services --filter status=running | sort)"
   missing="$(comm -23 <(printf '%s\n' "$expected") <(printf '%s\n' "$running"))"
   if [ -z "$missing" ]; then break; fi
   if [ "$attempt" -ge 6 ]; then

@@ -69,6 +69,10 @@ pub struct RunArgs {
     /// Skip the check that every compose service is running after `up -d`.
     #[arg(long)]
     no_check_running: bool,
+    /// `REPOSITORY@sha256:…`: each instance switches only if the compose file runs
+    /// REPOSITORY:<tag> and docker pulled it as this digest (deploy, or rollback --to-tag).
+    #[arg(long, value_name = "REPO@DIGEST")]
+    image_pin: Option<String>,
     /// Output format.
     #[arg(long, value_enum, default_value_t)]
     output: Format,
@@ -129,6 +133,9 @@ pub struct RenderArgs {
     /// Leave out the running-services check.
     #[arg(long)]
     no_check_running: bool,
+    /// `REPOSITORY@sha256:…` the tag must be pulled as.
+    #[arg(long, value_name = "REPO@DIGEST")]
+    image_pin: Option<String>,
 }
 
 /// Runs `forge ec2 …`.
@@ -173,6 +180,7 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         request.parameters_path = args.parameters_path;
         request.parameters_region = args.region;
         request.check_running = !args.no_check_running;
+        request.image_pin = args.image_pin;
         request.validate().map_err(invalid)?;
         forge_ec2::render_rollback_script(&request)
     } else {
@@ -188,6 +196,7 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         request.parameters_path = args.parameters_path;
         request.parameters_region = args.region;
         request.check_running = !args.no_check_running;
+        request.image_pin = args.image_pin;
         request.validate().map_err(invalid)?;
         forge_ec2::render_script(&request)
     };
@@ -296,6 +305,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     request.execution_timeout = r.execution;
     request.deadline = r.deadline;
     request.check_running = !args.run.no_check_running;
+    request.image_pin = args.run.image_pin.clone();
     // Refuse bad input before asking for credentials.
     request.validate().map_err(invalid)?;
     let result = deployer(&args.run, &r.loaded).await?.deploy(&request).await;
@@ -321,6 +331,7 @@ async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     request.execution_timeout = r.execution;
     request.deadline = r.deadline;
     request.check_running = !args.run.no_check_running;
+    request.image_pin = args.run.image_pin.clone();
     request.validate().map_err(invalid)?;
     let result = deployer(&args.run, &r.loaded)
         .await?

@@ -269,7 +269,9 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
     let (digest, verification) = verification;
 
     let ec2 = match release.service_config.kind {
-        ServiceKind::Ec2 => Some(crate::ec2_release::deploy(&release, &args.to, &tag).await?),
+        ServiceKind::Ec2 => {
+            Some(crate::ec2_release::deploy(&release, &args.to, &tag, &digest).await?)
+        }
         ServiceKind::Argocd => None,
     };
 

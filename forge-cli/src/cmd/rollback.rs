@@ -194,7 +194,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
 
     let ec2 = match release.service_config.kind {
         ServiceKind::Ec2 => {
-            Some(crate::ec2_release::deploy(&release, &args.env, &target_tag).await?)
+            Some(crate::ec2_release::deploy(&release, &args.env, &target_tag, &recorded).await?)
         }
         ServiceKind::Argocd => None,
     };

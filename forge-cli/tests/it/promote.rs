@@ -660,6 +660,26 @@ print(json.dumps(ids))
         "1001",
         "recorded after the deploy succeeded"
     );
+    // The instances were told which bytes the tag must be: the digest proven in QA's registry.
+    let script = moto.python(
+        r#"
+import boto3, os
+sts = boto3.client("sts", endpoint_url=os.environ["ENDPOINT"])
+creds = sts.assume_role(RoleArn="arn:aws:iam::222222222222:role/fixture", RoleSessionName="fixture")["Credentials"]
+ssm = boto3.client("ssm", endpoint_url=os.environ["ENDPOINT"], region_name="eu-west-1", aws_access_key_id=creds["AccessKeyId"],
+                   aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"])
+print("\n".join(ssm.list_commands()["Commands"][-1]["Parameters"]["commands"]))
+"#,
+    );
+    let pin = format!(
+        "IMAGE_PIN_WANTED='{}/data/dagster@{}'",
+        stage.shared.host(),
+        stage.digests[0]
+    );
+    assert!(
+        script.contains(&pin),
+        "no `{pin}` in the sent script:\n{script}"
+    );
 }
 
 #[test]

@@ -4,6 +4,7 @@
 //! (base64, sha256sum, mktemp, grep, sed, mv) is the real one the instance would run.
 
 use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -13,21 +14,41 @@ use forge_ec2::{DeployRequest, RollbackRequest, Targets, render_rollback_script,
 const COMPOSE: &str = "services:\n  web:\n    image: \"registry.example/web:${IMAGE_TAG}\"\n  worker:\n    image: \"registry.example/worker:${IMAGE_TAG}\"\n";
 
 const FAKE_DOCKER: &str = r#"#!/bin/bash
-# Fake docker: records each call; behaviour from FAKE_FAIL / FAKE_NO_PLUGIN.
+# Fake docker: records each call; behaviour from FAKE_FAIL / FAKE_NO_PLUGIN / FAKE_PULLED.
 echo "docker $*" >> "$FAKE_LOG"
+# The files a compose call reads: --env-file (else .env) and -f.
+env_file=.env; compose_file=docker-compose.yml; args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --env-file) env_file="${args[i+1]}" ;;
+    -f) compose_file="${args[i+1]}" ;;
+  esac
+done
+tag_in() { sed -n 's/^IMAGE_TAG=//p' "$1" 2>/dev/null; }
 case "$*" in
   "compose version")
     [ -n "${FAKE_NO_PLUGIN:-}" ] && exit 1
     exit 0 ;;
   *" pull"*)
-    echo "pull-sees IMAGE_TAG=$(sed -n 's/^IMAGE_TAG=//p' .env)" >> "$FAKE_LOG"
-    if [ "${FAKE_FAIL:-}" = pull ]; then echo "Error response from daemon: pull access denied" >&2; exit 18; fi ;;
+    echo "pull-sees IMAGE_TAG=$(tag_in "$env_file")" >> "$FAKE_LOG"
+    echo "pull-live IMAGE_TAG=$(tag_in .env)" >> "$FAKE_LOG"
+    if [ "${FAKE_FAIL:-}" = pull ]; then echo "Error response from daemon: pull access denied" >&2; exit 18; fi
+    if [ "${FAKE_FAIL:-}" = pull-hangs ]; then sleep 30; fi ;;
   *" up -d"*)
     [ "${FAKE_FAIL:-}" = up ] && exit 1 ;;
   *" config --services"*)
     printf 'web\nworker\n' ;;
-  *" ps --services --status running"*)
+  *" config"*)
+    # Like `docker compose config`: the compose file with ${IMAGE_TAG} interpolated.
+    tag="$(tag_in "$env_file")"
+    sed "s/\${IMAGE_TAG}/$tag/g" "$compose_file" ;;
+  "image inspect "*)
+    # RepoDigests of the pulled image: FAKE_PULLED, else what the registry would have.
+    printf '%s\n' "${FAKE_PULLED:-registry.example/web@sha256:$(printf 'a%.0s' {1..64})}" ;;
+  *" ps --services --filter status=running"*)
     printf 'worker\nweb\n' ;;
+  *" ps "*)
+    echo "unknown flag (docker-compose v1 has only --filter)" >&2; exit 1 ;;
 esac
 exit 0
 "#;
@@ -107,6 +128,16 @@ impl Sandbox {
         let _ = std::fs::remove_file(self.root.join("calls.log"));
     }
 
+    /// The service directory's entries, sorted.
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(&self.service)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        names
+    }
+
     fn read(&self, name: &str) -> Option<String> {
         std::fs::read_to_string(self.service.join(name)).ok()
     }
@@ -121,6 +152,13 @@ fn request(dir: &str, tag: &str) -> DeployRequest {
     );
     r.parameters_path = Some("/forge/dagster".to_owned());
     r
+}
+
+/// The digest the fake docker reports for `registry.example/web` unless told otherwise.
+const WEB_DIGEST: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+fn pin(digest: &str) -> String {
+    format!("registry.example/web@{digest}")
 }
 
 fn text(b: &[u8]) -> String {
@@ -157,11 +195,13 @@ fn deploy_runs_refresh_then_tag_then_pull_then_up() {
     };
     assert!(
         calls[pos("refresh-env")].contains("--path /forge/dagster --file ")
-            && calls[pos("refresh-env")].ends_with("svc/.env"),
-        "{calls:#?}"
+            && calls[pos("refresh-env")].contains("svc/.forge-env."),
+        "refresh-env writes the staged .env: {calls:#?}"
     );
-    // The tag is already in .env when pull runs, and refresh-env came before both.
+    // Pull sees the new tag through the staged files while the live .env is untouched, and
+    // refresh-env came before both.
     assert!(pos("refresh-env") < pos("pull-sees IMAGE_TAG=42"));
+    assert_eq!(calls[pos("pull-sees") + 1], "pull-live IMAGE_TAG=");
     assert!(pos("pull-sees IMAGE_TAG=42") < pos("docker compose -f docker-compose.yml up -d"));
     assert_eq!(sb.read("docker-compose.yml").as_deref(), Some(COMPOSE));
     let env = sb.read(".env").unwrap();
@@ -188,11 +228,11 @@ fn deploy_runs_refresh_then_tag_then_pull_then_up() {
         steps,
         [
             "prepare",
-            "backup",
             "write-compose",
             "refresh-env",
             "set-image-tag",
             "pull",
+            "install",
             "up",
             "check-running",
             "finished"
@@ -201,6 +241,11 @@ fn deploy_runs_refresh_then_tag_then_pull_then_up() {
     assert_eq!(
         forge_ec2::script::deployed_tag(&stdout).as_deref(),
         Some("42")
+    );
+    assert_eq!(
+        sb.files(),
+        [".env", "docker-compose.yml"],
+        "no staged files left"
     );
 }
 
@@ -304,7 +349,10 @@ fn failure_before_up_restores_the_previous_files() {
     let out = sb.run(&render_script(&changed), &[("FAKE_FAIL", "pull")]);
     assert!(!out.status.success());
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("forge-undo: restored"), "{stderr}");
+    assert!(
+        !stderr.contains("forge-undo"),
+        "the pull used staged files; nothing live changed to undo: {stderr}"
+    );
     let after: Vec<Option<String>> = [".env", ".env.previous", "docker-compose.yml"]
         .iter()
         .map(|f| sb.read(f))
@@ -319,15 +367,10 @@ fn failure_before_up_restores_the_previous_files() {
         .permissions()
         .mode();
     assert_eq!(mode & 0o777, 0o600);
-    let mut names: Vec<String> = std::fs::read_dir(&sb.service)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .collect();
-    names.sort();
     assert_eq!(
-        names,
+        sb.files(),
         [".env", ".env.previous", "docker-compose.yml"],
-        "no backup files left"
+        "no staged or backup files left"
     );
 
     // A failure after `up` started keeps the new files (they describe the new containers).
@@ -388,7 +431,8 @@ fn compose_checksum_mismatch_is_refused_and_changes_nothing() {
 fn starts_under_sh_and_falls_back_to_docker_compose() {
     let sb = Sandbox::new("svc");
     let legacy = sb.root.join("bin/docker-compose");
-    std::fs::write(&legacy, "#!/bin/bash\necho \"docker-compose $*\" >> \"$FAKE_LOG\"\n[ \"$1 $2 $3\" = \"-f docker-compose.yml config\" ] && printf 'web\\nworker\\n'\n[ \"$3 $4\" = \"ps --services\" ] && printf 'web\\nworker\\n'\nexit 0\n").unwrap();
+    // docker-compose v1: no `ps --status`, only `ps --filter status=running`.
+    std::fs::write(&legacy, "#!/bin/bash\necho \"docker-compose $*\" >> \"$FAKE_LOG\"\n[ \"$1 $2 $3\" = \"-f docker-compose.yml config\" ] && printf 'web\\nworker\\n'\ncase \"$*\" in *' ps --services --filter status=running') printf 'web\\nworker\\n' ;; *' ps '*) echo 'No such option: --status' >&2; exit 1 ;; esac\nexit 0\n").unwrap();
     std::fs::set_permissions(&legacy, std::fs::Permissions::from_mode(0o755)).unwrap();
     // dash, like an agent that runs `sh _script.sh`: the script re-executes itself under bash.
     let out = sb.run_with(
@@ -401,7 +445,8 @@ fn starts_under_sh_and_falls_back_to_docker_compose() {
     assert!(
         calls
             .iter()
-            .any(|c| c == "docker-compose -f docker-compose.yml pull --quiet"),
+            .any(|c| c.starts_with("docker-compose --env-file .forge-env.")
+                && c.ends_with("pull --quiet")),
         "{calls:#?}"
     );
     assert!(
@@ -464,7 +509,124 @@ fn generated_scripts_pass_shellcheck() {
 fn rendered_scripts_snapshot() {
     let mut deploy = request("/opt/dagster", "20261126.3");
     deploy.parameters_region = Some("eu-west-1".to_owned());
+    deploy.image_pin = Some(pin(WEB_DIGEST));
     insta::assert_snapshot!("deploy_script", render_script(&deploy));
     let rollback = RollbackRequest::new(Targets::parse("tag:a=b").unwrap(), "/opt/dagster");
     insta::assert_snapshot!("rollback_script", render_rollback_script(&rollback));
+}
+
+#[test]
+fn a_pinned_deploy_switches_only_to_the_promoted_digest() {
+    let sb = Sandbox::new("svc");
+    assert_ok(&sb.run(&render_script(&request(sb.dir(), "41")), &[]));
+    let before: Vec<Option<String>> = [".env", ".env.previous", "docker-compose.yml"]
+        .iter()
+        .map(|f| sb.read(f))
+        .collect();
+
+    sb.clear_calls();
+    // The registry's tag was re-pointed: docker pulled other bytes. Nothing switches.
+    let mut pinned = request(sb.dir(), "42");
+    pinned.image_pin = Some(pin(WEB_DIGEST));
+    let other = format!("registry.example/web@sha256:{}", "b".repeat(64));
+    let out = sb.run(&render_script(&pinned), &[("FAKE_PULLED", &other)]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "forge-step-failed: verify-digest: registry.example/web:42 was pulled as {other}, not {}",
+            pin(WEB_DIGEST)
+        )),
+        "{stderr}"
+    );
+    let after: Vec<Option<String>> = [".env", ".env.previous", "docker-compose.yml"]
+        .iter()
+        .map(|f| sb.read(f))
+        .collect();
+    assert_eq!(after, before, "a digest mismatch changes no live file");
+    assert_eq!(sb.files(), [".env", "docker-compose.yml"]);
+    assert!(!sb.calls().iter().any(|c| c.contains("up -d")));
+
+    // A compose file that does not run the pinned repository cannot prove anything.
+    let mut elsewhere = pinned.clone();
+    elsewhere.image_pin = Some(format!("registry.example/api@{WEB_DIGEST}"));
+    let out = sb.run(&render_script(&elsewhere), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("no service in docker-compose.yml runs registry.example/api:42")
+            && stderr.contains("registry.example/web:42 registry.example/worker:42")
+            && stderr.contains("use registry.example/api:${IMAGE_TAG}"),
+        "{stderr}"
+    );
+    assert_eq!(env_tag(&sb, ".env").as_deref(), Some("41"));
+
+    // The promoted bytes: the deploy goes through and says which digest it proved.
+    sb.clear_calls();
+    let out = sb.run(&render_script(&pinned), &[]);
+    assert_ok(&out);
+    assert!(
+        text(&out.stdout).contains(&format!("forge-image-digest: {}", pin(WEB_DIGEST))),
+        "{}",
+        text(&out.stdout)
+    );
+    let calls = sb.calls();
+    let inspect = calls
+        .iter()
+        .position(|c| c == "docker image inspect --format {{range .RepoDigests}}{{println .}}{{end}} -- registry.example/web:42")
+        .unwrap_or_else(|| panic!("{calls:#?}"));
+    let up = calls.iter().position(|c| c.ends_with("up -d")).unwrap();
+    assert!(inspect < up, "{calls:#?}");
+    assert_eq!(env_tag(&sb, ".env").as_deref(), Some("42"));
+    assert_eq!(env_tag(&sb, ".env.previous").as_deref(), Some("41"));
+}
+
+#[test]
+fn a_stopped_deploy_leaves_the_live_files_and_no_staged_ones() {
+    let sb = Sandbox::new("svc");
+    assert_ok(&sb.run(&render_script(&request(sb.dir(), "41")), &[]));
+    let script = sb.root.join("_stopped.sh");
+    std::fs::write(&script, render_script(&request(sb.dir(), "42"))).unwrap();
+    // Its own process group, as the SSM agent runs it, so the stop reaches docker too.
+    let child = Command::new("bash")
+        .arg(&script)
+        .current_dir(&sb.root)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                sb.root.join("bin").display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
+        .env("FAKE_LOG", sb.root.join("calls.log"))
+        .env("FAKE_FAIL", "pull-hangs")
+        .process_group(0)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let waited = std::time::Instant::now();
+    while !sb.calls().iter().any(|c| c == "pull-live IMAGE_TAG=41") {
+        assert!(
+            waited.elapsed() < std::time::Duration::from_secs(20),
+            "pull never started: {:#?}",
+            sb.calls()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(143), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("forge-step-failed: pull (stopped by SIGTERM)"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(env_tag(&sb, ".env").as_deref(), Some("41"));
+    assert_eq!(sb.files(), [".env", "docker-compose.yml"]);
 }
