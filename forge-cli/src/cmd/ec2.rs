@@ -56,11 +56,12 @@ pub struct RunArgs {
     /// (default 0: stop at the first failure).
     #[arg(long, value_name = "N")]
     max_errors: Option<String>,
-    /// Execution timeout per instance, seconds (default 1800).
-    #[arg(long, value_name = "SECS")]
+    /// Execution timeout per instance, seconds, 1 to 172800 (48 h; SSM's limit; default 1800).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=172_800))]
     timeout: Option<u64>,
-    /// Delivery timeout, seconds: how long SSM tries to reach an instance (default 600).
-    #[arg(long, value_name = "SECS")]
+    /// Delivery timeout, seconds: how long SSM tries to reach an instance, 30 to 2592000
+    /// (30 days; SSM's limits; default 600).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(30..=2_592_000))]
     delivery_timeout: Option<u64>,
     /// Give up (and cancel the command) after this many seconds; default: delivery + execution
     /// timeout + 5 min, at least 45 min. Raise it for rolling deploys with a low --max-concurrency.
@@ -261,7 +262,9 @@ fn resolve(run: &RunArgs, compose_flag: Option<&Path>) -> anyhow::Result<Resolve
     let deadline = match run.deadline {
         Some(0) => return Err(invalid("--deadline 0: give the seconds to wait, e.g. 3600")),
         Some(secs) => Duration::from_secs(secs),
-        None => (delivery + execution + Duration::from_secs(300))
+        None => delivery
+            .saturating_add(execution)
+            .saturating_add(Duration::from_secs(300))
             .max(forge_ec2::deploy::defaults::DEADLINE),
     };
     Ok(Resolved {

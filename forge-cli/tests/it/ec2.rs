@@ -174,6 +174,29 @@ fn render_script_prints_the_script_and_refuses_bad_input() {
             &["--service-dir", "/opt/x"][..],
             "needs --compose FILE and --image-tag TAG",
         ),
+        (
+            &[
+                "--compose",
+                "compose/docker-compose.yml",
+                "--image-tag",
+                "42",
+                "--service-dir",
+                "/opt/x",
+                "--image-pin",
+                "registry.example/web:42",
+            ][..],
+            "image pin `registry.example/web:42` is not allowed: give REPOSITORY@sha256:",
+        ),
+        (
+            &[
+                "--rollback",
+                "--service-dir",
+                "/opt/x",
+                "--image-pin",
+                "registry.example/web@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            ][..],
+            "a pin needs the tag it belongs to",
+        ),
     ] {
         let mut full = vec!["ec2", "render-script"];
         full.extend_from_slice(args);
@@ -181,6 +204,42 @@ fn render_script_prints_the_script_and_refuses_bad_input() {
         assert_exit(&out, 2);
         assert!(stderr(&out).contains(needle), "{args:?}: {}", stderr(&out));
         assert!(stdout(&out).is_empty(), "nothing printed on refusal");
+    }
+}
+
+#[test]
+fn out_of_range_timeouts_are_refused_before_anything_is_sent() {
+    let dir = setup();
+    for (flag, value, range) in [
+        ("--timeout", "18446744073709551615", "1..=172800"),
+        ("--timeout", "0", "1..=172800"),
+        ("--delivery-timeout", "29", "30..=2592000"),
+    ] {
+        let out = crate::support::forge_in(
+            dir.path(),
+            &[
+                "ec2",
+                "deploy",
+                "--env",
+                "qa",
+                "--target",
+                "tag:a=b",
+                "--service-dir",
+                "/opt/x",
+                "--compose",
+                "compose/docker-compose.yml",
+                "--image-tag",
+                "42",
+                flag,
+                value,
+            ],
+        );
+        assert_exit(&out, 2);
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("'{value}' for '{flag} <SECS>'")) && err.contains(range),
+            "{flag} {value}: {err}"
+        );
     }
 }
 
