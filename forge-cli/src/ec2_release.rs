@@ -76,11 +76,16 @@ pub async fn deploy(
             .filter(|i| !i.succeeded)
             .map(|i| format!("{} ({})", i.instance_id, i.status))
             .collect();
+        // Each instance's status, failed step, output tail and advice: the pipeline log is
+        // where this is read, and the error is all a failed promotion prints.
+        let mut instances = String::new();
+        crate::cmd::ec2::instance_lines(&mut instances, &report.instances);
         anyhow::bail!(
             "SSM deploy of {name} {tag} to {env} did not succeed on every instance (command {}): {}; \
-             the Ledger was not changed — see `forge ec2` output or the SSM console for each instance's output",
+             the Ledger was not changed\n{}",
             report.command_id,
-            failed.join(", ")
+            failed.join(", "),
+            instances.trim_end()
         );
     }
     Ok(json)

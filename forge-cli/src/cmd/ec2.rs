@@ -436,7 +436,7 @@ fn text_report(report: &DeployReport) -> String {
 
 /// One line per instance (status, exit code, tag, failed step), with the output tail and the
 /// advice under a failed one.
-fn instance_lines(out: &mut String, instances: &[forge_ec2::InstanceResult]) {
+pub(crate) fn instance_lines(out: &mut String, instances: &[forge_ec2::InstanceResult]) {
     for i in instances {
         let _ = write!(out, "  {}  {}", i.instance_id, i.status);
         if i.status_details != i.status {

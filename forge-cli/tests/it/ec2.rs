@@ -45,7 +45,7 @@ compose = "compose/docker-compose.yml"
 }
 
 /// A command against `endpoint` with a clean AWS/CI environment and static test keys.
-fn aws_cmd(mut cmd: Command, dir: &Path, endpoint: &str) -> Command {
+pub(crate) fn aws_cmd(mut cmd: Command, dir: &Path, endpoint: &str) -> Command {
     for var in [
         "AWS_PROFILE",
         "AWS_REGION",
@@ -393,7 +393,7 @@ print(json.dumps(ids))
 
 /// Serves `answer(operation, n, body)` over HTTP/1.1 on loopback for SSM's JSON protocol (one
 /// thread per connection, keep-alive honoured).
-fn fake_ssm(answer: fn(&str, usize, &str) -> (u16, String)) -> String {
+pub(crate) fn fake_ssm(answer: fn(&str, usize, &str) -> (u16, String)) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let counts = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashMap::<

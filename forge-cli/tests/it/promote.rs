@@ -1004,3 +1004,71 @@ fn a_tag_set_by_hand_is_promoted_only_when_explicitly_allowed() {
     let prod = stage.promote("payments", "prod", &["--approved-by", "bob@example.com"]);
     assert_eq!(prod["source_digest_unrecorded"], false, "{prod}");
 }
+
+#[test]
+fn a_failed_ec2_instance_stops_the_promotion_with_its_report() {
+    let Some(stage) = Stage::start(&[("dagster", "data/dagster", true)]) else {
+        return;
+    };
+    // moto's SSM always succeeds: this fake answers as SSM does for one failed instance.
+    let endpoint = crate::ec2::fake_ssm(|op, _n, _body| {
+        match op {
+        "SendCommand" => (200, r#"{"Command":{"CommandId":"c-9","InstanceIds":[],"Status":"Pending","TargetCount":1}}"#.to_owned()),
+        "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-9","Status":"Failed","TargetCount":1,"InstanceIds":[]}]}"#.to_owned()),
+        "ListCommandInvocations" => (
+            200,
+            r#"{"CommandInvocations":[{"CommandId":"c-9","InstanceId":"i-0000000000000000b","Status":"Failed","StatusDetails":"Failed","CommandPlugins":[{"Name":"aws:runShellScript","ResponseCode":1}]}]}"#.to_owned(),
+        ),
+        "GetCommandInvocation" => (
+            200,
+            r#"{"CommandId":"c-9","InstanceId":"i-0000000000000000b","ResponseCode":1,"Status":"Failed","StatusDetails":"Failed","StandardOutputContent":"forge-step: verify-digest\n","StandardErrorContent":"forge-step-failed: verify-digest: registry/data/dagster:1001 was pulled as other@sha256:00, not the pin\n"}"#.to_owned(),
+        ),
+        _ => (400, r#"{"__type":"UnknownOperationException"}"#.to_owned()),
+    }
+    });
+    let dir = stage.path();
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        "services:\n  dagster:\n    image: registry.example.invalid/data/dagster:${IMAGE_TAG}\n",
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(dir.join("forge.toml"))
+        .unwrap()
+        .replace(
+            "[auth]\ntoken = \"none\"\n",
+            "[auth]\ntoken = \"none\"\nregion = \"eu-west-1\"\nallow_static_credentials = true\n",
+        )
+        .replace(
+            "[services.dagster]\n",
+            "[services.dagster]\nkind = \"ec2\"\ntarget = \"tag:forge:dagster-enabled=true\"\nservice_dir = \"/opt/dagster\"\ncompose = \"docker-compose.yml\"\n",
+        );
+    std::fs::write(dir.join("forge.toml"), config).unwrap();
+    for name in ["no-aws-config", "no-aws-credentials"] {
+        std::fs::write(dir.join(name), "").unwrap();
+    }
+    let promote = |to: &str, extra: &[&str]| {
+        let mut cmd = crate::ec2::aws_cmd(crate::support::forge(), dir, &endpoint);
+        cmd.args([
+            "promote",
+            "--service",
+            "dagster",
+            "--to",
+            to,
+            "--requested-by",
+            "alice",
+        ])
+        .args(extra);
+        cmd.output().unwrap()
+    };
+    let out = promote("dev", &["--tag", "1001"]);
+    assert_exit(&out, 1);
+    let err = stderr(&out);
+    for needle in [
+        "SSM deploy of dagster 1001 to dev did not succeed on every instance (command c-9): i-0000000000000000b (Failed); the Ledger was not changed",
+        "i-0000000000000000b  Failed  exit 1  failed at step verify-digest",
+        "| forge-step-failed: verify-digest: registry/data/dagster:1001 was pulled as other@sha256:00",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+    assert_eq!(stage.ledger_tag("dev", "dagster"), "1000");
+}
