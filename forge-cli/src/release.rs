@@ -233,32 +233,52 @@ impl Release {
     }
 
     /// A registry client that authenticates to each ECR registry of `envs` with that
-    /// environment's role chain, and to everything else through the Docker config.
+    /// environment's role chain (see [`ecr_chains`]), and to everything else through the
+    /// Docker config. `envs` is `[from, to]` for a promotion, the environment otherwise.
     pub async fn registry_client(&self, envs: &[&str]) -> anyhow::Result<forge_registry::Client> {
         let mut ecr = HashMap::new();
-        let token_none = self.config().auth.token.as_deref() == Some("none");
-        for env in envs {
-            let Some(registry) = self.environment(env)?.registry.as_deref() else {
-                continue;
-            };
-            if token_none || !is_ecr_host(registry) || ecr.contains_key(registry) {
-                continue;
+        if self.config().auth.token.as_deref() != Some("none") {
+            for (host, env) in ecr_chains(self.config(), envs) {
+                let sdk = crate::aws::sdk_config_for_env(&self.loaded, &env)
+                    .await
+                    .with_context(|| {
+                        format!("cannot get AWS credentials for {env} (registry {host})")
+                    })?;
+                ecr.insert(
+                    host,
+                    Arc::new(match crate::aws::mask_hook(crate::aws::current_ci()) {
+                        Some(hook) => {
+                            forge_auth::ecr::EcrCredentials::new(&sdk).with_secret_hook(hook)
+                        }
+                        None => forge_auth::ecr::EcrCredentials::new(&sdk),
+                    }),
+                );
             }
-            let sdk = crate::aws::sdk_config_for_env(&self.loaded, env)
-                .await
-                .with_context(|| {
-                    format!("cannot get AWS credentials for {env} (registry {registry})")
-                })?;
-            ecr.insert(
-                registry.to_owned(),
-                Arc::new(match crate::aws::mask_hook(crate::aws::current_ci()) {
-                    Some(hook) => forge_auth::ecr::EcrCredentials::new(&sdk).with_secret_hook(hook),
-                    None => forge_auth::ecr::EcrCredentials::new(&sdk),
-                }),
-            );
         }
         crate::ecr::client_with(ecr)
     }
+}
+
+/// Which environment's role chain signs in to each ECR host of `envs`: the host of each
+/// environment's `registry` (a path after it, e.g. `…amazonaws.com/prod`, is a repository
+/// prefix). When environments share a host, the last of `envs` wins: for a promotion that is
+/// the destination, whose role must be able to push (and pull the source for the mount).
+pub fn ecr_chains(config: &Config, envs: &[&str]) -> Vec<(String, String)> {
+    let mut chains: Vec<(String, String)> = Vec::new();
+    for env in envs.iter().rev() {
+        let Some(registry) = config
+            .environments
+            .get(*env)
+            .and_then(|e| e.registry.as_deref())
+        else {
+            continue;
+        };
+        let host = registry.split('/').next().unwrap_or_default();
+        if is_ecr_host(host) && !chains.iter().any(|(h, _)| h == host) {
+            chains.push((host.to_owned(), (*env).to_owned()));
+        }
+    }
+    chains
 }
 
 /// Loads the config and refuses it with every problem listed when a rule is broken.
@@ -282,14 +302,14 @@ fn ledger_location(loaded: &Loaded, repo: &str) -> String {
     }
 }
 
-/// `<12 digits>.dkr.ecr.<region>.amazonaws.com[.cn]`.
+/// `<12 digits>.dkr.ecr[-fips].<region>.amazonaws.com[.cn]`.
 pub fn is_ecr_host(host: &str) -> bool {
     let mut parts = host.split('.');
     let account = parts.next().unwrap_or_default();
     account.len() == 12
         && account.bytes().all(|b| b.is_ascii_digit())
         && parts.next() == Some("dkr")
-        && parts.next() == Some("ecr")
+        && matches!(parts.next(), Some("ecr" | "ecr-fips"))
         && parts.next().is_some_and(|region| !region.is_empty())
         && parts.next() == Some("amazonaws")
         && matches!(
@@ -563,11 +583,47 @@ mod tests {
                 "111111111111.dkr.ecr.eu-west-1.amazonaws.com.evil.example",
                 false,
             ),
+            (
+                "111111111111.dkr.ecr-fips.us-gov-west-1.amazonaws.com",
+                true,
+            ),
+            ("111111111111.dkr.ecrx.eu-west-1.amazonaws.com", false),
             ("127.0.0.1:5000", false),
             ("public.ecr.aws", false),
         ] {
             assert_eq!(is_ecr_host(host), expected, "{host}");
         }
+    }
+
+    #[test]
+    fn each_ecr_host_signs_in_with_one_chain_the_destination_s_when_shared() {
+        let shared = "222222222222.dkr.ecr.eu-west-1.amazonaws.com";
+        let config = Config::parse(&format!(
+            "[environments.dev]\nregistry = \"111111111111.dkr.ecr.eu-west-1.amazonaws.com\"\n\
+             [environments.qa]\nfrom = \"dev\"\nregistry = \"{shared}\"\n\
+             [environments.prod]\nfrom = \"qa\"\nregistry = \"{shared}/prod\"\n\
+             [environments.local]\nregistry = \"127.0.0.1:5000\"\n"
+        ))
+        .unwrap();
+        let check = |envs: &[&str], expected: &[(&str, &str)]| {
+            let expected: Vec<(String, String)> = expected
+                .iter()
+                .map(|(h, e)| ((*h).to_owned(), (*e).to_owned()))
+                .collect();
+            assert_eq!(ecr_chains(&config, envs), expected, "{envs:?}");
+        };
+        check(
+            &["dev", "qa"],
+            &[
+                (shared, "qa"),
+                ("111111111111.dkr.ecr.eu-west-1.amazonaws.com", "dev"),
+            ],
+        );
+        // QA and Prod share a host: the destination's role pushes, whatever the order.
+        check(&["qa", "prod"], &[(shared, "prod")]);
+        check(&["prod", "qa"], &[(shared, "qa")]);
+        check(&["local"], &[]);
+        check(&["missing"], &[]);
     }
 
     #[test]
