@@ -77,9 +77,15 @@ impl std::str::FromStr for TokenSetting {
             "azure-devops" => Ok(TokenSetting::AzureDevOps),
             "github" => Ok(TokenSetting::GitHub),
             _ => {
-                if let Some(path) = s.strip_prefix("file:").filter(|p| !p.is_empty()) {
+                // A token pasted after `file:` or `env:` would be echoed by every later error
+                // (the path that cannot be read, the variable that is not set): refuse it here,
+                // described, never quoted.
+                if let Some(path) = s
+                    .strip_prefix("file:")
+                    .filter(|p| !p.is_empty() && (!looks_like_jwt(p) || p.contains('/')))
+                {
                     Ok(TokenSetting::File(PathBuf::from(path)))
-                } else if let Some(var) = s.strip_prefix("env:").filter(|v| !v.is_empty()) {
+                } else if let Some(var) = s.strip_prefix("env:").filter(|v| is_env_name(v)) {
                     Ok(TokenSetting::Env(var.to_owned()))
                 } else {
                     Err(TokenError::BadSetting {
@@ -91,14 +97,33 @@ impl std::str::FromStr for TokenSetting {
     }
 }
 
+/// Three dot-separated parts: the shape of a JWT.
+fn looks_like_jwt(value: &str) -> bool {
+    value.split('.').count() == 3
+}
+
+/// A plausible environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 64 characters
+/// (a longer "name" is more likely a pasted token).
+fn is_env_name(value: &str) -> bool {
+    let mut bytes = value.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && value.len() <= 64
+}
+
 /// How a rejected token setting is quoted back: a value that looks like a token itself (a
 /// JWT, or anything long; `--token eyJ…` is an easy mistake) is never echoed.
 pub fn shown_setting(value: &str) -> String {
     // Real settings are short words (`auto`, `env:OIDC`, `file:/path`); a typo is too. Anything
     // longer, or dotted like a JWT, may be a credential (a GitHub token is 40 characters).
-    let jwt_like = value.split('.').count() == 3;
+    let jwt_like = looks_like_jwt(value);
     let is_source = value.starts_with("file:") || value.starts_with("env:");
-    if jwt_like || (!is_source && value.len() > 24) || value.len() > 200 {
+    let env_token = value
+        .strip_prefix("env:")
+        .is_some_and(|v| v.len() > 64 || v.contains(['-', '.', '=']));
+    if jwt_like || env_token || (!is_source && value.len() > 24) || value.len() > 200 {
         "a value that looks like a token itself (give its source instead, such as env:VAR or file:PATH)"
             .to_owned()
     } else {

@@ -193,13 +193,26 @@ fn token_settings_and_detection() {
         "env:OIDC".parse::<TokenSetting>().unwrap(),
         TokenSetting::Env("OIDC".into())
     );
-    for bad in ["vault", "file:", "env:", ""] {
+    // A path may have dots; with a `/` it is a path, not a pasted JWT.
+    assert_eq!(
+        "file:/run/oidc.token.jwt".parse::<TokenSetting>().unwrap(),
+        TokenSetting::File("/run/oidc.token.jwt".into())
+    );
+    for bad in ["vault", "file:", "env:", "", "env:1X", "env:MY VAR"] {
         let err = bad.parse::<TokenSetting>().unwrap_err();
         assert!(err.to_string().contains("is not a token source"), "{err}");
     }
     // A credential where the source belongs is described, never quoted back.
     let pat = format!("ghp_{}", "A1b2".repeat(9));
-    for secret in [pat.as_str(), "eyJh.eyJz.sig"] {
+    let env_pat = format!("env:{}", "Ab1_".repeat(17));
+    for secret in [
+        pat.as_str(),
+        "eyJh.eyJz.sig",
+        "env:eyJh.eyJz.sig",
+        "file:eyJh.eyJz.sig",
+        env_pat.as_str(),
+        "env:ghp-A1b2A1b2=",
+    ] {
         let err = secret.parse::<TokenSetting>().unwrap_err().to_string();
         assert!(
             !err.contains(secret) && err.contains("looks like a token"),
