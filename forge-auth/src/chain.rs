@@ -437,6 +437,38 @@ impl fmt::Debug for RoleChainProvider {
     }
 }
 
+/// How long the provider's HTTP client lets one token-service request take.
+const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl RoleChain {
+    /// The longest one walk of this chain can take with every retry used: the token fetch
+    /// (HTTP sources, [`TOKEN_REQUEST_TIMEOUT`] per attempt) plus each STS step (the hub and
+    /// every hop, [`RetryPolicy::attempt_timeout`] per attempt). A caller that wraps the
+    /// provider in its own timeout (the SDK's identity cache `load_timeout`) should allow
+    /// at least this, or its timeout hides the classified error.
+    ///
+    /// ```
+    /// # use forge_auth::{Hop, RoleArn, RoleChain, SessionName, TokenSource};
+    /// let chain = RoleChain::new(
+    ///     TokenSource::File("/run/oidc".into()),
+    ///     RoleArn::parse("arn:aws:iam::111111111111:role/Hub")?,
+    ///     Hop::new(RoleArn::parse("arn:aws:iam::222222222222:role/ConveyorDeployRole-qa")?),
+    ///     SessionName::sanitize("ci-1"),
+    /// );
+    /// // Default retries: a token fetch and two STS steps, each up to 5 attempts.
+    /// assert_eq!(chain.worst_case_duration().as_secs(), 32 + 150 + 2 * (32 + 50));
+    /// # Ok::<(), forge_auth::ChainError>(())
+    /// ```
+    pub fn worst_case_duration(&self) -> Duration {
+        let sts_steps = u32::try_from(self.hops.len().saturating_add(1)).unwrap_or(u32::MAX);
+        self.retry.worst_case(TOKEN_REQUEST_TIMEOUT).saturating_add(
+            self.retry
+                .worst_case(self.retry.attempt_timeout)
+                .saturating_mul(sts_steps),
+        )
+    }
+}
+
 impl RoleChainProvider {
     /// Validates `chain` and prepares STS clients from `sts_base` (region, endpoint URL, HTTP
     /// client; its credentials are ignored: the first step is unsigned, later ones use the
@@ -459,7 +491,7 @@ impl RoleChainProvider {
                 chain,
                 sts: builder.build(),
                 http: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(30))
+                    .timeout(TOKEN_REQUEST_TIMEOUT)
                     .build()
                     .unwrap_or_default(),
                 hook: None,

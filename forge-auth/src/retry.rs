@@ -40,6 +40,16 @@ impl RetryPolicy {
         }
     }
 
+    /// The longest a call retried under this policy can take when every attempt runs into
+    /// `attempt_timeout` (or, for calls with their own limit, `per_attempt`) and every backoff
+    /// is the cap: what an outer timeout must allow so the classified error, not the outer
+    /// timeout, is what the user sees.
+    pub fn worst_case(&self, per_attempt: Duration) -> Duration {
+        per_attempt
+            .saturating_mul(self.max_retries.saturating_add(1))
+            .saturating_add(self.cap.saturating_mul(self.max_retries))
+    }
+
     /// Full-jitter delay before retry number `attempt + 1`: uniform in `0..=min(cap, base·2^attempt)`.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let ceiling = self

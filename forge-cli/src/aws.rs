@@ -208,10 +208,12 @@ pub async fn resolve(
         provider = provider.with_secret_hook(hook);
     }
     // Refresh five minutes before expiry (a request signed at minute 59 must not outlive its
-    // credentials), and give a chain walk with its classified retries time to finish.
+    // credentials), and give a chain walk with every classified retry time to finish: the
+    // cache's own timeout would replace the chain's error ("failed after 4 retries: …") with
+    // an opaque "identity resolution timed out".
     let cache = aws_config::identity::IdentityCache::lazy()
         .buffer_time(Duration::from_secs(300))
-        .load_timeout(Duration::from_secs(120))
+        .load_timeout(identity_load_timeout(provider.chain()))
         .build();
     let sdk = loader()
         .identity_cache(cache)
@@ -222,6 +224,14 @@ pub async fn resolve(
         sdk,
         chain: Some(provider),
     })
+}
+
+/// How long the SDK's identity cache waits for one chain walk: the chain's worst case with
+/// every retry used, plus a margin for scheduling.
+fn identity_load_timeout(chain: &forge_auth::RoleChain) -> Duration {
+    chain
+        .worst_case_duration()
+        .saturating_add(Duration::from_secs(15))
 }
 
 /// Maps a role-chain failure to the CLI's error: bad input exits 2, the world exits 1.
@@ -262,5 +272,31 @@ pub async fn current_credentials(
                 .await
                 .with_context(|| format!("the default AWS credential chain found no credentials for `{env}` (token = \"none\")"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_identity_cache_outwaits_every_retry_of_the_chain() {
+        let arn = |a: &str| forge_auth::RoleArn::parse(a).expect("valid ARN");
+        let mut chain = forge_auth::RoleChain::new(
+            forge_auth::TokenSource::File("/run/oidc".into()),
+            arn("arn:aws:iam::111111111111:role/Hub"),
+            forge_auth::Hop::new(arn("arn:aws:iam::222222222222:role/ConveyorDeployRole-qa")),
+            forge_auth::SessionName::sanitize("ci-1"),
+        );
+        // The 120 s this used to be was less than a default chain's worst case (346 s).
+        assert_eq!(identity_load_timeout(&chain), Duration::from_secs(346 + 15));
+        chain.hops.push(forge_auth::Hop::new(arn(
+            "arn:aws:iam::333333333333:role/Extra",
+        )));
+        assert_eq!(
+            identity_load_timeout(&chain),
+            Duration::from_secs(346 + 82 + 15),
+            "each hop adds its own retries"
+        );
     }
 }
