@@ -6,15 +6,10 @@ use anyhow::Context as _;
 use crate::output::InvalidInput;
 use crate::release::Release;
 
-/// Deploys `tag` of the release's EC2 service to `env` and returns the deploy report (JSON).
-/// Each instance switches only if it pulled `tag` as `digest` (the digest just proven in the
-/// registry). Any instance that did not succeed is an error listing them.
-pub async fn deploy(
-    release: &Release,
-    env: &str,
-    tag: &str,
-    digest: &str,
-) -> anyhow::Result<serde_json::Value> {
+/// The SSM deploy of `tag` of the release's EC2 service to `env`, built and checked from the
+/// config and the compose file. Promote and rollback call it before anything is copied or
+/// written, so a missing key or an unreadable compose file pushes no tag.
+pub fn prepare(release: &Release, action: &str, env: &str, tag: &str) -> anyhow::Result<Prepared> {
     let service = &release.service_config;
     let name = &release.service;
     let missing = |key: &str| {
@@ -42,15 +37,54 @@ pub async fn deploy(
         .map_err(|e| InvalidInput(format!("services.{name}.target `{target}`: {e}")))?;
     let mut request = forge_ec2::DeployRequest::new(targets, compose, tag, service_dir);
     request.parameters_path = service.parameters_path.clone();
-    request.comment = Some(format!("forge promote {name} {tag} to {env}"));
+    request.comment = Some(format!("forge {action} {name} {tag} to {env}"));
     let image = release.image_ref(env, tag)?;
     // An OCI layout directory is not something an instance pulls from; there is no pin to check.
-    if !image.starts_with("oci:") {
-        let repository = image
+    let repository = (!image.starts_with("oci:")).then(|| {
+        image
             .strip_suffix(&format!(":{tag}"))
-            .expect("image_ref ends with the tag it was given");
-        request.image_pin = Some(format!("{repository}@{digest}"));
-    }
+            .expect("image_ref ends with the tag it was given")
+            .to_owned()
+    });
+    // Checked now with a stand-in digest, so a repository the instances could not be told
+    // about is refused before anything is copied.
+    request.image_pin = repository
+        .as_ref()
+        .map(|r| format!("{r}@sha256:{}", "0".repeat(64)));
+    request
+        .validate()
+        .map_err(|e| InvalidInput(format!("cannot deploy {name} {tag} to {env}: {e}")))?;
+    request.image_pin = None;
+    Ok(Prepared {
+        request,
+        repository,
+    })
+}
+
+/// A checked EC2 deploy, waiting for the digest to pin.
+#[derive(Debug)]
+pub struct Prepared {
+    request: forge_ec2::DeployRequest,
+    /// `REGISTRY/REPOSITORY` as the compose file names it (None for an OCI layout).
+    repository: Option<String>,
+}
+
+/// Sends `request` (from [`prepare`]) and returns the deploy report (JSON). Each instance
+/// switches only if it pulled the tag as `digest` (the digest just proven in the registry).
+/// Any instance that did not succeed is an error listing them.
+pub async fn deploy(
+    release: &Release,
+    env: &str,
+    prepared: Prepared,
+    digest: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let name = &release.service;
+    let Prepared {
+        mut request,
+        repository,
+    } = prepared;
+    let tag = request.image_tag.clone();
+    request.image_pin = repository.map(|r| format!("{r}@{digest}"));
     request
         .validate()
         .map_err(|e| InvalidInput(format!("cannot deploy {name} {tag} to {env}: {e}")))?;

@@ -194,6 +194,14 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
             )
         })?;
 
+    // An EC2 service's deploy is checked now too (config keys, compose file, image pin).
+    let ec2_deploy = match release.service_config.kind {
+        ServiceKind::Ec2 => Some(crate::ec2_release::prepare(
+            &release, "promote", &args.to, &tag,
+        )?),
+        ServiceKind::Argocd => None,
+    };
+
     if args.change.dry_run {
         let plan = serde_json::json!({
             "dry_run": true,
@@ -268,11 +276,11 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
     };
     let (digest, verification) = verification;
 
-    let ec2 = match release.service_config.kind {
-        ServiceKind::Ec2 => {
-            Some(crate::ec2_release::deploy(&release, &args.to, &tag, &digest).await?)
+    let ec2 = match ec2_deploy {
+        Some(prepared) => {
+            Some(crate::ec2_release::deploy(&release, &args.to, prepared, &digest).await?)
         }
-        ServiceKind::Argocd => None,
+        None => None,
     };
 
     let mut trailers = args.change.trailers(

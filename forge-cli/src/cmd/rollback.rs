@@ -171,6 +171,16 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
             )
         })?;
 
+    let ec2_deploy = match release.service_config.kind {
+        ServiceKind::Ec2 => Some(crate::ec2_release::prepare(
+            &release,
+            "rollback",
+            &args.env,
+            &target_tag,
+        )?),
+        ServiceKind::Argocd => None,
+    };
+
     if args.change.dry_run {
         match args.change.output {
             output::Format::Json => output::print_json(&serde_json::json!({
@@ -192,11 +202,11 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let ec2 = match release.service_config.kind {
-        ServiceKind::Ec2 => {
-            Some(crate::ec2_release::deploy(&release, &args.env, &target_tag, &recorded).await?)
+    let ec2 = match ec2_deploy {
+        Some(prepared) => {
+            Some(crate::ec2_release::deploy(&release, &args.env, prepared, &recorded).await?)
         }
-        ServiceKind::Argocd => None,
+        None => None,
     };
     let trailers = args.change.trailers(
         "rollback",

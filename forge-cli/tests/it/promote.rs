@@ -1072,3 +1072,48 @@ fn a_failed_ec2_instance_stops_the_promotion_with_its_report() {
     }
     assert_eq!(stage.ledger_tag("dev", "dagster"), "1000");
 }
+
+#[test]
+fn an_unusable_ec2_deploy_is_refused_before_the_copy() {
+    let Some(stage) = Stage::start(&[("dagster", "data/dagster", true)]) else {
+        return;
+    };
+    stage.promote("dagster", "dev", &["--tag", "1001"]);
+    let dir = stage.path();
+    let config = std::fs::read_to_string(dir.join("forge.toml"))
+        .unwrap()
+        .replace(
+            "[services.dagster]\n",
+            "[services.dagster]\nkind = \"ec2\"\ntarget = \"tag:forge:dagster-enabled=true\"\nservice_dir = \"/opt/dagster\"\ncompose = \"missing/docker-compose.yml\"\n",
+        );
+    std::fs::write(dir.join("forge.toml"), config).unwrap();
+    let commits = stage.ledger.log().len();
+    for dry_run in [true, false] {
+        let mut args = vec![
+            "promote",
+            "--service",
+            "dagster",
+            "--to",
+            "qa",
+            "--requested-by",
+            "alice",
+        ];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let out = stage.forge(&args);
+        assert_exit(&out, 2);
+        assert!(
+            stderr(&out).contains("services.dagster.compose: cannot read")
+                && stderr(&out).contains("missing/docker-compose.yml"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(
+            stage.oracle_digest(&format!("{}/data/dagster:1001", stage.shared.host())),
+            None,
+            "no tag pushed before the deploy could even be built"
+        );
+        assert_eq!(stage.ledger.log().len(), commits);
+    }
+}
