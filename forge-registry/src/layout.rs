@@ -1,5 +1,9 @@
 //! OCI image layout directories (`oci-layout`, `index.json`, `blobs/sha256/…`), written
 //! atomically: every file is written to a temporary name in the same directory and renamed.
+//! Changes to `index.json` hold an exclusive lock on `index.json.lock` beside it (an advisory
+//! `flock`, so concurrent Forge processes and tasks serialise; other tools do not take it), and
+//! a copied tag is checked again under the lock, so a layout's tags are as immutable as a
+//! registry's.
 
 use std::path::{Path, PathBuf};
 
@@ -281,6 +285,10 @@ impl Layout {
         if !top && tag.is_none() {
             return Ok(());
         }
+        // index.json is read, changed and replaced: two writers (pipelines copying different
+        // tags into one layout) would each replace the other's change. An exclusive lock on a
+        // file beside it makes the read-modify-write one step; it is released on drop.
+        let _lock = self.lock_index().await?;
         let mut index = self.read_index().await?;
         let mut manifests = index
             .remove("manifests")
@@ -290,12 +298,34 @@ impl Layout {
             })
             .unwrap_or_default();
         if let Some(tag) = tag {
-            manifests.retain(|m| {
+            let names_tag = |m: &Value| {
                 m.get("annotations")
                     .and_then(|a| a.get(REF_NAME))
                     .and_then(Value::as_str)
-                    != Some(tag)
-            });
+                    == Some(tag)
+            };
+            // A copied image's tag is immutable here as in a registry: checked again under
+            // the lock, since another writer may have taken it since the copy's first look.
+            // (Untagged-top writes re-point the referrers fallback tags, which do change.)
+            if top && let Some(existing) = manifests.iter().find(|m| names_tag(m)) {
+                let existing = existing.get("digest").and_then(Value::as_str);
+                if existing == Some(manifest.digest.as_str()) {
+                    return Ok(());
+                }
+                return Err(Error::new(ErrorKind::TagTakenDuringCopy {
+                    destination: format!("oci:{}:{tag}", self.path.display()),
+                    existing: existing.and_then(|d| d.parse().ok()).ok_or_else(|| {
+                        Error::new(ErrorKind::OciLayout {
+                            path: self.path.clone(),
+                            reason: format!(
+                                "index.json's entry for '{tag}' has no valid digest; repair or recreate the layout"
+                            ),
+                        })
+                    })?,
+                    source: manifest.digest.clone(),
+                }));
+            }
+            manifests.retain(|m| !names_tag(m));
         } else if manifests
             .iter()
             .any(|m| m.get("digest").and_then(Value::as_str) == Some(manifest.digest.as_str()))
@@ -327,6 +357,29 @@ impl Layout {
         })?;
         self.write_atomic(&self.path.join("index.json"), &bytes)
             .await
+    }
+
+    /// Takes the exclusive lock on `index.json.lock` (created on first use), waiting for
+    /// another writer to finish.
+    async fn lock_index(&self) -> Result<std::fs::File, Error> {
+        let path = self.path.join("index.json.lock");
+        tokio::task::spawn_blocking(move || {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io(&path))?;
+            file.lock().map_err(io(&path))?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| {
+            Error::new(ErrorKind::OciLayout {
+                path: self.path.clone(),
+                reason: format!("the index.json lock task failed: {e}"),
+            })
+        })?
     }
 
     /// Creates an empty layout (`oci-layout`, `index.json`, `blobs/sha256`) at `path`.

@@ -963,3 +963,74 @@ async fn a_present_tag_with_a_missing_blob_is_repaired_without_writing_the_tag()
     let again = copy(&src, &dst).await.expect("re-copy");
     assert!(again.already_present && again.verified);
 }
+
+/// Pipelines copying into one OCI layout at once: index.json is read, changed and replaced,
+/// so without the layout's lock one writer's tag silently disappears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_copies_into_one_oci_layout_lose_no_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let src_layout = dir.path().join("src");
+    let builds: Vec<String> = (100..124).map(|b| b.to_string()).collect();
+    let digests: Vec<String> = builds
+        .iter()
+        .map(|b| forge_testkit::oci::write_image(&src_layout, b).unwrap())
+        .collect();
+    let out = dir.path().join("out");
+    forge_registry::init_oci_layout(&out).await.unwrap();
+
+    let copies = builds.iter().map(|b| {
+        let src = r(&format!("oci:{}:{b}", src_layout.display()));
+        let dst = r(&format!("oci:{}:{b}", out.display()));
+        async move { client().copy(&src, &dst, &CopyOptions::default()).await }
+    });
+    for result in futures_util::future::join_all(copies).await {
+        assert!(result.unwrap().verified);
+    }
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("index.json")).unwrap()).unwrap();
+    let mut tagged: Vec<(String, String)> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["annotations"]["org.opencontainers.image.ref.name"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+                m["digest"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    tagged.sort();
+    let expected: Vec<(String, String)> = builds.iter().cloned().zip(digests).collect();
+    assert_eq!(tagged, expected, "every tag, once, with its digest");
+
+    // Two pipelines racing one tag with different images: one lands, the other is refused
+    // (whichever check sees the winner), and the tag keeps the winner's digest.
+    let race = ["200", "201"].map(|b| {
+        forge_testkit::oci::write_image(&src_layout, b).unwrap();
+        let src = r(&format!("oci:{}:{b}", src_layout.display()));
+        let dst = r(&format!("oci:{}:race", out.display()));
+        async move { client().copy(&src, &dst, &CopyOptions::default()).await }
+    });
+    let results = futures_util::future::join_all(race).await;
+    let landed: Vec<String> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok().map(|report| report.digest.to_string()))
+        .collect();
+    assert_eq!(landed.len(), 1, "{results:?}");
+    for err in results.iter().filter_map(|r| r.as_ref().err()) {
+        assert!(
+            matches!(
+                err.kind,
+                ErrorKind::TagConflict { .. } | ErrorKind::TagTakenDuringCopy { .. }
+            ),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        fixtures::skopeo_digest(&format!("oci:{}:race", out.display())),
+        landed[0]
+    );
+}
