@@ -341,7 +341,15 @@ impl FromStr for Reference {
 }
 
 fn parse_layout(input: &str, rest: &str) -> Result<Reference, ReferenceError> {
-    let (path_tag, digest) = match rest.rsplit_once('@') {
+    // An `@` is the digest separator only when a digest follows (`@sha256:…`); otherwise it
+    // is part of the directory (`oci:/builds/app@2/layout:100`).
+    let digest_follows = |d: &str| {
+        !d.contains('/')
+            && ["sha256:", "sha384:", "sha512:"]
+                .iter()
+                .any(|alg| d.starts_with(alg))
+    };
+    let (path_tag, digest) = match rest.rsplit_once('@').filter(|(_, d)| digest_follows(d)) {
         Some((p, d)) => (
             p,
             Some(d.parse::<Digest>().map_err(|e| err(input, e.to_string()))?),
@@ -410,6 +418,15 @@ mod tests {
         check("[::1]:5000/app:x", "[::1]:5000/app:x");
         check("oci:/tmp/lay:v1", "oci:/tmp/lay:v1");
         check("oci:rel/dir", "oci:rel/dir");
+        // `@` inside the directory is not a digest separator.
+        check(
+            "oci:/builds/app@2/layout:100",
+            "oci:/builds/app@2/layout:100",
+        );
+        check("oci:/builds/x@y:100", "oci:/builds/x@y:100");
+        let r: Reference = "oci:/builds/x@y:100".parse().unwrap();
+        assert_eq!(r.layout_path().unwrap().to_str(), Some("/builds/x@y"));
+        assert_eq!(r.tag(), Some("100"));
     }
 
     #[test]
@@ -423,6 +440,8 @@ mod tests {
             "a//b",
             "a b",
             "oci:",
+            "oci:/lay@sha256:abc",
+            "oci:/lay@sha512:abc",
             "host:99999/app",
         ] {
             assert!(bad.parse::<Reference>().is_err(), "{bad} parsed");

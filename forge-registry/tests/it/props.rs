@@ -67,7 +67,7 @@ proptest! {
 
     #[test]
     fn layout_references_round_trip(
-        dir in prop::collection::vec("[a-zA-Z0-9_.-]{1,8}", 1..4),
+        dir in prop::collection::vec("[a-zA-Z0-9_.@-]{1,8}", 1..4),
         tag in prop::option::of(tag()),
         digest in prop::option::of(digest()),
     ) {
