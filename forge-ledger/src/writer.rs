@@ -157,6 +157,24 @@ pub enum LedgerError {
         /// The only value in the history.
         current: String,
     },
+    /// A revert without a named value whose newest change is itself a revert: going back
+    /// "one step" again would restore the value that was reverted (a retried pipeline step
+    /// would flip-flop), so the value must be named.
+    #[error(
+        "the newest change to {file} is already a revert (commit {commit}, to {current}); reverting \
+         it again would restore {would_restore}; name the value with --to (e.g. --to {would_restore} \
+         to go forward again)"
+    )]
+    AlreadyReverted {
+        /// The manifest path.
+        file: String,
+        /// The revert commit.
+        commit: String,
+        /// The value the revert set.
+        current: String,
+        /// What a revert of the revert would set.
+        would_restore: String,
+    },
     /// A git command failed.
     #[error("git failed on {repo}")]
     Git {
@@ -190,6 +208,7 @@ impl LedgerError {
                 | LedgerError::NotFound { .. }
                 | LedgerError::BranchNotFound { .. }
                 | LedgerError::NothingToRevert { .. }
+                | LedgerError::AlreadyReverted { .. }
         ) || matches!(
             self,
             // The patcher proving its own edit wrong is a bug to report, not bad input.
@@ -287,7 +306,8 @@ pub struct Revert {
     pub file: String,
     /// Which tag in the file.
     pub selector: Selector,
-    /// The value to go back to; default: the previous distinct value in the history.
+    /// The value to go back to; default: the previous distinct value in the history (refused
+    /// with [`LedgerError::AlreadyReverted`] when the newest change is itself a revert).
     pub to: Option<String>,
     /// `(service, env)` for the commit subject.
     pub subject: Option<(String, String)>,
@@ -711,6 +731,14 @@ impl Ledger {
         };
         let target = match (&request.to, history.get(1)) {
             (Some(to), _) => to.clone(),
+            (None, Some(previous)) if current.trailers.contains_key("Forge-Revert-Of") => {
+                return Err(LedgerError::AlreadyReverted {
+                    file: request.file.clone(),
+                    commit: current.commit.chars().take(12).collect(),
+                    current: current.value.clone(),
+                    would_restore: previous.value.clone(),
+                });
+            }
             (None, Some(previous)) => previous.value.clone(),
             (None, None) => {
                 return Err(LedgerError::NothingToRevert {

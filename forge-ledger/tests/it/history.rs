@@ -126,8 +126,24 @@ fn revert_sets_the_previous_value_as_a_new_commit() {
     // The monotonic guard still protects normal writes after a revert…
     let err = ledger.set_tag(&set("a.yaml", "100")).unwrap_err();
     assert!(matches!(err, LedgerError::Backwards { .. }), "{err:?}");
-    // …and a revert of the revert goes forward again.
-    let again = ledger.revert(&revert("a.yaml")).unwrap();
+    // …a second "one step back" would restore the reverted 102 (a retried step flip-flops),
+    // so it is refused…
+    let err = ledger.revert(&revert("a.yaml")).unwrap_err();
+    assert!(
+        matches!(&err, LedgerError::AlreadyReverted { current, would_restore, .. }
+            if current == "101" && would_restore == "102"),
+        "{err:?}"
+    );
+    assert!(err.is_refusal());
+    assert!(err.to_string().contains("--to 102"), "{err}");
+    assert_eq!(remote.log().len(), 4, "nothing written");
+    // …and going forward again is a named choice.
+    let again = ledger
+        .revert(&Revert {
+            to: Some("102".into()),
+            ..revert("a.yaml")
+        })
+        .unwrap();
     assert_eq!(again.new, "102");
     let history: Vec<_> = ledger
         .history("a.yaml", &Selector::default())
