@@ -446,8 +446,21 @@ impl Default for PollConfig {
 
 /// For a rollback to each instance's previous tag: a description of the split when the
 /// instances ended on different tags (an instance whose last deploy failed and was undone has
-/// an older `.env.previous` than its neighbours), else `None`.
+/// an older `.env.previous` than its neighbours), or when an instance's tag cannot be told
+/// (its output was cut by SSM), else `None`.
 fn diverged(instances: &[InstanceResult]) -> Option<String> {
+    let unknown: Vec<&str> = instances
+        .iter()
+        .filter(|i| i.deployed_tag.is_none())
+        .map(|i| i.instance_id.as_str())
+        .collect();
+    if !unknown.is_empty() {
+        return Some(format!(
+            "cannot tell which tag {} rolled back to (no forge-deployed-tag in its output, which SSM may have cut); \
+             check the instance's .env, or run the rollback again with an explicit tag (--to-tag) so they all run the same one",
+            unknown.join(", ")
+        ));
+    }
     let tags: std::collections::BTreeSet<&str> = instances
         .iter()
         .filter_map(|i| i.deployed_tag.as_deref())
@@ -1088,7 +1101,13 @@ impl Ec2Deployer {
                     } else {
                         script::failed_step(&inv.stdout, &inv.stderr)
                     },
-                    deployed_tag: script::deployed_tag(&inv.stdout),
+                    // The last marker, else (a successful run whose output SSM cut) the
+                    // tag the install step put in .env, which the rest of the run kept.
+                    deployed_tag: script::deployed_tag(&inv.stdout).or_else(|| {
+                        succeeded
+                            .then(|| script::installed_tag(&inv.stdout))
+                            .flatten()
+                    }),
                     advice: if succeeded {
                         None
                     } else {
@@ -1156,6 +1175,42 @@ mod tests {
         }
         assert!(is_rate("0", true));
         assert!(is_rate("0%", true));
+    }
+
+    #[test]
+    fn a_rollback_to_previous_tags_must_end_on_one_known_tag() {
+        let instance = |id: &str, tag: Option<&str>| InstanceResult {
+            instance_id: id.to_owned(),
+            status: "Success".to_owned(),
+            status_details: "Success".to_owned(),
+            exit_code: 0,
+            succeeded: true,
+            failed_step: None,
+            deployed_tag: tag.map(str::to_owned),
+            advice: None,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            truncated: tag.is_none(),
+        };
+        assert_eq!(
+            diverged(&[instance("i-a", Some("41")), instance("i-b", Some("41"))]),
+            None
+        );
+        let split = diverged(&[instance("i-a", Some("41")), instance("i-b", Some("40"))]);
+        assert!(
+            split
+                .as_deref()
+                .is_some_and(|p| p.contains("i-a → 41, i-b → 40")),
+            "{split:?}"
+        );
+        // Output cut by SSM: the tag is unknown, which is not "all the same".
+        let unknown = diverged(&[instance("i-a", Some("41")), instance("i-b", None)]);
+        assert!(
+            unknown
+                .as_deref()
+                .is_some_and(|p| p.contains("cannot tell which tag i-b rolled back to")),
+            "{unknown:?}"
+        );
     }
 
     #[test]

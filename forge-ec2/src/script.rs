@@ -562,6 +562,15 @@ pub fn deployed_tag(stdout: &str) -> Option<String> {
     })
 }
 
+/// The tag the install step wrote to `.env` (`forge-image-tag: OLD -> TAG`), printed before
+/// `up`: for a successful run whose final marker was cut off.
+pub fn installed_tag(stdout: &str) -> Option<String> {
+    stdout.lines().rev().find_map(|line| {
+        let (_, new) = line.strip_prefix("forge-image-tag: ")?.split_once(" -> ")?;
+        Some(new.trim().to_owned()).filter(|t| !t.is_empty())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -633,5 +642,11 @@ mod tests {
             deployed_tag("forge-step: finished\nforge-deployed-tag: 42\n").as_deref(),
             Some("42")
         );
+        assert_eq!(
+            installed_tag("forge-step: install\nforge-image-tag: (none) -> 41\nforge-step: up\n")
+                .as_deref(),
+            Some("41")
+        );
+        assert_eq!(installed_tag("forge-step: install\n"), None);
     }
 }
