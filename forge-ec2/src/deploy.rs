@@ -249,6 +249,7 @@ impl DeployRequest {
             region: self.parameters_region.as_deref().or(region),
             check_running: self.check_running,
             pin: self.image_pin.as_deref(),
+            only_from: None,
         }
     }
 }
@@ -286,6 +287,10 @@ pub struct RollbackRequest {
     /// `REPOSITORY@sha256:…` the rollback tag must be pulled as (only with `to_tag`; see
     /// [`DeployRequest::image_pin`]).
     pub image_pin: Option<String>,
+    /// Roll back only instances that run this tag (the bad release): re-running a rollback
+    /// that stopped half-way then leaves the instances that already rolled back alone, where
+    /// "back to `.env.previous`" would move them forward to the bad tag again.
+    pub only_from: Option<String>,
 }
 
 impl RollbackRequest {
@@ -306,12 +311,16 @@ impl RollbackRequest {
             check_running: true,
             comment: None,
             image_pin: None,
+            only_from: None,
         }
     }
 
     /// Checks every value.
     pub fn validate(&self) -> Result<(), ValidationError> {
         if let Some(tag) = &self.to_tag {
+            script::check_image_tag(tag)?;
+        }
+        if let Some(tag) = &self.only_from {
             script::check_image_tag(tag)?;
         }
         if let Some(pin) = &self.image_pin {
@@ -350,6 +359,7 @@ impl RollbackRequest {
             region: self.parameters_region.as_deref().or(region),
             check_running: self.check_running,
             pin: self.image_pin.as_deref(),
+            only_from: self.only_from.as_deref(),
         }
     }
 }

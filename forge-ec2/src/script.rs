@@ -8,7 +8,9 @@
 //! announced by a `forge-step: NAME` line on stdout:
 //!
 //! 1. `prepare`: create and enter the service directory, pick `docker compose` or `docker-compose`.
-//! 2. `read-previous-tag` (rollback without a named tag): the tag recorded in `.env.previous`.
+//! 2. `check-current-tag` (rollback with `only_from`): an instance whose `IMAGE_TAG` is not
+//!    that tag (it already rolled back) changes nothing and reports its tag.
+//!    `read-previous-tag` (rollback without a named tag): the tag recorded in `.env.previous`.
 //! 3. `write-compose`: decode the base64 compose file into a staged file and verify its sha256
 //!    (a mismatch is refused and nothing changes); `check-compose` when the instance's file is kept.
 //! 4. `refresh-env` (when a parameters path is set): `forge-refresh-env` rewrites a staged copy
@@ -277,6 +279,9 @@ pub struct ScriptSpec<'a> {
     /// `REPOSITORY@sha256:…`: after the pull, `REPOSITORY:<tag>` must be an image of the
     /// compose file and must have been pulled as this digest (only with a known tag).
     pub pin: Option<&'a str>,
+    /// Change only instances whose `.env` has this `IMAGE_TAG` (rollbacks); the others report
+    /// their current tag and change nothing.
+    pub only_from: Option<&'a str>,
 }
 
 /// Renders the script for `spec`.
@@ -307,6 +312,10 @@ pub fn render(spec: &ScriptSpec<'_>) -> String {
         let _ = writeln!(s, "IMAGE_PIN_WANTED={}", shell_quote(pin));
     }
     s.push_str(PREPARE);
+    if let Some(from) = spec.only_from {
+        let _ = writeln!(s, "ROLLBACK_FROM={}", shell_quote(from));
+        s.push_str(ONLY_FROM);
+    }
     if spec.tag == TagChoice::RollbackToPrevious {
         s.push_str(READ_PREVIOUS);
     }
@@ -409,6 +418,20 @@ elif command -v docker-compose >/dev/null 2>&1; then
   compose() { docker-compose "$@"; }
 else
   fail "neither 'docker compose' nor 'docker-compose' works on this instance; install the Docker Compose plugin"
+fi
+"#;
+
+/// A retried rollback must not move instances that already rolled back: their
+/// `.env.previous` now names the tag they rolled back from.
+const ONLY_FROM: &str = r#"
+step check-current-tag
+current_tag=""
+if [ -f .env ]; then current_tag="$(read_tag .env)"; fi
+if [ "$current_tag" != "$ROLLBACK_FROM" ]; then
+  echo "forge-skip: IMAGE_TAG is '${current_tag}', not '${ROLLBACK_FROM}' (already rolled back?); nothing changed"
+  step finished
+  echo "forge-deployed-tag: $current_tag"
+  exit 0
 fi
 "#;
 

@@ -102,6 +102,10 @@ pub struct RollbackArgs {
     /// Roll back to this tag instead of each instance's `.env.previous`.
     #[arg(long, value_name = "TAG")]
     to_tag: Option<String>,
+    /// Roll back only instances running this tag (the bad release): a re-run after a partial
+    /// rollback then leaves the instances that already rolled back alone.
+    #[arg(long, value_name = "TAG")]
+    from_tag: Option<String>,
     /// Also install this compose file (default: keep the instance's).
     #[arg(long, value_name = "FILE")]
     compose: Option<PathBuf>,
@@ -320,6 +324,7 @@ async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     let r = resolve(&args.run, args.compose.as_deref())?;
     let mut request = RollbackRequest::new(r.targets, r.service_dir);
     request.to_tag = args.to_tag;
+    request.only_from = args.from_tag;
     // Only an explicit --compose is installed on rollback; the service's compose file may
     // already be newer than the release being returned to.
     request.compose_file = args

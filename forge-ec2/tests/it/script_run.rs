@@ -495,6 +495,11 @@ fn generated_scripts_pass_shellcheck() {
     shellcheck(&render_script(&deploy), "minimal deploy");
     let mut rollback = RollbackRequest::new(Targets::parse("tag:a=b").unwrap(), "/opt/dagster");
     shellcheck(&render_rollback_script(&rollback), "rollback");
+    rollback.only_from = Some("42".to_owned());
+    shellcheck(
+        &render_rollback_script(&rollback),
+        "rollback from a named tag",
+    );
     rollback.to_tag = Some("41".to_owned());
     rollback.compose_file = Some(COMPOSE.as_bytes().to_vec());
     shellcheck(
@@ -629,4 +634,41 @@ fn a_stopped_deploy_leaves_the_live_files_and_no_staged_ones() {
     );
     assert_eq!(env_tag(&sb, ".env").as_deref(), Some("41"));
     assert_eq!(sb.files(), [".env", "docker-compose.yml"]);
+}
+
+#[test]
+fn a_rerun_rollback_from_a_tag_leaves_instances_that_already_rolled_back() {
+    let sb = Sandbox::new("svc");
+    assert_ok(&sb.run(&render_script(&request(sb.dir(), "41")), &[]));
+    assert_ok(&sb.run(&render_script(&request(sb.dir(), "42")), &[]));
+    let mut rollback = RollbackRequest::new(Targets::parse("tag:a=b").unwrap(), sb.dir());
+    rollback.only_from = Some("42".to_owned());
+    let script = render_rollback_script(&rollback);
+
+    let out = sb.run(&script, &[]);
+    assert_ok(&out);
+    assert_eq!(env_tag(&sb, ".env").as_deref(), Some("41"));
+    assert_eq!(env_tag(&sb, ".env.previous").as_deref(), Some("42"));
+
+    // The same rollback again (the pipeline retried it after another instance failed): this
+    // instance runs 41 now, so it stays; without --from-tag it would go "back" to 42.
+    sb.clear_calls();
+    let out = sb.run(&script, &[]);
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("forge-skip: IMAGE_TAG is '41', not '42' (already rolled back?)"),
+        "{stdout}"
+    );
+    assert_eq!(
+        forge_ec2::script::deployed_tag(&stdout).as_deref(),
+        Some("41")
+    );
+    assert_eq!(env_tag(&sb, ".env").as_deref(), Some("41"));
+    assert_eq!(env_tag(&sb, ".env.previous").as_deref(), Some("42"));
+    assert!(
+        sb.calls().iter().all(|c| c == "docker compose version"),
+        "{:#?}",
+        sb.calls()
+    );
 }
