@@ -307,11 +307,11 @@ print(json.dumps(ids))
     assert_eq!(report["succeeded"], true);
     assert_eq!(report["requested_tag"], "42");
 
-    // Flags instead of the service; text output.
-    let out = ec2(
-        dir.path(),
-        &endpoint,
-        &[
+    // Flags instead of the service; text output. moto's Run Command runs no script, so a
+    // rollback to each instance's previous tag gets no `forge-deployed-tag` back and cannot
+    // be proven to have ended on one tag: a failure, as it would be with real SSM.
+    let rollback = |extra: &[&str]| {
+        let mut args = vec![
             "rollback",
             "--env",
             "dev",
@@ -319,12 +319,27 @@ print(json.dumps(ids))
             "tag:forge:dagster-enabled=true",
             "--service-dir",
             "/opt/dagster",
-        ],
-    );
-    assert_success(&out);
+        ];
+        args.extend_from_slice(extra);
+        ec2(dir.path(), &endpoint, &args)
+    };
+    let out = rollback(&[]);
+    assert_exit(&out, 1);
     let text = stdout(&out);
     assert!(
         text.starts_with("rollback (previous tag) to tag:forge:dagster-enabled=true"),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("cannot tell which tag"),
+        "{}",
+        stderr(&out)
+    );
+    let out = rollback(&["--to-tag", "41"]);
+    assert_success(&out);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("rollback 41 to tag:forge:dagster-enabled=true"),
         "{text}"
     );
     assert!(text.contains("2/2 instance(s) succeeded"), "{text}");

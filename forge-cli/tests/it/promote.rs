@@ -1026,41 +1026,7 @@ fn a_failed_ec2_instance_stops_the_promotion_with_its_report() {
         _ => (400, r#"{"__type":"UnknownOperationException"}"#.to_owned()),
     }
     });
-    let dir = stage.path();
-    std::fs::write(
-        dir.join("docker-compose.yml"),
-        "services:\n  dagster:\n    image: registry.example.invalid/data/dagster:${IMAGE_TAG}\n",
-    )
-    .unwrap();
-    let config = std::fs::read_to_string(dir.join("forge.toml"))
-        .unwrap()
-        .replace(
-            "[auth]\ntoken = \"none\"\n",
-            "[auth]\ntoken = \"none\"\nregion = \"eu-west-1\"\nallow_static_credentials = true\n",
-        )
-        .replace(
-            "[services.dagster]\n",
-            "[services.dagster]\nkind = \"ec2\"\ntarget = \"tag:forge:dagster-enabled=true\"\nservice_dir = \"/opt/dagster\"\ncompose = \"docker-compose.yml\"\n",
-        );
-    std::fs::write(dir.join("forge.toml"), config).unwrap();
-    for name in ["no-aws-config", "no-aws-credentials"] {
-        std::fs::write(dir.join(name), "").unwrap();
-    }
-    let promote = |to: &str, extra: &[&str]| {
-        let mut cmd = crate::ec2::aws_cmd(crate::support::forge(), dir, &endpoint);
-        cmd.args([
-            "promote",
-            "--service",
-            "dagster",
-            "--to",
-            to,
-            "--requested-by",
-            "alice",
-        ])
-        .args(extra);
-        cmd.output().unwrap()
-    };
-    let out = promote("dev", &["--tag", "1001"]);
+    let out = ec2_promote(&stage, &endpoint, "dev", &["--tag", "1001"]);
     assert_exit(&out, 1);
     let err = stderr(&out);
     for needle in [
@@ -1116,4 +1082,102 @@ fn an_unusable_ec2_deploy_is_refused_before_the_copy() {
         );
         assert_eq!(stage.ledger.log().len(), commits);
     }
+}
+
+/// Makes the stage's `dagster` an EC2 service deployed through the SSM at `endpoint` (static
+/// test keys), and runs `forge promote` for it.
+fn ec2_promote(stage: &Stage, endpoint: &str, to: &str, extra: &[&str]) -> std::process::Output {
+    let dir = stage.path();
+    std::fs::write(
+        dir.join("docker-compose.yml"),
+        "services:\n  dagster:\n    image: registry.example.invalid/data/dagster:${IMAGE_TAG}\n",
+    )
+    .unwrap();
+    let config = std::fs::read_to_string(dir.join("forge.toml")).unwrap();
+    if !config.contains("kind = \"ec2\"") {
+        let config = config
+            .replace(
+                "[auth]\ntoken = \"none\"\n",
+                "[auth]\ntoken = \"none\"\nregion = \"eu-west-1\"\nallow_static_credentials = true\n",
+            )
+            .replace(
+                "[services.dagster]\n",
+                "[services.dagster]\nkind = \"ec2\"\ntarget = \"tag:forge:dagster-enabled=true\"\nservice_dir = \"/opt/dagster\"\ncompose = \"docker-compose.yml\"\n",
+            );
+        std::fs::write(dir.join("forge.toml"), config).unwrap();
+    }
+    for name in ["no-aws-config", "no-aws-credentials"] {
+        std::fs::write(dir.join(name), "").unwrap();
+    }
+    let mut cmd = crate::ec2::aws_cmd(crate::support::forge(), dir, endpoint);
+    cmd.args([
+        "promote",
+        "--service",
+        "dagster",
+        "--to",
+        to,
+        "--requested-by",
+        "alice",
+    ])
+    .args(extra);
+    cmd.output().unwrap()
+}
+
+/// The Ledger the SSM fake below writes to (the fake is a plain `fn`).
+static RACING_LEDGER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+#[test]
+fn a_promotion_overtaken_during_its_ec2_deploy_says_fleet_and_ledger_disagree() {
+    let Some(stage) = Stage::start(&[("dagster", "data/dagster", true)]) else {
+        return;
+    };
+    RACING_LEDGER.set(stage.ledger.url()).unwrap();
+    // While SSM deploys 1001, another pipeline records 1002 in the Ledger.
+    let endpoint = crate::ec2::fake_ssm(|op, _n, _body| {
+        match op {
+        "SendCommand" => {
+            let out = crate::support::forge()
+                .args([
+                    "ledger",
+                    "set-tag",
+                    "--repo",
+                    RACING_LEDGER.get().unwrap(),
+                    "--file",
+                    "apps/dev/dagster.yaml",
+                    "--tag",
+                    "1002",
+                ])
+                .output()
+                .unwrap();
+            assert_success(&out);
+            (200, r#"{"Command":{"CommandId":"c-7","InstanceIds":[],"Status":"Pending","TargetCount":1}}"#.to_owned())
+        }
+        "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-7","Status":"Success","TargetCount":1,"InstanceIds":[]}]}"#.to_owned()),
+        "ListCommandInvocations" => (
+            200,
+            r#"{"CommandInvocations":[{"CommandId":"c-7","InstanceId":"i-0000000000000000a","Status":"Success","StatusDetails":"Success","CommandPlugins":[{"Name":"aws:runShellScript","ResponseCode":0}]}]}"#.to_owned(),
+        ),
+        "GetCommandInvocation" => (
+            200,
+            r#"{"CommandId":"c-7","InstanceId":"i-0000000000000000a","ResponseCode":0,"Status":"Success","StatusDetails":"Success","StandardOutputContent":"forge-step: finished\nforge-deployed-tag: 1001\n","StandardErrorContent":""}"#.to_owned(),
+        ),
+        _ => (400, r#"{"__type":"UnknownOperationException"}"#.to_owned()),
+    }
+    });
+    let out = ec2_promote(&stage, &endpoint, "dev", &["--tag", "1001"]);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    for needle in [
+        "the EC2 instances now run 1001, but the Ledger was not updated (it said 1000 when this promotion started",
+        "the fleet and the Ledger disagree",
+        "forge ledger set-tag",
+        "superseded: current tag is 1002",
+    ] {
+        assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
+    }
+    assert_eq!(
+        stage.ledger_tag("dev", "dagster"),
+        "1002",
+        "the other write stands"
+    );
 }
