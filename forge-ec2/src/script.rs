@@ -7,7 +7,9 @@
 //! [`check_parameters_path`]) still refuses bad input before anything is sent. Steps, each
 //! announced by a `forge-step: NAME` line on stdout:
 //!
-//! 1. `prepare`: create and enter the service directory, pick `docker compose` or `docker-compose`.
+//! 1. `prepare`: create and enter the service directory, take its lock (`flock` on
+//!    `.forge-deploy.lock`, waiting up to 15 minutes for another forge run), pick
+//!    `docker compose` or `docker-compose`.
 //! 2. `check-current-tag` (rollback with `only_from`): an instance whose `IMAGE_TAG` is not
 //!    that tag (it already rolled back) changes nothing and reports its tag.
 //!    `read-previous-tag` (rollback without a named tag): the tag recorded in `.env.previous`.
@@ -412,6 +414,17 @@ step prepare
 tag_ok "$IMAGE_TAG_WANTED" || [ -z "$IMAGE_TAG_WANTED" ] || fail "image tag '$IMAGE_TAG_WANTED' is not a valid OCI tag"
 mkdir -p -- "$SERVICE_DIR"
 cd -- "$SERVICE_DIR"
+# One forge run at a time per service directory: two SSM commands (two pipelines) on one
+# instance would otherwise interleave their staged files and `up`s.
+if command -v flock >/dev/null 2>&1; then
+  exec 9>>.forge-deploy.lock
+  if ! flock -n 9; then
+    echo "forge-wait: another forge run holds $SERVICE_DIR/.forge-deploy.lock; waiting up to 15 minutes"
+    flock -w 900 9 || fail "another forge run has held $SERVICE_DIR/.forge-deploy.lock for 15 minutes; wait for it to finish or look for a stuck run"
+  fi
+else
+  echo "forge-warning: flock is not installed; concurrent deploys to $SERVICE_DIR are not serialised" >&2
+fi
 if docker compose version >/dev/null 2>&1; then
   compose() { docker compose "$@"; }
 elif command -v docker-compose >/dev/null 2>&1; then

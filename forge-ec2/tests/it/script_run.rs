@@ -128,11 +128,13 @@ impl Sandbox {
         let _ = std::fs::remove_file(self.root.join("calls.log"));
     }
 
-    /// The service directory's entries, sorted.
+    /// The service directory's entries, sorted, without the lock file (which stays: a lock
+    /// on a file that is deleted and re-created would not exclude anyone).
     fn files(&self) -> Vec<String> {
         let mut names: Vec<String> = std::fs::read_dir(&self.service)
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| name != ".forge-deploy.lock")
             .collect();
         names.sort();
         names
@@ -420,11 +422,11 @@ fn compose_checksum_mismatch_is_refused_and_changes_nothing() {
         "{:#?}",
         sb.calls()
     );
-    let leftovers: Vec<_> = std::fs::read_dir(&sb.service)
-        .unwrap()
-        .map(|e| e.unwrap().file_name())
-        .collect();
-    assert_eq!(leftovers.len(), 1, "temp file left behind: {leftovers:?}");
+    assert_eq!(
+        sb.files(),
+        ["docker-compose.yml"],
+        "no staged file left behind"
+    );
 }
 
 #[test]
@@ -671,4 +673,33 @@ fn a_rerun_rollback_from_a_tag_leaves_instances_that_already_rolled_back() {
         "{:#?}",
         sb.calls()
     );
+}
+
+#[test]
+fn two_runs_in_one_service_directory_take_turns() {
+    let sb = Sandbox::new("svc");
+    assert_ok(&sb.run(&render_script(&request(sb.dir(), "41")), &[]));
+    // Another forge run holds the directory's lock for a moment.
+    let holder = Command::new("flock")
+        .arg(sb.service.join(".forge-deploy.lock"))
+        .args(["-c", "sleep 1.5"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    sb.clear_calls();
+    let started = std::time::Instant::now();
+    let out = sb.run(&render_script(&request(sb.dir(), "42")), &[]);
+    assert_ok(&out);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(900),
+        "the second run waited for the lock ({:?})",
+        started.elapsed()
+    );
+    assert!(
+        text(&out.stdout).contains("forge-wait: another forge run holds"),
+        "{}",
+        text(&out.stdout)
+    );
+    assert_eq!(env_tag(&sb, ".env").as_deref(), Some("42"));
+    let _ = holder.wait_with_output();
 }
