@@ -10,7 +10,9 @@
 //! 1. `prepare`: create and enter the service directory, take its lock (`flock` on
 //!    `.forge-deploy.lock`, waiting up to 15 minutes for another forge run), pick
 //!    `docker compose` or `docker-compose`.
-//! 2. `check-current-tag` (rollback with `only_from`): an instance whose `IMAGE_TAG` is not
+//! 2. `check-not-older` (deploy): a numeric tag older than the one in `.env` is refused, as
+//!    the Ledger refuses it (going back is a rollback).
+//!    `check-current-tag` (rollback with `only_from`): an instance whose `IMAGE_TAG` is not
 //!    that tag (it already rolled back) changes nothing and reports its tag.
 //!    `read-previous-tag` (rollback without a named tag): the tag recorded in `.env.previous`.
 //! 3. `write-compose`: decode the base64 compose file into a staged file and verify its sha256
@@ -314,6 +316,9 @@ pub fn render(spec: &ScriptSpec<'_>) -> String {
         let _ = writeln!(s, "IMAGE_PIN_WANTED={}", shell_quote(pin));
     }
     s.push_str(PREPARE);
+    if matches!(spec.tag, TagChoice::Deploy(_)) {
+        s.push_str(NOT_OLDER);
+    }
     if let Some(from) = spec.only_from {
         let _ = writeln!(s, "ROLLBACK_FROM={}", shell_quote(from));
         s.push_str(ONLY_FROM);
@@ -431,6 +436,22 @@ elif command -v docker-compose >/dev/null 2>&1; then
   compose() { docker-compose "$@"; }
 else
   fail "neither 'docker compose' nor 'docker-compose' works on this instance; install the Docker Compose plugin"
+fi
+"#;
+
+/// A deploy never moves an instance to an older numeric build (the Ledger's monotonic guard,
+/// per instance): of two overtaking promotions the older one fails on every instance the newer
+/// one reached first, and so never writes the Ledger. Going back is a rollback.
+const NOT_OLDER: &str = r#"
+step check-not-older
+current_tag=""
+if [ -f .env ]; then current_tag="$(read_tag .env)"; fi
+if [[ "$current_tag" =~ ^[0-9]+$ && "$IMAGE_TAG_WANTED" =~ ^[0-9]+$ ]]; then
+  have="$(printf '%s' "$current_tag" | sed 's/^0*//')"
+  want="$(printf '%s' "$IMAGE_TAG_WANTED" | sed 's/^0*//')"
+  if [ "${#want}" -lt "${#have}" ] || { [ "${#want}" -eq "${#have}" ] && [[ "$want" < "$have" ]]; }; then
+    fail "refusing to move $SERVICE_DIR backwards from build $current_tag to $IMAGE_TAG_WANTED (a stale or overtaken pipeline must not roll an instance back); nothing was changed — to go back on purpose, roll back (forge ec2 rollback --to-tag $IMAGE_TAG_WANTED)"
+  fi
 fi
 "#;
 

@@ -230,6 +230,7 @@ fn deploy_runs_refresh_then_tag_then_pull_then_up() {
         steps,
         [
             "prepare",
+            "check-not-older",
             "write-compose",
             "refresh-env",
             "set-image-tag",
@@ -702,4 +703,37 @@ fn two_runs_in_one_service_directory_take_turns() {
     );
     assert_eq!(env_tag(&sb, ".env").as_deref(), Some("42"));
     let _ = holder.wait_with_output();
+}
+
+#[test]
+fn a_deploy_never_moves_an_instance_to_an_older_build() {
+    let sb = Sandbox::new("svc");
+    assert_ok(&sb.run(&render_script(&request(sb.dir(), "0042")), &[]));
+    sb.clear_calls();
+    for older in ["41", "0041", "9"] {
+        let out = sb.run(&render_script(&request(sb.dir(), older)), &[]);
+        assert_eq!(out.status.code(), Some(1), "{older}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "forge-step-failed: check-not-older: refusing to move {} backwards from build 0042 to {older}",
+                sb.dir()
+            )) && stderr.contains(&format!("forge ec2 rollback --to-tag {older}")),
+            "{stderr}"
+        );
+    }
+    assert!(
+        sb.calls().iter().all(|c| c == "docker compose version"),
+        "nothing pulled: {:#?}",
+        sb.calls()
+    );
+    assert_eq!(env_tag(&sb, ".env").as_deref(), Some("0042"));
+    // The same build, a newer one and a non-numeric tag go through; a rollback may go back.
+    for tag in ["42", "100", "v1"] {
+        assert_ok(&sb.run(&render_script(&request(sb.dir(), tag)), &[]));
+    }
+    let mut rollback = RollbackRequest::new(Targets::parse("tag:a=b").unwrap(), sb.dir());
+    rollback.to_tag = Some("41".to_owned());
+    assert_ok(&sb.run(&render_rollback_script(&rollback), &[]));
+    assert_eq!(env_tag(&sb, ".env").as_deref(), Some("41"));
 }
