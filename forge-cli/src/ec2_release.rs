@@ -38,6 +38,8 @@ pub fn prepare(release: &Release, action: &str, env: &str, tag: &str) -> anyhow:
     let mut request = forge_ec2::DeployRequest::new(targets, compose, tag, service_dir);
     request.parameters_path = service.parameters_path.clone();
     request.comment = Some(format!("forge {action} {name} {tag} to {env}"));
+    // A rollback goes back on purpose; a promotion must never move an instance backwards.
+    request.allow_older = action == "rollback";
     let image = release.image_ref(env, tag)?;
     // An OCI layout directory is not something an instance pulls from; there is no pin to check.
     let repository = (!image.starts_with("oci:")).then(|| {

@@ -193,6 +193,9 @@ pub struct DeployRequest {
     /// `REPOSITORY:<image_tag>` and docker pulled it as this digest (see [`crate::script`]).
     /// None: the tag alone decides what runs.
     pub image_pin: Option<String>,
+    /// Allow an older numeric tag than the instance runs (a rollback sent as a deploy, e.g.
+    /// with the service's compose file). Default false: the script refuses to go backwards.
+    pub allow_older: bool,
 }
 
 impl DeployRequest {
@@ -218,6 +221,7 @@ impl DeployRequest {
             check_running: true,
             comment: None,
             image_pin: None,
+            allow_older: false,
         }
     }
 
@@ -250,6 +254,7 @@ impl DeployRequest {
             check_running: self.check_running,
             pin: self.image_pin.as_deref(),
             only_from: None,
+            allow_older: self.allow_older,
         }
     }
 }
@@ -360,6 +365,7 @@ impl RollbackRequest {
             check_running: self.check_running,
             pin: self.image_pin.as_deref(),
             only_from: self.only_from.as_deref(),
+            allow_older: true,
         }
     }
 }

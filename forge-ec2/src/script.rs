@@ -286,6 +286,9 @@ pub struct ScriptSpec<'a> {
     /// Change only instances whose `.env` has this `IMAGE_TAG` (rollbacks); the others report
     /// their current tag and change nothing.
     pub only_from: Option<&'a str>,
+    /// Leave out the check that refuses an older numeric build than the instance runs
+    /// (rollbacks).
+    pub allow_older: bool,
 }
 
 /// Renders the script for `spec`.
@@ -316,7 +319,7 @@ pub fn render(spec: &ScriptSpec<'_>) -> String {
         let _ = writeln!(s, "IMAGE_PIN_WANTED={}", shell_quote(pin));
     }
     s.push_str(PREPARE);
-    if matches!(spec.tag, TagChoice::Deploy(_)) {
+    if !spec.allow_older {
         s.push_str(NOT_OLDER);
     }
     if let Some(from) = spec.only_from {

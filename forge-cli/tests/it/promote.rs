@@ -618,25 +618,20 @@ print(json.dumps(ids))
         );
     std::fs::write(dir.join("forge.toml"), config).unwrap();
 
-    let promote = |to: &str, extra: &[&str]| {
+    let forge = |args: &[&str]| {
         let mut cmd = crate::support::forge();
         crate::support::isolate_aws(&mut cmd, dir, &moto.endpoint());
-        cmd.args([
-            "promote",
-            "--service",
-            "dagster",
-            "--to",
-            to,
-            "--requested-by",
-            "alice",
-            "--output",
-            "json",
-        ])
-        .args(extra)
-        .current_dir(dir);
+        cmd.args(args)
+            .args(["--requested-by", "alice", "--output", "json"])
+            .current_dir(dir);
         let out = cmd.output().unwrap();
         assert_success(&out);
         serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let promote = |to: &str, extra: &[&str]| {
+        let mut args = vec!["promote", "--service", "dagster", "--to", to];
+        args.extend_from_slice(extra);
+        forge(&args)
     };
     promote("dev", &["--tag", "1001"]);
     let qa = promote("qa", &[]);
@@ -661,16 +656,15 @@ print(json.dumps(ids))
         "recorded after the deploy succeeded"
     );
     // The instances were told which bytes the tag must be: the digest proven in QA's registry.
-    let script = moto.python(
-        r#"
+    let last_qa_command = r#"
 import boto3, os
 sts = boto3.client("sts", endpoint_url=os.environ["ENDPOINT"])
 creds = sts.assume_role(RoleArn="arn:aws:iam::222222222222:role/fixture", RoleSessionName="fixture")["Credentials"]
 ssm = boto3.client("ssm", endpoint_url=os.environ["ENDPOINT"], region_name="eu-west-1", aws_access_key_id=creds["AccessKeyId"],
                    aws_secret_access_key=creds["SecretAccessKey"], aws_session_token=creds["SessionToken"])
 print("\n".join(ssm.list_commands()["Commands"][-1]["Parameters"]["commands"]))
-"#,
-    );
+"#;
+    let script = moto.python(last_qa_command);
     let pin = format!(
         "IMAGE_PIN_WANTED='{}/data/dagster@{}'",
         stage.shared.host(),
@@ -680,6 +674,21 @@ print("\n".join(ssm.list_commands()["Commands"][-1]["Parameters"]["commands"]))
         script.contains(&pin),
         "no `{pin}` in the sent script:\n{script}"
     );
+    assert!(
+        script.contains("step check-not-older"),
+        "a promotion never moves an instance backwards"
+    );
+
+    // A rollback goes back on purpose: its script pins the recorded digest and leaves the
+    // backwards check out (moto runs no script, so what was sent is what is checked).
+    promote("dev", &["--tag", "1002"]);
+    promote("qa", &[]);
+    forge(&["rollback", "--service", "dagster", "--env", "qa"]);
+    assert_eq!(stage.ledger_tag("qa", "dagster"), "1001");
+    let script = moto.python(last_qa_command);
+    assert!(script.contains(&pin), "{script}");
+    assert!(script.contains("IMAGE_TAG_WANTED='1001'"), "{script}");
+    assert!(!script.contains("step check-not-older"), "{script}");
 }
 
 #[test]
