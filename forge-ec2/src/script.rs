@@ -34,9 +34,12 @@
 //!     about 30 s while containers start), with `ps --filter status=running`, which
 //!     docker-compose v1 understands too.
 //!
-//! Until `install`, a failure or a stop (SIGTERM/SIGHUP/SIGINT, e.g. SSM cancelling the
-//! command) leaves the live files as they were, and the staged files are removed on every exit.
-//! Requires `--env-file` (docker-compose ≥ 1.25 or the Compose v2 plugin).
+//! Until `install`, a failure or a catchable stop (SIGTERM/SIGHUP/SIGINT) leaves the live files
+//! as they were, and the staged files are removed on every exit. SSM cancels and times out with
+//! SIGKILL, which no trap sees: the next run, holding the lock, restores any backups a killed
+//! `install` left and removes stale staged files before it starts.
+//! Requires `--env-file` and unquoting of `.env` values (docker-compose ≥ 1.26 or the Compose
+//! v2 plugin).
 //!
 //! A failing command prints `forge-step-failed: NAME (exit N)` on stderr (ERR trap); a refused
 //! check prints `forge-step-failed: NAME: reason`. On success the last lines are
@@ -400,8 +403,8 @@ undo() {
 marker() { echo "$1"; echo "$1" >&2; }
 on_err() { local rc=$?; marker "forge-step-failed: ${FORGE_STEP} (exit ${rc})"; undo; exit "${rc}"; }
 trap on_err ERR
-# Stopped (SSM cancel or timeout, a shutdown): the same undo, so the files never name a tag
-# the containers do not run.
+# Stopped by a catchable signal (a shutdown, a Ctrl-C on a manual run): the same undo. SSM's
+# cancel and timeout kill with SIGKILL instead; the next run recovers from that (prepare).
 on_signal() { trap - ERR; marker "forge-step-failed: ${FORGE_STEP} (stopped by SIG$1)"; undo; exit "$2"; }
 trap 'on_signal TERM 143' TERM
 trap 'on_signal HUP 129' HUP
@@ -433,6 +436,19 @@ if command -v flock >/dev/null 2>&1; then
 else
   echo "forge-warning: flock is not installed; concurrent deploys to $SERVICE_DIR are not serialised" >&2
 fi
+# A run killed outright (SSM cancels and times out with SIGKILL, which no trap sees) leaves its
+# staged files, and if it died inside `install`, the backups of the files it was replacing.
+# With the lock held no other run is using them: put the backups back, drop the rest.
+for f in $UNDO_FILES; do
+  if [ -e "$f.forge-undo" ] || [ -e "$f.forge-absent" ]; then
+    UNDO=1
+  fi
+done
+if [ "$UNDO" = 1 ]; then
+  echo "forge-recovered: a killed run left its install half done in $SERVICE_DIR; putting its backups back" >&2
+  undo
+fi
+rm -f -- .forge-compose.* .forge-env.* .env.previous.forge-tmp
 if docker compose version >/dev/null 2>&1; then
   compose() { docker compose "$@"; }
 elif command -v docker-compose >/dev/null 2>&1; then

@@ -737,3 +737,69 @@ fn a_deploy_never_moves_an_instance_to_an_older_build() {
     assert_ok(&sb.run(&render_rollback_script(&rollback), &[]));
     assert_eq!(env_tag(&sb, ".env").as_deref(), Some("41"));
 }
+
+#[test]
+fn the_run_after_a_killed_one_cleans_up_and_restores_a_half_install() {
+    let sb = Sandbox::new("svc");
+    assert_ok(&sb.run(&render_script(&request(sb.dir(), "41")), &[]));
+    // SSM cancels with SIGKILL: no trap runs, staged files (one holds the secrets) stay.
+    let script = sb.root.join("_killed.sh");
+    std::fs::write(&script, render_script(&request(sb.dir(), "42"))).unwrap();
+    let child = Command::new("bash")
+        .arg(&script)
+        .current_dir(&sb.root)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                sb.root.join("bin").display(),
+                std::env::var("PATH").unwrap()
+            ),
+        )
+        .env("FAKE_LOG", sb.root.join("calls.log"))
+        .env("FAKE_FAIL", "pull-hangs")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let waited = std::time::Instant::now();
+    while !sb.calls().iter().any(|c| c == "pull-live IMAGE_TAG=41") {
+        assert!(waited.elapsed() < std::time::Duration::from_secs(20));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = child.wait_with_output();
+    assert!(
+        sb.files().iter().any(|f| f.starts_with(".forge-env.")),
+        "a killed run leaves its staged files: {:?}",
+        sb.files()
+    );
+    assert_eq!(env_tag(&sb, ".env").as_deref(), Some("41"));
+
+    // A run killed inside `install`: the new .env is in place, its backup still beside it.
+    let old_env = sb.read(".env").unwrap();
+    std::fs::write(sb.service.join(".env.forge-undo"), &old_env).unwrap();
+    std::fs::write(sb.service.join(".env"), "IMAGE_TAG=99\n").unwrap();
+
+    let out = sb.run(&render_script(&request(sb.dir(), "43")), &[]);
+    assert_ok(&out);
+    assert!(
+        text(&out.stderr).contains("forge-recovered: a killed run left its install half done"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(env_tag(&sb, ".env").as_deref(), Some("43"));
+    assert_eq!(
+        env_tag(&sb, ".env.previous").as_deref(),
+        Some("41"),
+        "the half-installed 99 never counted as deployed"
+    );
+    assert_eq!(
+        sb.files(),
+        [".env", ".env.previous", "docker-compose.yml"],
+        "stale staged files and backups are gone"
+    );
+}
