@@ -313,8 +313,8 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
             // The fleet has been redeployed already: say so, the Ledger and the instances
             // now disagree until someone reconciles them.
             Some(_) => format!(
-                "the image is verified at {destination} and the EC2 instances now run {tag}, but the Ledger was not updated (it said {} when this promotion started; the cause below says what it holds now): the fleet and the Ledger disagree until someone reconciles them — record {tag} with `forge ledger set-tag`, or deploy the Ledger's tag with `forge ec2 deploy`",
-                current.value
+                "the image is verified at {destination} and the EC2 instances now run {tag}, but the Ledger was not updated (it said {} when this promotion started; the cause below says what it holds now): the fleet and the Ledger disagree: the Ledger is the record, so put the fleet on the Ledger's tag (named below) with `forge ec2 rollback --env {} --service {} --to-tag <that tag>` (allowed in either direction), or promote again",
+                current.value, args.to, args.service
             ),
             None => {
                 format!("the image is verified at {destination}, but the Ledger was not updated")
