@@ -91,8 +91,9 @@ impl Sandbox {
         self.service.to_str().unwrap()
     }
 
-    fn run_with(&self, shell: &str, script: &str, env: &[(&str, &str)]) -> Output {
-        let path = self.root.join("_script.sh");
+    /// `shell SCRIPT` in the sandbox, with the fakes first on PATH and `env` set.
+    fn command(&self, shell: &str, script: &str, name: &str, env: &[(&str, &str)]) -> Command {
+        let path = self.root.join(name);
         std::fs::write(&path, script).unwrap();
         let mut cmd = Command::new(shell);
         cmd.arg(&path)
@@ -109,7 +110,41 @@ impl Sandbox {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        cmd.output().unwrap()
+        cmd
+    }
+
+    fn run_with(&self, shell: &str, script: &str, env: &[(&str, &str)]) -> Output {
+        self.command(shell, script, "_script.sh", env)
+            .output()
+            .unwrap()
+    }
+
+    /// Starts a deploy of `tag` whose pull hangs, in its own process group (as the SSM agent
+    /// runs it, so a signal to the group reaches docker too), and waits until the pull began.
+    fn spawn_hanging_pull(&self, tag: &str, previous: &str) -> std::process::Child {
+        let child = self
+            .command(
+                "bash",
+                &render_script(&request(self.dir(), tag)),
+                "_hanging.sh",
+                &[("FAKE_FAIL", "pull-hangs")],
+            )
+            .process_group(0)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let waited = std::time::Instant::now();
+        let started = format!("pull-live IMAGE_TAG={previous}");
+        while !self.calls().contains(&started) {
+            assert!(
+                waited.elapsed() < std::time::Duration::from_secs(20),
+                "pull never started: {:#?}",
+                self.calls()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        child
     }
 
     fn run(&self, script: &str, env: &[(&str, &str)]) -> Output {
@@ -593,36 +628,7 @@ fn a_pinned_deploy_switches_only_to_the_promoted_digest() {
 fn a_stopped_deploy_leaves_the_live_files_and_no_staged_ones() {
     let sb = Sandbox::new("svc");
     assert_ok(&sb.run(&render_script(&request(sb.dir(), "41")), &[]));
-    let script = sb.root.join("_stopped.sh");
-    std::fs::write(&script, render_script(&request(sb.dir(), "42"))).unwrap();
-    // Its own process group, as the SSM agent runs it, so the stop reaches docker too.
-    let child = Command::new("bash")
-        .arg(&script)
-        .current_dir(&sb.root)
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                sb.root.join("bin").display(),
-                std::env::var("PATH").unwrap()
-            ),
-        )
-        .env("FAKE_LOG", sb.root.join("calls.log"))
-        .env("FAKE_FAIL", "pull-hangs")
-        .process_group(0)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let waited = std::time::Instant::now();
-    while !sb.calls().iter().any(|c| c == "pull-live IMAGE_TAG=41") {
-        assert!(
-            waited.elapsed() < std::time::Duration::from_secs(20),
-            "pull never started: {:#?}",
-            sb.calls()
-        );
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let child = sb.spawn_hanging_pull("42", "41");
     let status = Command::new("kill")
         .args(["-TERM", "--", &format!("-{}", child.id())])
         .status()
@@ -743,29 +749,7 @@ fn the_run_after_a_killed_one_cleans_up_and_restores_a_half_install() {
     let sb = Sandbox::new("svc");
     assert_ok(&sb.run(&render_script(&request(sb.dir(), "41")), &[]));
     // SSM cancels with SIGKILL: no trap runs, staged files (one holds the secrets) stay.
-    let script = sb.root.join("_killed.sh");
-    std::fs::write(&script, render_script(&request(sb.dir(), "42"))).unwrap();
-    let child = Command::new("bash")
-        .arg(&script)
-        .current_dir(&sb.root)
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                sb.root.join("bin").display(),
-                std::env::var("PATH").unwrap()
-            ),
-        )
-        .env("FAKE_LOG", sb.root.join("calls.log"))
-        .env("FAKE_FAIL", "pull-hangs")
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let waited = std::time::Instant::now();
-    while !sb.calls().iter().any(|c| c == "pull-live IMAGE_TAG=41") {
-        assert!(waited.elapsed() < std::time::Duration::from_secs(20));
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let child = sb.spawn_hanging_pull("42", "41");
     let status = Command::new("kill")
         .args(["-KILL", "--", &format!("-{}", child.id())])
         .status()
