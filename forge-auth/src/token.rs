@@ -82,10 +82,13 @@ impl std::str::FromStr for TokenSetting {
                 // described, never quoted.
                 if let Some(path) = s
                     .strip_prefix("file:")
-                    .filter(|p| !p.is_empty() && (!looks_like_jwt(p) || p.contains('/')))
+                    .filter(|p| !p.is_empty() && (p.contains('/') || !looks_like_credential(p)))
                 {
                     Ok(TokenSetting::File(PathBuf::from(path)))
-                } else if let Some(var) = s.strip_prefix("env:").filter(|v| is_env_name(v)) {
+                } else if let Some(var) = s
+                    .strip_prefix("env:")
+                    .filter(|v| is_env_name(v) && !looks_like_credential(v))
+                {
                     Ok(TokenSetting::Env(var.to_owned()))
                 } else {
                     Err(TokenError::BadSetting {
@@ -97,9 +100,56 @@ impl std::str::FromStr for TokenSetting {
     }
 }
 
-/// Three dot-separated parts: the shape of a JWT.
+/// Three dot-separated parts, the first a base64url JSON object (`eyJ` is `{"`): a JWT.
+/// `oidc.token.jwt` is a file name, not a token.
 fn looks_like_jwt(value: &str) -> bool {
-    value.split('.').count() == 3
+    value.split('.').count() == 3 && value.starts_with("eyJ")
+}
+
+/// Prefixes of credentials that are also valid variable and file names: GitHub tokens
+/// (`ghp_`, `github_pat_`, …), GitLab (`glpat-`), Slack (`xox?-`), AWS access key ids.
+const CREDENTIAL_PREFIXES: &[&str] = &[
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xoxb-",
+    "xoxp-",
+    "AKIA",
+    "ASIA",
+];
+
+/// A JWT, a value with a known credential prefix, or a long random-looking word (mixed case
+/// and digits, 30+ characters): something that must not be echoed where a variable or file
+/// name was expected. Real names are upper-case words (`ACTIONS_ID_TOKEN_REQUEST_TOKEN`).
+fn looks_like_credential(value: &str) -> bool {
+    let has = |f: fn(&u8) -> bool| value.as_bytes().iter().any(f);
+    let access_key_id = value.len() == 20
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    looks_like_jwt(value)
+        || CREDENTIAL_PREFIXES
+            .iter()
+            .any(|p| value.starts_with(p) && (!p.starts_with('A') || access_key_id))
+        || (value.len() >= 30
+            && has(u8::is_ascii_lowercase)
+            && has(u8::is_ascii_uppercase)
+            && has(u8::is_ascii_digit))
+}
+
+/// How an environment variable name or token file path is quoted in messages: as given,
+/// unless it looks like a credential (then described, never echoed).
+pub fn shown_name(value: &str) -> String {
+    let last = value.rsplit('/').next().unwrap_or(value);
+    if looks_like_credential(last) || value.len() > 200 {
+        "(a name that looks like a credential, not shown)".to_owned()
+    } else {
+        value.to_owned()
+    }
 }
 
 /// A plausible environment variable name: `[A-Za-z_][A-Za-z0-9_]*`, at most 64 characters
@@ -118,12 +168,21 @@ fn is_env_name(value: &str) -> bool {
 pub fn shown_setting(value: &str) -> String {
     // Real settings are short words (`auto`, `env:OIDC`, `file:/path`); a typo is too. Anything
     // longer, or dotted like a JWT, may be a credential (a GitHub token is 40 characters).
-    let jwt_like = looks_like_jwt(value);
+    let jwt_like = value.split('.').count() == 3 && !value.contains('/');
     let is_source = value.starts_with("file:") || value.starts_with("env:");
     let env_token = value
         .strip_prefix("env:")
         .is_some_and(|v| v.len() > 64 || v.contains(['-', '.', '=']));
-    if jwt_like || env_token || (!is_source && value.len() > 24) || value.len() > 200 {
+    let named_credential = value
+        .strip_prefix("env:")
+        .or_else(|| value.strip_prefix("file:"))
+        .is_some_and(|v| shown_name(v) != v);
+    if jwt_like
+        || env_token
+        || named_credential
+        || (!is_source && value.len() > 24)
+        || value.len() > 200
+    {
         "a value that looks like a token itself (give its source instead, such as env:VAR or file:PATH)"
             .to_owned()
     } else {
@@ -196,7 +255,7 @@ pub enum TokenError {
     /// The token file is missing or unreadable.
     #[error(
         "cannot read the OIDC token file {}: {source}; check the path (AWS_WEB_IDENTITY_TOKEN_FILE or `[auth] token = \"file:PATH\"`) and that the step that writes it ran first",
-        path.display()
+        shown_name(&path.to_string_lossy())
     )]
     File {
         /// The file.
@@ -326,13 +385,16 @@ impl TokenSource {
             TokenSetting::File(path) => Ok(TokenSource::File(path.clone())),
             TokenSetting::Env(var) => match lookup(var) {
                 Some(token) => Ok(TokenSource::Value {
-                    origin: format!("environment variable {var}"),
+                    origin: format!("environment variable {}", shown_name(var)),
                     token: Secret::new(token),
                 }),
                 None => Err(TokenError::NotAvailable {
-                    what: format!(
-                        "environment variable {var} (from `[auth] token = \"env:{var}\"`) is not set"
-                    ),
+                    what: {
+                        let var = shown_name(var);
+                        format!(
+                            "environment variable {var} (from `[auth] token = \"env:{var}\"`) is not set"
+                        )
+                    },
                 }),
             },
             TokenSetting::Auto => {
@@ -362,7 +424,9 @@ impl TokenSource {
                 format!("Azure DevOps (service connection {service_connection})")
             }
             TokenSource::GitHub { audience, .. } => format!("GitHub Actions (audience {audience})"),
-            TokenSource::File(path) => format!("token file {}", path.display()),
+            TokenSource::File(path) => {
+                format!("token file {}", shown_name(&path.to_string_lossy()))
+            }
             TokenSource::Value { origin, .. } => origin.clone(),
         }
     }

@@ -431,13 +431,17 @@ impl Config {
 /// `auto | azure-devops | github | file:PATH | env:VAR | none`.
 fn check_token_setting(token: &str) -> Result<(), String> {
     match token {
-        "auto" | "azure-devops" | "github" | "none" => Ok(()),
-        _ if token.strip_prefix("file:").is_some_and(|p| !p.is_empty()) => Ok(()),
-        _ if token.strip_prefix("env:").is_some_and(|v| !v.is_empty()) => Ok(()),
-        _ => Err(format!(
-            "{} is not a token source; use auto, azure-devops, github, file:PATH, env:VAR or none",
-            forge_auth::token::shown_setting(token)
-        )),
+        "none" => Ok(()),
+        // forge-auth's own parser, so `forge config` refuses what `forge auth` would.
+        _ => token
+            .parse::<forge_auth::token::TokenSetting>()
+            .map(drop)
+            .map_err(|_| {
+                format!(
+                    "{} is not a token source; use auto, azure-devops, github, file:PATH, env:VAR or none",
+                    forge_auth::token::shown_setting(token)
+                )
+            }),
     }
 }
 
@@ -506,6 +510,14 @@ mod tests {
             "[auth]\ntoken = \"vault\"\n",
             &[
                 "auth.token: `vault` is not a token source; use auto, azure-devops, github, file:PATH, env:VAR or none",
+            ],
+        );
+        // What `forge auth` would refuse, `forge config check` refuses, without echoing a
+        // credential pasted where the variable name belongs.
+        check(
+            "[auth]\ntoken = \"env:ghp_A1b2A1b2A1b2A1b2A1b2A1b2A1b2A1b2A1b2\"\n",
+            &[
+                "auth.token: a value that looks like a token itself (give its source instead, such as env:VAR or file:PATH) is not a token source; use auto, azure-devops, github, file:PATH, env:VAR or none",
             ],
         );
         check(

@@ -198,6 +198,11 @@ fn token_settings_and_detection() {
         "file:/run/oidc.token.jwt".parse::<TokenSetting>().unwrap(),
         TokenSetting::File("/run/oidc.token.jwt".into())
     );
+    // A relative token file named like a JWT's three parts is still a file name.
+    assert_eq!(
+        "file:oidc.token.jwt".parse::<TokenSetting>().unwrap(),
+        TokenSetting::File("oidc.token.jwt".into())
+    );
     for bad in ["vault", "file:", "env:", "", "env:1X", "env:MY VAR"] {
         let err = bad.parse::<TokenSetting>().unwrap_err();
         assert!(err.to_string().contains("is not a token source"), "{err}");
@@ -206,12 +211,20 @@ fn token_settings_and_detection() {
     let pat = format!("ghp_{}", "A1b2".repeat(9));
     let env_pat = format!("env:{}", "Ab1_".repeat(17));
     for secret in [
-        pat.as_str(),
+        &*pat,
         "eyJh.eyJz.sig",
         "env:eyJh.eyJz.sig",
         "file:eyJh.eyJz.sig",
-        env_pat.as_str(),
+        &*env_pat,
         "env:ghp-A1b2A1b2=",
+        // Valid variable names (and file names) that are credentials: a GitHub token,
+        // a fine-grained PAT, an AWS access key id, a GitLab token, a long mixed-case key.
+        &format!("env:{pat}"),
+        &format!("file:{pat}"),
+        "env:github_pat_11ABCDEFG0abcdefghijkl_mnopqrstuvwxyz0123456789ABCDEFGHIJ",
+        "env:AKIAIOSFODNN7EXAMPLE",
+        "file:glpat-Ab1Cd2Ef3Gh4Ij5Kl6Mn",
+        "env:q8Zr2LmX9vT4kP7wB3nY6cH1jF5dS0gA",
     ] {
         let err = secret.parse::<TokenSetting>().unwrap_err().to_string();
         assert!(
@@ -279,6 +292,13 @@ fn token_settings_and_detection() {
     );
     assert!(
         err(&TokenSetting::Env("OIDC".into()), &[], &none).contains("environment variable OIDC")
+    );
+    // Built directly (not parsed), a credential-shaped name is still not echoed.
+    let pat = format!("ghp_{}", "A1b2".repeat(9));
+    let text = err(&TokenSetting::Env(pat.clone()), &[], &none);
+    assert!(
+        !text.contains(&pat) && text.contains("looks like a credential"),
+        "{text}"
     );
 }
 
