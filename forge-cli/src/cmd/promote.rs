@@ -39,22 +39,42 @@ pub struct Args {
     change: release::ChangeArgs,
 }
 
-/// The digest `file` recorded for `tag`: from the newest Ledger commit that set the tag and
-/// recorded one, by its pin (`TAG@sha256:…`) or its `Forge-Digest` trailer (a hand-made commit
-/// of the same tag without either is skipped).
-fn recorded_digest(
+/// What the `from` environment's Ledger history says about a tag.
+enum SourceRecord {
+    /// The digest recorded for the tag: from the newest Ledger commit that set the tag and
+    /// recorded one, by its pin (`TAG@sha256:…`) or its `Forge-Digest` trailer (a hand-made
+    /// commit of the same tag without either is skipped).
+    Recorded(String),
+    /// The tag ran there, but no commit recorded its digest (set by hand, or before Forge).
+    Unrecorded,
+    /// No commit ever set the tag there: promoting it would skip that environment.
+    NeverRan,
+}
+
+fn source_record(
     ledger: &forge_ledger::Ledger,
     file: &str,
     selector: &forge_ledger::Selector,
     tag: &str,
-) -> anyhow::Result<Option<String>> {
+) -> anyhow::Result<SourceRecord> {
     let history = ledger
         .history(file, selector)
         .map_err(release::ledger_error)
         .with_context(|| format!("cannot read the Ledger history of {file}"))?;
-    Ok(history
+    if let Some(digest) = history
         .iter()
-        .find_map(|entry| release::recorded_digest(entry, tag)))
+        .find_map(|entry| release::recorded_digest(entry, tag))
+    {
+        return Ok(SourceRecord::Recorded(digest));
+    }
+    let ran = history
+        .iter()
+        .any(|entry| entry.value.split('@').next() == Some(tag));
+    Ok(if ran {
+        SourceRecord::Unrecorded
+    } else {
+        SourceRecord::NeverRan
+    })
 }
 
 /// Runs `forge promote`.
@@ -132,16 +152,24 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
         Some(from) => {
             let image = release.image_ref(from, &tag)?;
             let from_file = release.manifest(from)?;
-            match recorded_digest(&ledger, &from_file, &selector, &tag)? {
-                Some(digest) => format!("{image}@{digest}"),
-                None if args.allow_unrecorded_digest => {
+            match source_record(&ledger, &from_file, &selector, &tag)? {
+                SourceRecord::Recorded(digest) => format!("{image}@{digest}"),
+                // Not a missing record but a skipped stage: no flag promotes it.
+                SourceRecord::NeverRan => {
+                    return Err(InvalidInput(format!(
+                        "{tag} never ran in {from}: no commit in {from}'s Ledger history ({from_file}) set it, and {} takes                          only what {from} ran; nothing was copied or written. Promote it to {from} first                          (forge promote --service {} --to {from} --tag {tag}), then to {}",
+                        args.to, args.service, args.to
+                    ))
+                    .into());
+                }
+                SourceRecord::Unrecorded if args.allow_unrecorded_digest => {
                     tracing::warn!(
                         "{from}'s Ledger history records no digest for {tag}; promoting what {image} points to now, as --allow-unrecorded-digest asks"
                     );
                     source_recorded = false;
                     image
                 }
-                None => {
+                SourceRecord::Unrecorded => {
                     return Err(InvalidInput(format!(
                         "{from}'s Ledger history ({from_file}) records no digest for {tag}: no Forge commit set it \
                          (it was set by hand or before Forge), so Forge cannot prove {image} still holds the bytes {from} was given; \

@@ -997,6 +997,32 @@ fn a_tag_set_by_hand_is_promoted_only_when_explicitly_allowed() {
         assert_eq!(stage.ledger.log().len(), commits, "no Ledger commit");
     }
 
+    // A tag QA never ran is a skipped stage, not a missing record: the flag does not help,
+    // and the refusal does not offer it.
+    let out = stage.forge(&[
+        "promote",
+        "--service",
+        "payments",
+        "--to",
+        "prod",
+        "--tag",
+        "1001",
+        "--requested-by",
+        "alice@example.com",
+        "--approved-by",
+        "bob@example.com",
+        "--allow-unrecorded-digest",
+    ]);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("1001 never ran in qa")
+            && err.contains("forge promote --service payments --to qa --tag 1001")
+            && !err.contains("--allow-unrecorded-digest"),
+        "{err}"
+    );
+    assert_eq!(stage.ledger.log().len(), commits, "no Ledger commit");
+
     let qa = stage.promote("payments", "qa", &["--allow-unrecorded-digest"]);
     assert_eq!(qa["source_digest_unrecorded"], true, "{qa}");
     assert_eq!(qa["destination"]["digest"], stage.digests[0].as_str());
