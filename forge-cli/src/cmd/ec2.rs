@@ -135,6 +135,10 @@ pub struct RenderArgs {
     /// With --rollback: the tag to return to.
     #[arg(long, value_name = "TAG")]
     to_tag: Option<String>,
+    /// With --rollback: roll back only an instance running this tag (as `forge ec2 rollback
+    /// --from-tag`).
+    #[arg(long, value_name = "TAG")]
+    from_tag: Option<String>,
     /// Leave out the running-services check.
     #[arg(long)]
     no_check_running: bool,
@@ -181,6 +185,7 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         }
         let mut request = RollbackRequest::new(targets, args.service_dir);
         request.to_tag = args.to_tag;
+        request.only_from = args.from_tag;
         request.compose_file = compose;
         request.parameters_path = args.parameters_path;
         request.parameters_region = args.region;
@@ -194,8 +199,10 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
                 "render-script needs --compose FILE and --image-tag TAG (or --rollback)",
             ));
         };
-        if args.to_tag.is_some() {
-            return Err(invalid("--to-tag only applies with --rollback"));
+        if args.to_tag.is_some() || args.from_tag.is_some() {
+            return Err(invalid(
+                "--to-tag and --from-tag only apply with --rollback",
+            ));
         }
         let mut request = DeployRequest::new(targets, compose, tag, args.service_dir);
         request.parameters_path = args.parameters_path;

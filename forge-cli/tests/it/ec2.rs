@@ -135,6 +135,25 @@ fn render_script_prints_the_script_and_refuses_bad_input() {
     );
     assert_success(&rollback);
     assert!(stdout(&rollback).contains("step read-previous-tag"));
+    // What `forge ec2 rollback --from-tag` sends can be reviewed too.
+    let only_from = crate::support::forge_in(
+        dir.path(),
+        &[
+            "ec2",
+            "render-script",
+            "--rollback",
+            "--from-tag",
+            "43",
+            "--service-dir",
+            "/opt/dagster",
+        ],
+    );
+    assert_success(&only_from);
+    assert!(
+        stdout(&only_from).contains("ROLLBACK_FROM='43'"),
+        "{}",
+        stdout(&only_from)
+    );
 
     for (args, needle) in [
         (
@@ -173,6 +192,19 @@ fn render_script_prints_the_script_and_refuses_bad_input() {
         (
             &["--service-dir", "/opt/x"][..],
             "needs --compose FILE and --image-tag TAG",
+        ),
+        (
+            &[
+                "--compose",
+                "compose/docker-compose.yml",
+                "--image-tag",
+                "42",
+                "--service-dir",
+                "/opt/x",
+                "--from-tag",
+                "41",
+            ][..],
+            "--to-tag and --from-tag only apply with --rollback",
         ),
         (
             &[
