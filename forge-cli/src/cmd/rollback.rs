@@ -171,6 +171,37 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
             )
         })?;
 
+    // The Ledger write is tried now (dry run), before an EC2 fleet is changed and before a
+    // dry run reports success: a value the patcher cannot write, or a change that landed
+    // since the history was read, refuses here with nothing deployed or written.
+    let trailers = args.change.trailers(
+        "rollback",
+        &recorded,
+        &target_tag,
+        None,
+        requested_by.as_deref(),
+    );
+    let revert = forge_ledger::Revert {
+        file: file.clone(),
+        selector,
+        to: Some(target.clone()),
+        subject: Some((args.service.clone(), args.env.clone())),
+        trailers,
+        dry_run: true,
+        // Compare-and-swap against the value this rollback was proven against: a
+        // promotion that landed during the checks or the EC2 redeploy is not overwritten.
+        expect: Some(current.clone()),
+    };
+    ledger
+        .revert(&revert)
+        .map_err(release::ledger_error)
+        .with_context(|| {
+            format!(
+                "the Ledger would refuse the rollback of {} in {} to {target}; nothing was deployed or written",
+                args.service, args.env
+            )
+        })?;
+
     let ec2_deploy = match release.service_config.kind {
         ServiceKind::Ec2 => Some(crate::ec2_release::prepare(
             &release,
@@ -208,24 +239,10 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    let trailers = args.change.trailers(
-        "rollback",
-        &recorded,
-        &target_tag,
-        None,
-        requested_by.as_deref(),
-    );
     let outcome = ledger
         .revert(&forge_ledger::Revert {
-            file: file.clone(),
-            selector,
-            to: Some(target.clone()),
-            subject: Some((args.service.clone(), args.env.clone())),
-            trailers,
             dry_run: false,
-            // Compare-and-swap against the value this rollback was proven against: a
-            // promotion that landed during the checks or the EC2 redeploy is not overwritten.
-            expect: Some(current.clone()),
+            ..revert
         })
         .map_err(release::ledger_error)
         .with_context(|| match &ec2 {

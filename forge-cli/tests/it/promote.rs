@@ -449,6 +449,34 @@ fn concurrent_promotions_of_different_services_all_land() {
     }
 }
 
+/// Commits `contents` to `file` on the Ledger's main by hand (as a person would, no Forge
+/// trailers); returns what the file held before.
+fn hand_commit(ledger: &BareRemote, file: &str, contents: &str) -> String {
+    let work = tempfile::tempdir().unwrap();
+    let clone = work.path().join("c");
+    git(
+        work.path(),
+        &["clone", "--quiet", &ledger.url(), clone.to_str().unwrap()],
+    );
+    let before = std::fs::read_to_string(clone.join(file)).unwrap();
+    std::fs::write(clone.join(file), contents).unwrap();
+    git(
+        &clone,
+        &[
+            "-c",
+            "user.name=Hand",
+            "-c",
+            "user.email=hand@example.com",
+            "commit",
+            "--quiet",
+            "-am",
+            "by hand",
+        ],
+    );
+    git(&clone, &["push", "--quiet", "origin", "main"]);
+    before
+}
+
 #[test]
 fn rollback_restores_the_previous_tag_and_its_digest() {
     let Some(stage) = Stage::start(&[("payments", "payments/api", true)]) else {
@@ -460,7 +488,7 @@ fn rollback_restores_the_previous_tag_and_its_digest() {
         stage.promote("payments", "prod", &["--approved-by", "bob@example.com"]);
     }
     assert_eq!(stage.ledger_tag("prod", "payments"), "1002");
-    let out = stage.forge(&[
+    let rollback = [
         "rollback",
         "--service",
         "payments",
@@ -470,7 +498,31 @@ fn rollback_restores_the_previous_tag_and_its_digest() {
         "oncall",
         "--output",
         "json",
-    ]);
+    ];
+
+    // Someone anchors Prod's value by hand (same tag): the patcher will not write an
+    // anchored scalar, so even the dry run refuses, before anything is deployed or written.
+    let prod_file = "apps/prod/payments.yaml";
+    let anchored = stage
+        .ledger
+        .read(prod_file)
+        .replace("value: \"1002\"", "value: &tag \"1002\"");
+    let edit = hand_commit(&stage.ledger, prod_file, &anchored);
+    let commits = stage.ledger.log().len();
+    let mut dry = rollback.to_vec();
+    dry.push("--dry-run");
+    let out = stage.forge(&dry);
+    assert_exit(&out, 2);
+    let err = stderr(&out);
+    assert!(
+        err.contains("the Ledger would refuse the rollback of payments in prod to 1001")
+            && err.contains("edit this value by hand"),
+        "{err}"
+    );
+    assert_eq!(stage.ledger.log().len(), commits, "no Ledger commit");
+    hand_commit(&stage.ledger, prod_file, &edit);
+
+    let out = stage.forge(&rollback);
     assert_success(&out);
     let evidence: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(evidence["build_id"], "1001");
