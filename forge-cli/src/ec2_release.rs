@@ -8,8 +8,16 @@ use crate::release::Release;
 
 /// The SSM deploy of `tag` of the release's EC2 service to `env`, built and checked from the
 /// config and the compose file. Promote and rollback call it before anything is copied or
-/// written, so a missing key or an unreadable compose file pushes no tag.
-pub fn prepare(release: &Release, action: &str, env: &str, tag: &str) -> anyhow::Result<Prepared> {
+/// written, so a missing key, an unreadable compose file, a compose file that does not run
+/// the repository, or a digest instances cannot pin pushes no tag. `digest`: the one the
+/// source resolved to (the deploy pins the one proven after the copy).
+pub fn prepare(
+    release: &Release,
+    action: &str,
+    env: &str,
+    tag: &str,
+    digest: &str,
+) -> anyhow::Result<Prepared> {
     let service = &release.service_config;
     let name = &release.service;
     let missing = |key: &str| {
@@ -48,11 +56,9 @@ pub fn prepare(release: &Release, action: &str, env: &str, tag: &str) -> anyhow:
             .expect("image_ref ends with the tag it was given")
             .to_owned()
     });
-    // Checked now with a stand-in digest, so a repository the instances could not be told
-    // about is refused before anything is copied.
-    request.image_pin = repository
-        .as_ref()
-        .map(|r| format!("{r}@sha256:{}", "0".repeat(64)));
+    // Checked now, so a repository or digest the instances could not be told about is
+    // refused before anything is copied.
+    request.image_pin = repository.as_ref().map(|r| format!("{r}@{digest}"));
     request
         .validate()
         .map_err(|e| InvalidInput(format!("cannot deploy {name} {tag} to {env}: {e}")))?;

@@ -233,6 +233,9 @@ impl DeployRequest {
         }
         script::check_service_dir(&self.service_dir)?;
         script::check_compose(&self.compose_file)?;
+        if let Some(pin) = &self.image_pin {
+            script::check_compose_runs(&self.compose_file, pin)?;
+        }
         if let Some(p) = &self.parameters_path {
             script::check_parameters_path(p)?;
         }
@@ -340,6 +343,9 @@ impl RollbackRequest {
         script::check_service_dir(&self.service_dir)?;
         if let Some(c) = &self.compose_file {
             script::check_compose(c)?;
+            if let Some(pin) = &self.image_pin {
+                script::check_compose_runs(c, pin)?;
+            }
         }
         if let Some(p) = &self.parameters_path {
             script::check_parameters_path(p)?;

@@ -245,6 +245,53 @@ pub fn check_compose(compose: &[u8]) -> Result<(), ValidationError> {
     Ok(())
 }
 
+/// Checks, before anything is sent, that the compose file can run the pinned repository:
+/// some `image:` is `REPOSITORY:${IMAGE_TAG}` (or `$IMAGE_TAG`, `${IMAGE_TAG:-…}`). An image
+/// whose repository part is itself a variable cannot be judged here and is accepted; the
+/// instance checks the rendered file again (`docker compose config`) before it switches.
+pub fn check_compose_runs(compose: &[u8], pin: &str) -> Result<(), ValidationError> {
+    let Some((repository, _)) = pin.rsplit_once('@') else {
+        return Ok(()); // check_image_pin reports a malformed pin
+    };
+    let text = String::from_utf8_lossy(compose);
+    let images: Vec<&str> = text.lines().filter_map(image_value).collect();
+    let runs = |image: &&str| {
+        let at = image
+            .find("${IMAGE_TAG")
+            .or_else(|| image.find("$IMAGE_TAG"));
+        at.and_then(|i| image[..i].strip_suffix(':'))
+            .is_some_and(|name| name == repository || name.contains('$'))
+    };
+    if images.iter().any(runs) || (images.is_empty() && text.contains("IMAGE_TAG")) {
+        return Ok(());
+    }
+    let found = if images.is_empty() {
+        "it has no `image:` line".to_owned()
+    } else {
+        format!("its images are {}", images.join(", "))
+    };
+    Err(ValidationError::Compose {
+        reason: format!(
+            "no service runs {repository}:${{IMAGE_TAG}} ({found}), so no instance could prove the pinned digest; \
+             write `image: {repository}:${{IMAGE_TAG}}` for the service this repository deploys"
+        ),
+    })
+}
+
+/// The value of an `image:` key on one line (YAML or JSON), unquoted.
+fn image_value(line: &str) -> Option<&str> {
+    let line = line.trim_start().trim_start_matches("- ");
+    let rest = ["image:", "\"image\":", "'image':"]
+        .iter()
+        .find_map(|key| line.strip_prefix(key))?;
+    let value = match rest.find(" #") {
+        Some(comment) => &rest[..comment],
+        None => rest,
+    };
+    let value = value.trim().trim_end_matches(',').trim();
+    Some(value.trim_matches(|c| c == '"' || c == '\''))
+}
+
 /// Quotes `value` for bash: single quotes, each `'` written as `'\''`.
 pub fn shell_quote(value: &str) -> String {
     format!("'{}'", value.replace('\'', r"'\''"))
@@ -683,6 +730,60 @@ mod tests {
         for bad in ["forge", "/forge dagster", "/forge/$x"] {
             assert!(check_parameters_path(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn compose_files_must_run_the_pinned_repository() {
+        let pin = format!("registry.example/web@sha256:{}", "a".repeat(64));
+        let check = |compose: &str, expected: Option<&str>| {
+            let got = check_compose_runs(compose.as_bytes(), &pin);
+            match expected {
+                None => assert!(got.is_ok(), "{compose:?}: {got:?}"),
+                Some(needle) => {
+                    let e = got.expect_err(compose).to_string();
+                    assert!(e.contains(needle), "{compose:?}: {e}");
+                }
+            }
+        };
+        check(
+            "services:\n  web:\n    image: registry.example/web:${IMAGE_TAG}\n",
+            None,
+        );
+        check(
+            "services:\n  web:\n    image: \"registry.example/web:$IMAGE_TAG\"  # app\n",
+            None,
+        );
+        check(
+            "services:\n  web:\n    image: 'registry.example/web:${IMAGE_TAG:-1}'\n",
+            None,
+        );
+        check(
+            r#"{"services": {"web": {"image": "registry.example/web:${IMAGE_TAG}"}}}"#,
+            None,
+        );
+        check(
+            "{\"services\": {\"web\": {\n  \"image\": \"registry.example/web:${IMAGE_TAG}\",\n  \"init\": true}}}",
+            None,
+        );
+        // The repository comes from a variable: only the instance can tell.
+        check(
+            "services:\n  web:\n    image: ${REGISTRY}/web:${IMAGE_TAG}\n",
+            None,
+        );
+        check(
+            "services:\n  web:\n    image: registry.example/api:${IMAGE_TAG}\n  db:\n    image: postgres:16\n",
+            Some(
+                "no service runs registry.example/web:${IMAGE_TAG} (its images are registry.example/api:${IMAGE_TAG}, postgres:16)",
+            ),
+        );
+        check(
+            "services:\n  web:\n    image: registry.example/web:41\n",
+            Some("write `image: registry.example/web:${IMAGE_TAG}`"),
+        );
+        check(
+            "services:\n  web:\n    build: .\n",
+            Some("it has no `image:` line"),
+        );
     }
 
     #[test]

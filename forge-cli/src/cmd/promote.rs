@@ -225,7 +225,11 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
     // An EC2 service's deploy is checked now too (config keys, compose file, image pin).
     let ec2_deploy = match release.service_config.kind {
         ServiceKind::Ec2 => Some(crate::ec2_release::prepare(
-            &release, "promote", &args.to, &tag,
+            &release,
+            "promote",
+            &args.to,
+            &tag,
+            resolved.digest.as_str(),
         )?),
         ServiceKind::Argocd => None,
     };

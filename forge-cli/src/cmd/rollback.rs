@@ -208,6 +208,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
             "rollback",
             &args.env,
             &target_tag,
+            &recorded,
         )?),
         ServiceKind::Argocd => None,
     };

@@ -650,7 +650,7 @@ print(json.dumps(ids))
     std::fs::write(dir.join("token.jwt"), JWT).unwrap();
     std::fs::write(
         dir.join("docker-compose.yml"),
-        "services:\n  dagster:\n    image: registry.example.invalid/data/dagster:${IMAGE_TAG}\n",
+        "services:\n  dagster:\n    image: ${REGISTRY}/data/dagster:${IMAGE_TAG}\n",
     )
     .unwrap();
     let config = std::fs::read_to_string(dir.join("forge.toml")).unwrap();
@@ -1139,9 +1139,27 @@ fn an_unusable_ec2_deploy_is_refused_before_the_copy() {
             "[services.dagster]\n",
             "[services.dagster]\nkind = \"ec2\"\ntarget = \"tag:forge:dagster-enabled=true\"\nservice_dir = \"/opt/dagster\"\ncompose = \"missing/docker-compose.yml\"\n",
         );
-    std::fs::write(dir.join("forge.toml"), config).unwrap();
+    std::fs::write(dir.join("forge.toml"), &config).unwrap();
+    // A compose file that runs another repository: no instance could prove the digest.
+    std::fs::write(
+        dir.join("other-compose.yml"),
+        "services:\n  dagster:\n    image: registry.example.invalid/data/other:${IMAGE_TAG}\n",
+    )
+    .unwrap();
+    let other_config = config.replace("missing/docker-compose.yml", "other-compose.yml");
+    let qa_repository = format!("{}/data/dagster", stage.shared.host());
     let commits = stage.ledger.log().len();
-    for dry_run in [true, false] {
+    let cases = [
+        (&config, "services.dagster.compose: cannot read".to_owned()),
+        (
+            &other_config,
+            format!(
+                "no service runs {qa_repository}:${{IMAGE_TAG}} (its images are registry.example.invalid/data/other:${{IMAGE_TAG}})"
+            ),
+        ),
+    ];
+    for ((config, needle), dry_run) in cases.iter().flat_map(|case| [(case, true), (case, false)]) {
+        std::fs::write(dir.join("forge.toml"), config).unwrap();
         let mut args = vec![
             "promote",
             "--service",
@@ -1156,12 +1174,7 @@ fn an_unusable_ec2_deploy_is_refused_before_the_copy() {
         }
         let out = stage.forge(&args);
         assert_exit(&out, 2);
-        assert!(
-            stderr(&out).contains("services.dagster.compose: cannot read")
-                && stderr(&out).contains("missing/docker-compose.yml"),
-            "{}",
-            stderr(&out)
-        );
+        assert!(stderr(&out).contains(needle.as_str()), "{}", stderr(&out));
         assert_eq!(
             stage.oracle_digest(&format!("{}/data/dagster:1001", stage.shared.host())),
             None,
@@ -1177,7 +1190,7 @@ fn ec2_promote(stage: &Stage, endpoint: &str, to: &str, extra: &[&str]) -> std::
     let dir = stage.path();
     std::fs::write(
         dir.join("docker-compose.yml"),
-        "services:\n  dagster:\n    image: registry.example.invalid/data/dagster:${IMAGE_TAG}\n",
+        "services:\n  dagster:\n    image: ${REGISTRY}/data/dagster:${IMAGE_TAG}\n",
     )
     .unwrap();
     let config = std::fs::read_to_string(dir.join("forge.toml")).unwrap();
