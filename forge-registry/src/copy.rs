@@ -908,6 +908,11 @@ async fn push_if_missing(
 
 /// Maintains the referrers fallback index (tag `sha256-<hex>`) at a destination without the
 /// referrers API: existing entries are kept, new ones appended.
+///
+/// The tag schema is read-merge-write with no conditional PUT, so a concurrent writer can
+/// replace the index between this read and write. The index is read back after each write
+/// and merged again while any of `referrers` is missing (each round also keeps what the
+/// other writer added), a bounded number of times.
 async fn update_fallback_index(
     dst: &Endpoint,
     subject: &Digest,
@@ -915,12 +920,48 @@ async fn update_fallback_index(
     counters: &Counters,
 ) -> Result<(), Error> {
     let tag = subject.referrers_tag();
-    let mut entries: Vec<Descriptor> = match dst.get_manifest(&tag).await? {
-        Some(existing) => crate::digest::ManifestRefs::parse(&existing.bytes)
+    let listed = |bytes: Option<&Bytes>| -> Vec<Descriptor> {
+        bytes
+            .and_then(|b| crate::digest::ManifestRefs::parse(b).ok())
             .map(|r| r.manifests)
-            .unwrap_or_default(),
-        None => Vec::new(),
+            .unwrap_or_default()
     };
+    let mut existing = dst.get_manifest(&tag).await?;
+    for _ in 0..FALLBACK_INDEX_ROUNDS {
+        let entries = listed(existing.as_ref().map(|m| &m.bytes));
+        if !write_fallback_index(dst, &tag, entries, referrers, counters).await? {
+            return Ok(());
+        }
+        existing = dst.get_manifest(&tag).await?;
+    }
+    let entries = listed(existing.as_ref().map(|m| &m.bytes));
+    let missing: Vec<String> = referrers
+        .iter()
+        .filter(|d| !entries.iter().any(|e| e.digest == d.digest))
+        .map(|d| d.digest.to_string())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(Error::new(ErrorKind::VerificationFailed {
+        reference: tag,
+        reason: format!(
+            "it is the referrers fallback index, and another writer replaced it {FALLBACK_INDEX_ROUNDS} times in a row and it still lacks {}; \
+             run the copy again when the other pipeline has finished (the image itself was copied)",
+            missing.join(", ")
+        ),
+    }))
+}
+
+/// Writes `entries` plus whichever of `referrers` they lack under `tag`; false when nothing
+/// was missing (no write).
+async fn write_fallback_index(
+    dst: &Endpoint,
+    tag: &str,
+    mut entries: Vec<Descriptor>,
+    referrers: &[Descriptor],
+    counters: &Counters,
+) -> Result<bool, Error> {
     let before = entries.len();
     for d in referrers {
         if !entries.iter().any(|e| e.digest == d.digest) {
@@ -928,7 +969,7 @@ async fn update_fallback_index(
         }
     }
     if entries.len() == before && before > 0 {
-        return Ok(());
+        return Ok(false);
     }
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
@@ -948,9 +989,9 @@ async fn update_fallback_index(
         })
     })?;
     let index = Fetched::new(Bytes::from(bytes), MediaType::OCI_INDEX.to_owned(), None);
-    dst.put_manifest(&index, Some(&tag), false).await?;
+    dst.put_manifest(&index, Some(tag), false).await?;
     counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
-    Ok(())
+    Ok(true)
 }
 
 /// Which of `blobs` the endpoint holds, `CHECK_PARALLELISM` HEADs at a time.
@@ -1065,6 +1106,9 @@ async fn verify_tree(
 
 /// Levels of referrers copied: the image's, their referrers (a signature of an SBOM), ….
 const MAX_REFERRER_DEPTH: usize = 4;
+
+/// Writes of a referrers fallback index before a writer that keeps replacing it is reported.
+const FALLBACK_INDEX_ROUNDS: usize = 4;
 
 /// Concurrent `HEAD` requests while verifying.
 const VERIFY_PARALLELISM: usize = 16;

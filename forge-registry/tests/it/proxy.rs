@@ -167,6 +167,10 @@ pub enum Fault {
     /// Before forwarding a manifest PUT, PUT these OCI manifest bytes to the same URL on the real
     /// registry: a concurrent pipeline winning the race for the tag.
     ConcurrentPut(Vec<u8>),
+    /// Forward a manifest PUT, then PUT these OCI index bytes to the same URL on the real
+    /// registry before answering: a concurrent pipeline's referrers fallback index replacing
+    /// the one just written (the read-merge-write race the fallback tag schema has).
+    OverwriteAfterPut(Vec<u8>),
     /// Answer a referrers request (`Route::Referrers`) like a registry with the OCI 1.1 API:
     /// `200`, `Content-Type` OCI index, listing what the real registry holds under the
     /// fallback tag (an empty index when there is none).
@@ -618,6 +622,26 @@ async fn handle(
         }
     }
 
+    if let Some(Fault::OverwriteAfterPut(index)) = &fault
+        && parts.status == StatusCode::CREATED
+    {
+        let resp = shared
+            .client
+            .put(format!("http://{}{path}", shared.upstream))
+            .header(
+                header::CONTENT_TYPE,
+                "application/vnd.oci.image.index.v1+json",
+            )
+            .body(index.clone())
+            .send()
+            .await?;
+        if resp.status() != StatusCode::CREATED {
+            return Err(ProxyError(format!(
+                "the overwriting PUT failed: {}",
+                resp.status()
+            )));
+        }
+    }
     if let (Some(Fault::AcknowledgeSubject), Some(repo), Some(reference)) =
         (&fault, &repo, &reference)
         && parts.status == StatusCode::CREATED

@@ -114,6 +114,43 @@ async fn a_source_with_the_referrers_api_is_asked_through_it_and_never_for_fallb
     assert!(fallback_index_lists(&s.dest.host(), &s.sbom, &s.signature).await);
 }
 
+/// The fallback tag is read, merged and written back: a concurrent writer can replace it in
+/// between. The copy reads it back after writing and merges again, so neither its referrers
+/// nor the other writer's are lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_index_replaced_by_a_concurrent_writer_is_merged_again() {
+    let Some(s) = setup().await else { return };
+    // Another pipeline attached a scan report to the same image at the destination and wrote
+    // the fallback index listing only it, right after this copy wrote its own.
+    let scan = fixtures::referrer(3, &s.image);
+    fixtures::push(&s.dest.host(), "prod/app", &scan.digest, &scan).await;
+    let tag = fixtures::fallback_tag(&s.image.digest);
+    s.dst_proxy.add_rule(
+        Rule::new(
+            Route::ManifestPut,
+            Fault::OverwriteAfterPut(fixtures::fallback_index(&[&scan])),
+            Some(1),
+        )
+        .matching(&tag),
+    );
+
+    let report = copy(
+        &format!("{}/ci/app:31", s.src_proxy.host()),
+        &format!("{}/prod/app:31", s.dst_proxy.host()),
+    )
+    .await
+    .expect("copy");
+    assert!(report.verified);
+    assert_referrers_at_destination(&s).await;
+    for referrer in [&s.sbom, &scan] {
+        assert!(
+            fallback_index_lists(&s.dest.host(), &s.image, referrer).await,
+            "the fallback index lost {}",
+            referrer.digest
+        );
+    }
+}
+
 /// The spec lets a registry page the referrers list (`Link: <…>; rel="next"`): every page is
 /// read, so a signature on page 2 is not silently left behind.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
