@@ -247,8 +247,9 @@ pub fn check_compose(compose: &[u8]) -> Result<(), ValidationError> {
 
 /// Checks, before anything is sent, that the compose file can run the pinned repository:
 /// some `image:` is `REPOSITORY:${IMAGE_TAG}` (or `$IMAGE_TAG`, `${IMAGE_TAG:-…}`). An image
-/// whose repository part is itself a variable cannot be judged here and is accepted; the
-/// instance checks the rendered file again (`docker compose config`) before it switches.
+/// whose repository part is itself a variable, or a YAML alias (`image: *app`), cannot be
+/// judged here and is accepted; the instance checks the rendered file again
+/// (`docker compose config`) before it switches.
 pub fn check_compose_runs(compose: &[u8], pin: &str) -> Result<(), ValidationError> {
     let Some((repository, _)) = pin.rsplit_once('@') else {
         return Ok(()); // check_image_pin reports a malformed pin
@@ -256,6 +257,9 @@ pub fn check_compose_runs(compose: &[u8], pin: &str) -> Result<(), ValidationErr
     let text = String::from_utf8_lossy(compose);
     let images: Vec<&str> = text.lines().filter_map(image_value).collect();
     let runs = |image: &&str| {
+        if image.starts_with('*') {
+            return true;
+        }
         let at = image
             .find("${IMAGE_TAG")
             .or_else(|| image.find("$IMAGE_TAG"));
@@ -765,9 +769,13 @@ mod tests {
             "{\"services\": {\"web\": {\n  \"image\": \"registry.example/web:${IMAGE_TAG}\",\n  \"init\": true}}}",
             None,
         );
-        // The repository comes from a variable: only the instance can tell.
+        // The repository comes from a variable or an anchor: only the instance can tell.
         check(
             "services:\n  web:\n    image: ${REGISTRY}/web:${IMAGE_TAG}\n",
+            None,
+        );
+        check(
+            "x-app: &app registry.example/web:${IMAGE_TAG}\nservices:\n  web:\n    image: *app\n",
             None,
         );
         check(
