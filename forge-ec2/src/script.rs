@@ -247,9 +247,9 @@ pub fn check_compose(compose: &[u8]) -> Result<(), ValidationError> {
 
 /// Checks, before anything is sent, that the compose file can run the pinned repository:
 /// some `image:` is `REPOSITORY:${IMAGE_TAG}` (or `$IMAGE_TAG`, `${IMAGE_TAG:-…}`). An image
-/// whose repository part is itself a variable, or a YAML alias (`image: *app`), cannot be
-/// judged here and is accepted; the instance checks the rendered file again
-/// (`docker compose config`) before it switches.
+/// whose repository part is itself a variable, a YAML alias (`image: *app`), or a file using
+/// merge keys (`<<: *base`, which may supply the image) cannot be judged here and is accepted;
+/// the instance checks the rendered file again (`docker compose config`) before it switches.
 pub fn check_compose_runs(compose: &[u8], pin: &str) -> Result<(), ValidationError> {
     let Some((repository, _)) = pin.rsplit_once('@') else {
         return Ok(()); // check_image_pin reports a malformed pin
@@ -266,7 +266,8 @@ pub fn check_compose_runs(compose: &[u8], pin: &str) -> Result<(), ValidationErr
         at.and_then(|i| image[..i].strip_suffix(':'))
             .is_some_and(|name| name == repository || name.contains('$'))
     };
-    if images.iter().any(runs) || (images.is_empty() && text.contains("IMAGE_TAG")) {
+    let merges = text.lines().any(|l| l.trim_start().starts_with("<<:"));
+    if images.iter().any(runs) || ((images.is_empty() || merges) && text.contains("IMAGE_TAG")) {
         return Ok(());
     }
     let found = if images.is_empty() {
@@ -776,6 +777,10 @@ mod tests {
         );
         check(
             "x-app: &app registry.example/web:${IMAGE_TAG}\nservices:\n  web:\n    image: *app\n",
+            None,
+        );
+        check(
+            "x-base: &base {image: \"registry.example/web:${IMAGE_TAG}\"}\nservices:\n  web:\n    <<: *base\n  db:\n    image: postgres:16\n",
             None,
         );
         check(
