@@ -105,6 +105,8 @@ impl Registry {
         let dir = tempfile::tempdir().expect("create a temp dir for registry storage");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("create registry storage dir");
+        // Each failed attempt's log, for the panic below (a retry on another port is normal).
+        let mut failures = Vec::new();
         for _ in 0..5 {
             let port = free_port();
             let config = dir.path().join("config.yml");
@@ -143,12 +145,17 @@ impl Registry {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let _ = guard.0.kill();
-            eprintln!(
-                "docker-registry failed to start on {port}: {}",
-                std::fs::read_to_string(&log_path).unwrap_or_default()
-            );
+            failures.push(format!(
+                "port {port}: {}",
+                std::fs::read_to_string(&log_path)
+                    .unwrap_or_default()
+                    .trim()
+            ));
         }
-        panic!("docker-registry did not start after 5 attempts");
+        panic!(
+            "docker-registry did not start after 5 attempts:\n{}",
+            failures.join("\n")
+        );
     }
 
     /// `127.0.0.1:PORT`, the registry host part of an image reference.
