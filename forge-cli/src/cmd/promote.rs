@@ -157,8 +157,11 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
                 // Not a missing record but a skipped stage: no flag promotes it.
                 SourceRecord::NeverRan => {
                     return Err(InvalidInput(format!(
-                        "{tag} never ran in {from}: no commit in {from}'s Ledger history ({from_file}) set it, and {} takes                          only what {from} ran; nothing was copied or written. Promote it to {from} first                          (forge promote --service {} --to {from} --tag {tag}), then to {}",
-                        args.to, args.service, args.to
+                        "{tag} never ran in {from}: no commit in {from}'s Ledger history ({from_file}) set it, and {to} takes \
+                         only what {from} ran; nothing was copied or written. Promote it to {from} first \
+                         (forge promote --service {service} --to {from} --tag {tag}), then to {to}",
+                        to = args.to,
+                        service = args.service
                     ))
                     .into());
                 }

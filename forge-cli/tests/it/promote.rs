@@ -1069,7 +1069,7 @@ fn a_tag_set_by_hand_is_promoted_only_when_explicitly_allowed() {
     let err = stderr(&out);
     assert!(
         err.contains("1001 never ran in qa")
-            && err.contains("forge promote --service payments --to qa --tag 1001")
+            && err.contains("Promote it to qa first (forge promote --service payments --to qa --tag 1001), then to prod")
             && !err.contains("--allow-unrecorded-digest"),
         "{err}"
     );
