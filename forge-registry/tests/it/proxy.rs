@@ -553,22 +553,14 @@ async fn handle(
             return Ok(resp);
         }
         Some(Fault::ConcurrentPut(manifest)) => {
-            let resp = shared
-                .client
-                .put(format!("http://{}{path}", shared.upstream))
-                .header(
-                    header::CONTENT_TYPE,
-                    "application/vnd.oci.image.manifest.v1+json",
-                )
-                .body(manifest.clone())
-                .send()
-                .await?;
-            if resp.status() != StatusCode::CREATED {
-                return Err(ProxyError(format!(
-                    "the concurrent PUT failed: {}",
-                    resp.status()
-                )));
-            }
+            put_upstream(
+                &shared,
+                &path,
+                "application/vnd.oci.image.manifest.v1+json",
+                manifest,
+                "concurrent",
+            )
+            .await?;
         }
         _ => {}
     }
@@ -625,22 +617,14 @@ async fn handle(
     if let Some(Fault::OverwriteAfterPut(index)) = &fault
         && parts.status == StatusCode::CREATED
     {
-        let resp = shared
-            .client
-            .put(format!("http://{}{path}", shared.upstream))
-            .header(
-                header::CONTENT_TYPE,
-                "application/vnd.oci.image.index.v1+json",
-            )
-            .body(index.clone())
-            .send()
-            .await?;
-        if resp.status() != StatusCode::CREATED {
-            return Err(ProxyError(format!(
-                "the overwriting PUT failed: {}",
-                resp.status()
-            )));
-        }
+        put_upstream(
+            &shared,
+            &path,
+            "application/vnd.oci.image.index.v1+json",
+            index,
+            "overwriting",
+        )
+        .await?;
     }
     if let (Some(Fault::AcknowledgeSubject), Some(repo), Some(reference)) =
         (&fault, &repo, &reference)
@@ -676,6 +660,31 @@ async fn handle(
     };
     shared.record(&info, parts.status.as_u16(), faulted);
     Ok(Response::from_parts(parts, body))
+}
+
+/// PUTs `bytes` to `path` on the real registry: another writer's manifest, for the
+/// `ConcurrentPut` and `OverwriteAfterPut` faults (`what` names it in the error).
+async fn put_upstream(
+    shared: &Shared,
+    path: &str,
+    media_type: &'static str,
+    bytes: &[u8],
+    what: &str,
+) -> Result<(), ProxyError> {
+    let resp = shared
+        .client
+        .put(format!("http://{}{path}", shared.upstream))
+        .header(header::CONTENT_TYPE, media_type)
+        .body(bytes.to_vec())
+        .send()
+        .await?;
+    if resp.status() != StatusCode::CREATED {
+        return Err(ProxyError(format!(
+            "the {what} PUT failed: {}",
+            resp.status()
+        )));
+    }
+    Ok(())
 }
 
 /// HEADs `repo:tag` on the real registry.
