@@ -59,9 +59,10 @@ pub fn prepare(
     // Checked now, so a repository or digest the instances could not be told about is
     // refused before anything is copied.
     request.image_pin = repository.as_ref().map(|r| format!("{r}@{digest}"));
-    request
-        .validate()
-        .map_err(|e| InvalidInput(format!("cannot deploy {name} {tag} to {env}: {e}")))?;
+    request.validate().map_err(|e| {
+        let why = crate::cmd::ec2::refused_request(&e, Some(&compose_path));
+        InvalidInput(format!("cannot deploy {name} {tag} to {env}: {why}"))
+    })?;
     request.image_pin = None;
     Ok(Prepared {
         request,

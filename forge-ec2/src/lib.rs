@@ -34,6 +34,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod compose;
 pub mod deploy;
 pub mod env_file;
 pub mod script;

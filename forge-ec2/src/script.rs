@@ -96,7 +96,7 @@ pub enum ValidationError {
         /// Why, and what to pass instead.
         reason: String,
     },
-    /// The compose file is empty or too large to send.
+    /// The compose file is empty, too large to send, not YAML, or does not run the image.
     #[error("compose file is not usable: {reason}")]
     Compose {
         /// Why, and what to do.
@@ -227,7 +227,7 @@ pub fn check_image_pin(pin: &str) -> Result<(), ValidationError> {
     Ok(())
 }
 
-/// Checks the compose file's size.
+/// Checks the compose file's size, and that it is a YAML (or JSON) mapping Compose could read.
 pub fn check_compose(compose: &[u8]) -> Result<(), ValidationError> {
     if compose.is_empty() {
         return Err(ValidationError::Compose {
@@ -242,59 +242,44 @@ pub fn check_compose(compose: &[u8]) -> Result<(), ValidationError> {
             ),
         });
     }
+    crate::compose::images(compose).map_err(|reason| ValidationError::Compose { reason })?;
     Ok(())
 }
 
 /// Checks, before anything is sent, that the compose file can run the pinned repository:
-/// some `image:` is `REPOSITORY:${IMAGE_TAG}` (or `$IMAGE_TAG`, `${IMAGE_TAG:-…}`). An image
-/// whose repository part is itself a variable, a YAML alias (`image: *app`), or a file using
-/// merge keys (`<<: *base`, which may supply the image) cannot be judged here and is accepted;
-/// the instance checks the rendered file again (`docker compose config`) before it switches.
+/// some service's `image` is `REPOSITORY:${IMAGE_TAG}` (or `$IMAGE_TAG`, `${IMAGE_TAG:-…}`),
+/// read as Compose reads it (flow mappings, JSON, aliases and merge keys resolved). An image
+/// whose repository part is itself a variable (`${REGISTRY}/app`), or a service whose image
+/// may come from another file (`extends`, a top-level `include`), cannot be judged here and is
+/// accepted; the instance checks the rendered file again (`docker compose config`) before it
+/// switches.
 pub fn check_compose_runs(compose: &[u8], pin: &str) -> Result<(), ValidationError> {
     let Some((repository, _)) = pin.rsplit_once('@') else {
         return Ok(()); // check_image_pin reports a malformed pin
     };
-    let text = String::from_utf8_lossy(compose);
-    let images: Vec<&str> = text.lines().filter_map(image_value).collect();
-    let runs = |image: &&str| {
-        if image.starts_with('*') {
-            return true;
-        }
+    let found =
+        crate::compose::images(compose).map_err(|reason| ValidationError::Compose { reason })?;
+    let runs = |image: &String| {
         let at = image
             .find("${IMAGE_TAG")
             .or_else(|| image.find("$IMAGE_TAG"));
         at.and_then(|i| image[..i].strip_suffix(':'))
             .is_some_and(|name| name == repository || name.contains('$'))
     };
-    let merges = text.lines().any(|l| l.trim_start().starts_with("<<:"));
-    if images.iter().any(runs) || ((images.is_empty() || merges) && text.contains("IMAGE_TAG")) {
+    if found.images.iter().any(runs) || !found.undecidable.is_empty() {
         return Ok(());
     }
-    let found = if images.is_empty() {
-        "it has no `image:` line".to_owned()
+    let images = if found.images.is_empty() {
+        "no service has an `image`".to_owned()
     } else {
-        format!("its images are {}", images.join(", "))
+        format!("its images are {}", found.images.join(", "))
     };
     Err(ValidationError::Compose {
         reason: format!(
-            "no service runs {repository}:${{IMAGE_TAG}} ({found}), so no instance could prove the pinned digest; \
+            "no service runs {repository}:${{IMAGE_TAG}} ({images}), so no instance could prove the pinned digest; \
              write `image: {repository}:${{IMAGE_TAG}}` for the service this repository deploys"
         ),
     })
-}
-
-/// The value of an `image:` key on one line (YAML or JSON), unquoted.
-fn image_value(line: &str) -> Option<&str> {
-    let line = line.trim_start().trim_start_matches("- ");
-    let rest = ["image:", "\"image\":", "'image':"]
-        .iter()
-        .find_map(|key| line.strip_prefix(key))?;
-    let value = match rest.find(" #") {
-        Some(comment) => &rest[..comment],
-        None => rest,
-    };
-    let value = value.trim().trim_end_matches(',').trim();
-    Some(value.trim_matches(|c| c == '"' || c == '\''))
 }
 
 /// Quotes `value` for bash: single quotes, each `'` written as `'\''`.
@@ -770,7 +755,7 @@ mod tests {
             "{\"services\": {\"web\": {\n  \"image\": \"registry.example/web:${IMAGE_TAG}\",\n  \"init\": true}}}",
             None,
         );
-        // The repository comes from a variable or an anchor: only the instance can tell.
+        // The repository comes from a variable: only the instance can tell.
         check(
             "services:\n  web:\n    image: ${REGISTRY}/web:${IMAGE_TAG}\n",
             None,
@@ -795,8 +780,33 @@ mod tests {
         );
         check(
             "services:\n  web:\n    build: .\n",
-            Some("it has no `image:` line"),
+            Some("no service has an `image`"),
         );
+        // Read as Compose reads it, not line by line: a flow mapping runs the repository even
+        // when other services use plain `image:` lines; an alias resolves to the wrong image; a
+        // merge key is overridden by the service's own `image`; a comment is not an image.
+        check(
+            "services:\n  web: {image: \"registry.example/web:${IMAGE_TAG}\"}\n  db:\n    image: postgres:16\n",
+            None,
+        );
+        check(
+            "x-app: &app registry.example/api:${IMAGE_TAG}\nservices:\n  web:\n    image: *app\n",
+            Some("its images are registry.example/api:${IMAGE_TAG}"),
+        );
+        check(
+            "x-base: &base {image: \"registry.example/web:${IMAGE_TAG}\"}\nservices:\n  web:\n    <<: *base\n    image: registry.example/web:41\n",
+            Some("its images are registry.example/web:41"),
+        );
+        check(
+            "services:\n  web:\n    # image: registry.example/web:${IMAGE_TAG}\n    image: registry.example/web:41\n",
+            Some("its images are registry.example/web:41"),
+        );
+        // Another file may supply the image: only the instance can tell.
+        check(
+            "services:\n  web:\n    extends: {file: common.yml, service: web}\n",
+            None,
+        );
+        check("services:\n  web:\n    image: [\n", Some("not valid YAML"));
     }
 
     #[test]

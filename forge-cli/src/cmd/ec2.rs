@@ -170,6 +170,16 @@ fn invalid(e: impl std::fmt::Display) -> anyhow::Error {
     InvalidInput(e.to_string()).into()
 }
 
+/// A refused deploy or rollback request; a compose file problem names the file.
+pub(crate) fn refused_request(e: &forge_ec2::ValidationError, compose: Option<&Path>) -> String {
+    match (e, compose) {
+        (forge_ec2::ValidationError::Compose { reason, .. }, Some(path)) => {
+            format!("compose file {} is not usable: {reason}", path.display())
+        }
+        _ => e.to_string(),
+    }
+}
+
 fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
     let compose = args
         .compose
@@ -191,7 +201,9 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         request.parameters_region = args.region;
         request.check_running = !args.no_check_running;
         request.image_pin = args.image_pin;
-        request.validate().map_err(invalid)?;
+        request
+            .validate()
+            .map_err(|e| invalid(refused_request(&e, args.compose.as_deref())))?;
         forge_ec2::render_rollback_script(&request)
     } else {
         let (Some(compose), Some(tag)) = (compose, args.image_tag) else {
@@ -209,7 +221,9 @@ fn render(args: RenderArgs) -> anyhow::Result<ExitCode> {
         request.parameters_region = args.region;
         request.check_running = !args.no_check_running;
         request.image_pin = args.image_pin;
-        request.validate().map_err(invalid)?;
+        request
+            .validate()
+            .map_err(|e| invalid(refused_request(&e, args.compose.as_deref())))?;
         forge_ec2::render_script(&request)
     };
     output::print_stdout(&script)?;
@@ -321,7 +335,9 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     request.check_running = !args.run.no_check_running;
     request.image_pin = args.run.image_pin.clone();
     // Refuse bad input before asking for credentials.
-    request.validate().map_err(invalid)?;
+    request
+        .validate()
+        .map_err(|e| invalid(refused_request(&e, Some(&compose_path))))?;
     let result = deployer(&args.run, &r.loaded).await?.deploy(&request).await;
     let report = or_partial(result, args.run.output)?;
     finish(&report, args.run.output)
@@ -347,7 +363,9 @@ async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     request.deadline = r.deadline;
     request.check_running = !args.run.no_check_running;
     request.image_pin = args.run.image_pin.clone();
-    request.validate().map_err(invalid)?;
+    request
+        .validate()
+        .map_err(|e| invalid(refused_request(&e, args.compose.as_deref())))?;
     let result = deployer(&args.run, &r.loaded)
         .await?
         .rollback(&request)

@@ -1147,6 +1147,13 @@ fn an_unusable_ec2_deploy_is_refused_before_the_copy() {
     )
     .unwrap();
     let other_config = config.replace("missing/docker-compose.yml", "other-compose.yml");
+    // A tab where YAML needs spaces: `docker compose` on the instance would fail after the push.
+    std::fs::write(
+        dir.join("tabbed-compose.yml"),
+        "services:\n  dagster:\n\timage: ${REGISTRY}/data/dagster:${IMAGE_TAG}\n",
+    )
+    .unwrap();
+    let tabbed_config = config.replace("missing/docker-compose.yml", "tabbed-compose.yml");
     let qa_repository = format!("{}/data/dagster", stage.shared.host());
     let commits = stage.ledger.log().len();
     let cases = [
@@ -1156,6 +1163,10 @@ fn an_unusable_ec2_deploy_is_refused_before_the_copy() {
             format!(
                 "no service runs {qa_repository}:${{IMAGE_TAG}} (its images are registry.example.invalid/data/other:${{IMAGE_TAG}})"
             ),
+        ),
+        (
+            &tabbed_config,
+            "tabbed-compose.yml is not usable: it is not valid YAML (tabs disallowed".to_owned(),
         ),
     ];
     for ((config, needle), dry_run) in cases.iter().flat_map(|case| [(case, true), (case, false)]) {
