@@ -27,7 +27,11 @@ const USAGE: &str = "usage: cargo xtask bench copy [--runs N] [--quick] [--case 
   --no-build    do not run `cargo build --release -p forge-cli` (use the existing binary)
   --forge PATH  the forge binary to measure (default: <target>/release/forge)
   --jobs N      pass `--jobs N` to forge copy (default: forge's own default)
-  --no-write    print the table only; leave BENCHMARKS.md alone";
+  --no-write    print the table only; leave BENCHMARKS.md alone
+
+Fixtures and both registries' storage go under $TMPDIR (default /tmp). `TMPDIR=/dev/shm` takes
+the disk out: registries fsync every upload, and on a slow disk that wait is part of every cold
+case.";
 
 const MIB: u64 = 1024 * 1024;
 
