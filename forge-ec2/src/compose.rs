@@ -2,7 +2,15 @@
 //! so flow mappings (`web: {image: …}`), JSON, anchors and aliases, and merge keys (`<<: *base`)
 //! are read the way Docker Compose reads them.
 
+use std::collections::HashMap;
+
+use yaml_rust2::parser::{Event, EventReceiver, Parser};
 use yaml_rust2::{Yaml, YamlLoader};
+
+/// More YAML nodes than a compose file within the inline size limit can hold without aliases.
+/// The loader copies an anchored node for every alias, so aliases of aliases grow a small file
+/// exponentially ("billion laughs"); such a file is refused before it is loaded.
+const MAX_EXPANDED_NODES: u64 = 100_000;
 
 /// The parts of a compose file the deploy checks look at.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -23,9 +31,19 @@ pub(crate) fn images(compose: &[u8]) -> Result<ComposeImages, String> {
     let text = std::str::from_utf8(compose).map_err(|e| {
         format!("it is not UTF-8 ({e}); save it as UTF-8, as Docker Compose requires")
     })?;
-    let docs = YamlLoader::load_from_str(text).map_err(|e| {
+    let not_yaml = |e: yaml_rust2::ScanError| {
         format!("it is not valid YAML ({e}); `docker compose config` reports it too")
-    })?;
+    };
+    let mut size = ExpandedSize::default();
+    Parser::new_from_str(text)
+        .load(&mut size, true)
+        .map_err(not_yaml)?;
+    if size.total > MAX_EXPANDED_NODES {
+        return Err(format!(
+            "its aliases expand to more than {MAX_EXPANDED_NODES} YAML nodes (aliases of aliases); write the repeated parts out or nest fewer aliases"
+        ));
+    }
+    let docs = YamlLoader::load_from_str(text).map_err(not_yaml)?;
     let mut found = ComposeImages::default();
     let Some(top) = docs.first() else {
         return Err("it holds no YAML document".to_owned());
@@ -78,6 +96,50 @@ fn merged(value: &Yaml) -> yaml_rust2::yaml::Hash {
         }
     }
     out
+}
+
+/// Counts the nodes of a YAML stream as if every alias were expanded, without expanding them.
+#[derive(Default)]
+struct ExpandedSize {
+    total: u64,
+    /// Open sequences and mappings: anchor id (0 for none) and nodes so far.
+    open: Vec<(usize, u64)>,
+    /// Expanded size of each anchored node.
+    anchored: HashMap<usize, u64>,
+}
+
+impl ExpandedSize {
+    fn add(&mut self, nodes: u64, anchor: usize) {
+        if anchor > 0 {
+            self.anchored.insert(anchor, nodes);
+        }
+        let into = match self.open.last_mut() {
+            Some((_, size)) => size,
+            None => &mut self.total,
+        };
+        *into = into.saturating_add(nodes);
+    }
+}
+
+impl EventReceiver for ExpandedSize {
+    fn on_event(&mut self, event: Event) {
+        match event {
+            Event::Scalar(_, _, anchor, _) => self.add(1, anchor),
+            Event::Alias(id) => {
+                let nodes = self.anchored.get(&id).copied().unwrap_or(1);
+                self.add(nodes, 0);
+            }
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                self.open.push((anchor, 1));
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                if let Some((anchor, nodes)) = self.open.pop() {
+                    self.add(nodes, anchor);
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 fn key(name: &str) -> Yaml {
@@ -158,5 +220,23 @@ mod tests {
         refused(b"- web\n", "top level is not a mapping");
         refused(b"\xff\xfe", "not UTF-8");
         refused(b"# only a comment\n", "no YAML document");
+        // Nine levels of nine aliases: 9^9 nodes if loaded. Refused without loading it.
+        let mut laughs = String::from("l0: &l0 [x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..9 {
+            let prev = format!("*l{}", level - 1);
+            let items = [prev.as_str(); 9].join(", ");
+            laughs.push_str(&format!("l{level}: &l{level} [{items}]\n"));
+        }
+        laughs.push_str("services:\n  web:\n    image: r/web:${IMAGE_TAG}\n    x: *l8\n");
+        refused(
+            laughs.as_bytes(),
+            "aliases expand to more than 100000 YAML nodes",
+        );
+        // A few aliases are fine.
+        check(
+            "x: &x {image: r/web:1}\ny: [*x, *x, *x]\nservices:\n  web: *x\n",
+            &["r/web:1"],
+            &[],
+        );
     }
 }
