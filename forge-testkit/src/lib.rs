@@ -277,31 +277,61 @@ pub struct Moto {
 
 impl Moto {
     /// Starts moto on a free port; `None` (skip) when `moto_server` is missing outside CI.
+    ///
+    /// moto takes a second or two to import before it binds, and a server another test starts
+    /// meanwhile can be given the same free port. So a port that merely accepts connections
+    /// proves nothing: moto is up when its own log says it is running on that port (werkzeug
+    /// prints it after binding). A moto that exits instead is started again on another port.
     pub fn start() -> Option<Self> {
         let binary = require_tool("moto_server")?;
         let dir = tempfile::tempdir().expect("temp dir for moto log");
-        let port = free_port();
-        let log_path = dir.path().join("moto.log");
-        let log = std::fs::File::create(&log_path).expect("create moto log");
-        let child = Command::new(binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("clone log handle"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn moto_server");
-        let guard = Guard(child);
-        wait_for_port(
-            ([127, 0, 0, 1], port).into(),
-            Duration::from_secs(60),
-            "moto_server",
-            Some(&log_path),
+        let mut failures = Vec::new();
+        for _ in 0..5 {
+            let port = free_port();
+            let log_path = dir.path().join(format!("moto-{port}.log"));
+            let log = std::fs::File::create(&log_path).expect("create moto log");
+            let child = Command::new(&binary)
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("clone log handle"))
+                .stderr(log)
+                .spawn()
+                .expect("spawn moto_server");
+            let mut guard = Guard(child);
+            let running = format!("Running on http://127.0.0.1:{port}");
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(60) {
+                if let Ok(Some(_)) = guard.0.try_wait() {
+                    break; // port taken between free_port() and bind: try another
+                }
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                if log.contains(&running) {
+                    wait_for_port(
+                        ([127, 0, 0, 1], port).into(),
+                        Duration::from_secs(10),
+                        "moto_server",
+                        Some(&log_path),
+                    );
+                    return Some(Moto {
+                        port,
+                        _process: guard,
+                        _dir: dir,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = guard.0.kill();
+            failures.push(format!(
+                "port {port}: {}",
+                std::fs::read_to_string(&log_path)
+                    .unwrap_or_default()
+                    .trim()
+            ));
+        }
+        panic!(
+            "moto_server did not start after 5 attempts:\n{}",
+            failures.join("\n")
         );
-        Some(Moto {
-            port,
-            _process: guard,
-            _dir: dir,
-        })
     }
 
     /// `http://127.0.0.1:PORT`.
