@@ -31,6 +31,9 @@ pub(crate) fn images(compose: &[u8]) -> Result<ComposeImages, String> {
     let text = std::str::from_utf8(compose).map_err(|e| {
         format!("it is not UTF-8 ({e}); save it as UTF-8, as Docker Compose requires")
     })?;
+    // Editors on Windows save a byte-order mark; YAML allows one, and yaml-rust2 would read it
+    // as part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let not_yaml = |e: yaml_rust2::ScanError| {
         format!("it is not valid YAML ({e}); `docker compose config` reports it too")
     };
@@ -201,6 +204,17 @@ mod tests {
         );
         check("include: [other.yml]\nservices: {}\n", &[], &["include"]);
         check("services:\n  web:\n    build: .\n", &[], &[]);
+        // A byte-order mark and Windows line endings, as Windows editors save them.
+        check(
+            "\u{feff}services:\r\n  web:\r\n    image: r/web:1\r\n",
+            &["r/web:1"],
+            &[],
+        );
+        check(
+            "---\nservices:\n  web:\n    image: >-\n      r/web:1\n...\n",
+            &["r/web:1"],
+            &[],
+        );
     }
 
     #[test]
