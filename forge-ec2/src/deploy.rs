@@ -158,6 +158,8 @@ pub mod defaults {
     pub const EXECUTION_TIMEOUT: Duration = Duration::from_secs(1800);
     /// Overall wait.
     pub const DEADLINE: Duration = Duration::from_secs(2700);
+    /// How long [`super::Ec2Deployer::inspect`] waits for every instance.
+    pub const INSPECT_DEADLINE: Duration = Duration::from_secs(600);
 }
 
 /// A deploy: send `compose_file` and `image_tag` to the targets.
@@ -376,6 +378,57 @@ impl RollbackRequest {
     }
 }
 
+/// A read-only look at what the instances run: the tag each one's `.env` sets (the tag its
+/// last successful deploy or rollback installed). Nothing on the instances changes.
+#[derive(Debug, Clone)]
+pub struct InspectRequest {
+    /// Which instances.
+    pub targets: Targets,
+    /// Absolute directory on the instance.
+    pub service_dir: String,
+    /// `MaxConcurrency`: a number or a percentage; None: SSM's default (50).
+    pub max_concurrency: Option<String>,
+    /// Delivery timeout (`TimeoutSeconds`, 30 s – 30 days).
+    pub delivery_timeout: Duration,
+    /// Overall wait; past it the command is cancelled.
+    pub deadline: Duration,
+    /// SSM comment (at most 100 characters; longer ones are cut).
+    pub comment: Option<String>,
+}
+
+impl InspectRequest {
+    /// A request with the default delivery timeout and a 10-minute deadline.
+    pub fn new(targets: Targets, service_dir: impl Into<String>) -> Self {
+        InspectRequest {
+            targets,
+            service_dir: service_dir.into(),
+            max_concurrency: None,
+            delivery_timeout: defaults::DELIVERY_TIMEOUT,
+            deadline: defaults::INSPECT_DEADLINE,
+            comment: None,
+        }
+    }
+
+    /// Checks every value.
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        script::check_service_dir(&self.service_dir)?;
+        check_rollout(
+            self.max_concurrency.as_deref(),
+            None,
+            self.delivery_timeout,
+            INSPECT_EXECUTION_TIMEOUT,
+        )
+    }
+}
+
+/// The inspect script reads two files; a minute is plenty even on a loaded instance.
+const INSPECT_EXECUTION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The exact script [`Ec2Deployer::inspect`] sends for `request`.
+pub fn render_inspect_script(request: &InspectRequest) -> String {
+    script::render_inspect(&request.service_dir)
+}
+
 /// The exact script [`Ec2Deployer::deploy`] sends for `request` (with the deployer's region
 /// filled in when `parameters_region` is None). Every value is shell-quoted, so rendering is
 /// safe even before [`DeployRequest::validate`].
@@ -533,12 +586,12 @@ pub struct InstanceResult {
     pub truncated: bool,
 }
 
-/// The result of a deploy or rollback that ran to the end.
+/// The result of a deploy, rollback or inspect that ran to the end.
 #[derive(Debug, Clone, Serialize)]
 pub struct DeployReport {
     /// SSM command id.
     pub command_id: String,
-    /// `deploy` or `rollback`.
+    /// `deploy`, `rollback` or `inspect`.
     pub mode: &'static str,
     /// The tag asked for (None for a rollback to each instance's previous tag).
     pub requested_tag: Option<String>,
@@ -711,6 +764,31 @@ impl Ec2Deployer {
         .await
     }
 
+    /// Asks every instance which tag its `.env` sets, changing nothing. Each
+    /// [`InstanceResult::deployed_tag`] is that instance's tag; an instance where the service
+    /// was never deployed fails with the reason in its output.
+    pub async fn inspect(&self, request: &InspectRequest) -> Result<DeployReport, Ec2Error> {
+        request.validate()?;
+        let comment = request
+            .comment
+            .clone()
+            .unwrap_or_else(|| format!("forge inspect {}", request.service_dir));
+        self.run(SendSpec {
+            mode: "inspect",
+            targets: &request.targets,
+            script: render_inspect_script(request),
+            requested_tag: None,
+            max_concurrency: request.max_concurrency.as_deref(),
+            // Every instance is asked, whatever the others answer.
+            max_errors: Some("100%"),
+            delivery_timeout: request.delivery_timeout,
+            execution_timeout: INSPECT_EXECUTION_TIMEOUT,
+            deadline: request.deadline,
+            comment,
+        })
+        .await
+    }
+
     async fn run(&self, send: SendSpec<'_>) -> Result<DeployReport, Ec2Error> {
         let targets_text = send.targets.to_string();
         let mut builder = self
@@ -787,11 +865,12 @@ impl Ec2Deployer {
                     let instances = self.finish(&command_id, invocations, listing).await;
                     let mut succeeded =
                         !instances.is_empty() && instances.iter().all(|i| i.succeeded);
-                    let problem = if succeeded && send.requested_tag.is_none() {
-                        diverged(&instances)
-                    } else {
-                        None
-                    };
+                    let problem =
+                        if succeeded && send.mode == "rollback" && send.requested_tag.is_none() {
+                            diverged(&instances)
+                        } else {
+                            None
+                        };
                     succeeded &= problem.is_none();
                     return Ok(DeployReport {
                         command_id,

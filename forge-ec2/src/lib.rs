@@ -42,8 +42,8 @@ pub mod status;
 pub mod target;
 
 pub use deploy::{
-    DeployReport, DeployRequest, Ec2Deployer, Ec2Error, InstanceResult, PollConfig,
-    RollbackRequest, render_rollback_script, render_script,
+    DeployReport, DeployRequest, Ec2Deployer, Ec2Error, InspectRequest, InstanceResult, PollConfig,
+    RollbackRequest, render_inspect_script, render_rollback_script, render_script,
 };
 pub use script::ValidationError;
 pub use status::{InvocationStatus, StatusDetail};

@@ -658,3 +658,85 @@ async fn a_rollback_that_leaves_instances_on_different_tags_is_a_failure() {
         "{problem}"
     );
 }
+
+/// An inspect reads each instance's tag and sends every instance the read-only script, asking
+/// SSM not to stop at failures; instances on different tags are not a failed inspect (telling
+/// them apart is its job), and an instance where the service was never deployed fails with
+/// the reason its script printed.
+#[tokio::test]
+async fn an_inspect_reports_each_instance_tag() {
+    let fake = FakeSsm::start(|op, body, _n| match op {
+        "SendCommand" => send_answer(&[]),
+        "ListCommands" => command("Failed", 3),
+        "ListCommandInvocations" => (
+            200,
+            json!({"CommandInvocations": [
+                listed("i-0000000000000000a", "Success", "Success", 0),
+                listed("i-0000000000000000b", "Success", "Success", 0),
+                listed("i-0000000000000000c", "Failed", "Failed", 1)
+            ]}),
+        ),
+        "GetCommandInvocation" => {
+            let id = body_id(body);
+            match id.chars().last() {
+                Some('a') => got(id, "Success", "Success", 0, "forge-step: inspect\nforge-previous-tag: 40\nforge-step: finished\nforge-deployed-tag: 41\n", ""),
+                Some('b') => got(id, "Success", "Success", 0, "forge-step: inspect\nforge-previous-tag: 39\nforge-step: finished\nforge-deployed-tag: 40\n", ""),
+                _ => got(id, "Failed", "Failed", 1, "forge-step: inspect\nforge-step-failed: inspect: /opt/web does not exist on this instance: the service was never deployed here (deploy it, or check the target)\n", "forge-step-failed: inspect: /opt/web does not exist on this instance: the service was never deployed here (deploy it, or check the target)\n"),
+            }
+        }
+        _ => error(400, "UnknownOperationException"),
+    })
+    .await;
+    let request =
+        forge_ec2::InspectRequest::new(Targets::parse("tag:app=web").unwrap(), "/opt/web");
+    let report = fake.deployer().await.inspect(&request).await.unwrap();
+    assert_eq!(report.mode, "inspect");
+    let tags: Vec<(&str, Option<&str>, bool)> = report
+        .instances
+        .iter()
+        .map(|i| {
+            (
+                i.instance_id.as_str(),
+                i.deployed_tag.as_deref(),
+                i.succeeded,
+            )
+        })
+        .collect();
+    assert_eq!(
+        tags,
+        [
+            ("i-0000000000000000a", Some("41"), true),
+            ("i-0000000000000000b", Some("40"), true),
+            ("i-0000000000000000c", None, false),
+        ]
+    );
+    assert_eq!(report.instances[2].failed_step.as_deref(), Some("inspect"));
+    assert!(
+        report.instances[2]
+            .stderr_tail
+            .contains("never deployed here")
+    );
+    assert!(!report.succeeded, "an instance could not be read");
+    assert!(
+        report.problem.is_none(),
+        "different tags are the answer, not a rollback split"
+    );
+
+    let sent = &fake.calls("SendCommand")[0];
+    assert_eq!(sent["MaxErrors"], "100%", "{sent}");
+    let script = sent["Parameters"]["commands"][0].as_str().unwrap();
+    assert!(
+        script.contains("(mode: inspect)") && script.contains("SERVICE_DIR='/opt/web'"),
+        "{script}"
+    );
+    assert_eq!(sent["Parameters"]["executionTimeout"][0], "60");
+
+    // Bad input is refused before anything is sent.
+    let bad = forge_ec2::InspectRequest::new(Targets::parse("tag:app=web").unwrap(), "opt/web");
+    let e = fake.deployer().await.inspect(&bad).await.unwrap_err();
+    assert!(
+        e.is_invalid_input() && e.to_string().contains("opt/web"),
+        "{e}"
+    );
+    assert_eq!(fake.calls("SendCommand").len(), 1);
+}

@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use forge_ec2::script::failed_step;
-use forge_ec2::{DeployRequest, RollbackRequest, Targets, render_rollback_script, render_script};
+use forge_ec2::{
+    DeployRequest, InspectRequest, RollbackRequest, Targets, render_inspect_script,
+    render_rollback_script, render_script,
+};
 
 const COMPOSE: &str = "services:\n  web:\n    image: \"registry.example/web:${IMAGE_TAG}\"\n  worker:\n    image: \"registry.example/worker:${IMAGE_TAG}\"\n";
 
@@ -544,6 +547,68 @@ fn generated_scripts_pass_shellcheck() {
         &render_rollback_script(&rollback),
         "rollback to a named tag",
     );
+    shellcheck(&render_inspect_script(&inspect("/opt/dagster")), "inspect");
+}
+
+fn inspect(dir: &str) -> InspectRequest {
+    InspectRequest::new(Targets::parse("tag:a=b").unwrap(), dir)
+}
+
+/// The inspect script reports the tags and changes nothing: no file in the service directory
+/// is written, not even the lock, and docker is never called. Under `sh` it re-executes itself
+/// under bash like the deploy script.
+#[test]
+fn inspect_reads_the_tags_and_changes_nothing() {
+    let sb = Sandbox::new("svc");
+    let out = sb.run(&render_script(&request(sb.dir(), "41")), &[]);
+    assert_ok(&out);
+    let out = sb.run(&render_script(&request(sb.dir(), "42")), &[]);
+    assert_ok(&out);
+    let before: Vec<(String, Option<String>)> = sb
+        .files()
+        .into_iter()
+        .map(|f| {
+            let body = sb.read(&f);
+            (f, body)
+        })
+        .collect();
+    sb.clear_calls();
+    for shell in ["bash", "sh"] {
+        let out = sb.run_with(shell, &render_inspect_script(&inspect(sb.dir())), &[]);
+        assert_ok(&out);
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            forge_ec2::script::deployed_tag(&stdout).as_deref(),
+            Some("42"),
+            "{stdout}"
+        );
+        assert!(stdout.contains("forge-previous-tag: 41\n"), "{stdout}");
+    }
+    let after: Vec<(String, Option<String>)> = sb
+        .files()
+        .into_iter()
+        .map(|f| {
+            let body = sb.read(&f);
+            (f, body)
+        })
+        .collect();
+    assert_eq!(before, after);
+    assert_eq!(sb.calls(), Vec::<String>::new(), "docker was called");
+
+    // Never deployed here: a failed step that says so, and still nothing created.
+    let empty = Sandbox::new("never");
+    let out = empty.run(&render_inspect_script(&inspect(empty.dir())), &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        failed_step(&text(&out.stdout), &stderr).as_deref(),
+        Some("inspect")
+    );
+    assert!(
+        stderr.contains("does not exist on this instance: the service was never deployed here"),
+        "{stderr}"
+    );
+    assert!(!empty.service.exists());
 }
 
 /// The script is the product `forge ec2 render-script` shows and SSM runs: any change to it
