@@ -707,6 +707,15 @@ pub fn deployed_tag(stdout: &str) -> Option<String> {
     })
 }
 
+/// The tag an inspect found in `.env.previous` (`forge-previous-tag: TAG`); None when there
+/// is none (`(none)`) or the line is missing.
+pub fn previous_tag(stdout: &str) -> Option<String> {
+    stdout.lines().rev().find_map(|line| {
+        let tag = line.strip_prefix("forge-previous-tag: ")?.trim();
+        (!tag.is_empty() && tag != "(none)").then(|| tag.to_owned())
+    })
+}
+
 /// The tag the install step wrote to `.env` (`forge-image-tag: OLD -> TAG`), printed before
 /// `up`: for a successful run whose final marker was cut off.
 pub fn installed_tag(stdout: &str) -> Option<String> {
@@ -839,6 +848,17 @@ mod tests {
             None,
         );
         check("services:\n  web:\n    image: [\n", Some("not valid YAML"));
+    }
+
+    #[test]
+    fn previous_tags_are_read_back() {
+        assert_eq!(
+            previous_tag("forge-step: inspect\nforge-previous-tag: 41\nforge-step: finished\n")
+                .as_deref(),
+            Some("41")
+        );
+        assert_eq!(previous_tag("forge-previous-tag: (none)\n"), None);
+        assert_eq!(previous_tag("forge-step: inspect\n"), None);
     }
 
     #[test]

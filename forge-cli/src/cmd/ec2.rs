@@ -1,13 +1,17 @@
-//! `forge ec2 deploy | rollback | render-script`: docker-compose services on EC2 through SSM
-//! Run Command (forge-ec2), with the environment's role chain (forge-auth).
+//! `forge ec2 deploy | rollback | status | render-script`: docker-compose services on EC2
+//! through SSM Run Command (forge-ec2), with the environment's role chain (forge-auth).
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use forge_ec2::{DeployReport, DeployRequest, Ec2Deployer, RollbackRequest, Targets};
+use forge_ec2::{
+    DeployReport, DeployRequest, Ec2Deployer, InspectRequest, RollbackRequest, Targets,
+};
+use serde::Serialize;
 
 use crate::aws::{self, Overrides};
 use crate::config::{self, Config, Loaded};
@@ -22,8 +26,47 @@ pub enum Command {
     /// Set the instances back to the tag their last deploy replaced (`.env.previous`), or to
     /// --to-tag, then pull and restart.
     Rollback(RollbackArgs),
+    /// Ask each instance which tag it runs (read-only) and compare with the Ledger's tag for
+    /// the environment (or --expect-tag); exits 1 when any instance differs or cannot be read.
+    Status(StatusArgs),
     /// Print the exact script a deploy (or --rollback) would run on each instance.
     RenderScript(RenderArgs),
+}
+
+/// `forge ec2 status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Environment (`[environments.<env>]`): picks the role and region, and with --service the
+    /// Ledger file whose tag the instances should run.
+    #[arg(long)]
+    env: String,
+    /// Config file.
+    #[arg(long, default_value = config::DEFAULT_PATH, env = "FORGE_CONFIG")]
+    config: PathBuf,
+    /// Take target and service_dir from `[services.<name>]`, and compare with the tag the
+    /// Ledger records for the environment; flags override them.
+    #[arg(long)]
+    service: Option<String>,
+    /// Instances: `tag:KEY=VALUE` or instance ids (as for deploy).
+    #[arg(long = "target", value_name = "TARGET")]
+    targets: Vec<String>,
+    /// Directory on the instances holding .env (absolute).
+    #[arg(long, value_name = "DIR")]
+    service_dir: Option<String>,
+    /// Compare with this tag instead of the Ledger's.
+    #[arg(long, value_name = "TAG")]
+    expect_tag: Option<String>,
+    /// SSM MaxConcurrency: instances at a time, a number or a percentage (default 50).
+    #[arg(long, value_name = "N")]
+    max_concurrency: Option<String>,
+    /// Give up (and cancel the command) after this many seconds (default 600).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    deadline: Option<u64>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    output: Format,
+    #[command(flatten)]
+    overrides: Overrides,
 }
 
 /// Where and how to run; shared by deploy and rollback.
@@ -153,6 +196,7 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::RenderScript(args) => render(args),
         Command::Deploy(args) => crate::runtime()?.block_on(deploy(args)),
         Command::Rollback(args) => crate::runtime()?.block_on(rollback(args)),
+        Command::Status(args) => crate::runtime()?.block_on(status(args)),
     }
 }
 
@@ -242,19 +286,33 @@ struct Resolved {
     deadline: Duration,
 }
 
-fn resolve(run: &RunArgs, compose_flag: Option<&Path>) -> anyhow::Result<Resolved> {
-    let loaded = Config::load(&run.config)?;
-    loaded.config.environment(&run.env)?;
-    let service = match &run.service {
+/// The config, the service's section (with --service), the instances and their directory.
+struct Located {
+    loaded: Loaded,
+    service: Option<config::ServiceConfig>,
+    targets: Targets,
+    service_dir: String,
+}
+
+fn locate(
+    config_path: &Path,
+    env: &str,
+    service: Option<&str>,
+    targets: &[String],
+    service_dir: Option<&str>,
+) -> anyhow::Result<Located> {
+    let loaded = Config::load(config_path)?;
+    loaded.config.environment(env)?;
+    let service = match service {
         Some(name) => Some(loaded.config.service(name)?.clone()),
         None => None,
     };
     let from_service =
         |get: fn(&config::ServiceConfig) -> Option<String>| service.as_ref().and_then(get);
-    let target_text: Vec<String> = if run.targets.is_empty() {
+    let target_text: Vec<String> = if targets.is_empty() {
         from_service(|s| s.target.clone()).into_iter().collect()
     } else {
-        run.targets.clone()
+        targets.to_vec()
     };
     if target_text.is_empty() {
         return Err(invalid(
@@ -262,13 +320,35 @@ fn resolve(run: &RunArgs, compose_flag: Option<&Path>) -> anyhow::Result<Resolve
         ));
     }
     let targets = Targets::parse_all(target_text.iter().map(String::as_str)).map_err(invalid)?;
-    let service_dir = run
-        .service_dir
-        .clone()
+    let service_dir = service_dir
+        .map(str::to_owned)
         .or_else(|| from_service(|s| s.service_dir.clone()))
         .ok_or_else(|| {
             invalid("no service directory: pass --service-dir DIR, or --service NAME with `service_dir` in its config")
         })?;
+    Ok(Located {
+        loaded,
+        service,
+        targets,
+        service_dir,
+    })
+}
+
+fn resolve(run: &RunArgs, compose_flag: Option<&Path>) -> anyhow::Result<Resolved> {
+    let Located {
+        loaded,
+        service,
+        targets,
+        service_dir,
+    } = locate(
+        &run.config,
+        &run.env,
+        run.service.as_deref(),
+        &run.targets,
+        run.service_dir.as_deref(),
+    )?;
+    let from_service =
+        |get: fn(&config::ServiceConfig) -> Option<String>| service.as_ref().and_then(get);
     let parameters_path = run
         .parameters_path
         .clone()
@@ -304,11 +384,15 @@ fn resolve(run: &RunArgs, compose_flag: Option<&Path>) -> anyhow::Result<Resolve
     })
 }
 
-async fn deployer(run: &RunArgs, loaded: &Loaded) -> anyhow::Result<Ec2Deployer> {
+async fn deployer(
+    env: &str,
+    overrides: &Overrides,
+    loaded: &Loaded,
+) -> anyhow::Result<Ec2Deployer> {
     let ci = forge_auth::ci::Ci::detect(&|k: &str| std::env::var(k).ok());
-    let auth = aws::resolve(loaded, &run.env, &run.overrides, aws::mask_hook(ci))
+    let auth = aws::resolve(loaded, env, overrides, aws::mask_hook(ci))
         .await
-        .with_context(|| format!("cannot get AWS credentials for environment `{}`", run.env))?;
+        .with_context(|| format!("cannot get AWS credentials for environment `{env}`"))?;
     Ok(Ec2Deployer::new(&auth.sdk))
 }
 
@@ -338,7 +422,10 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     request
         .validate()
         .map_err(|e| invalid(refused_request(&e, Some(&compose_path))))?;
-    let result = deployer(&args.run, &r.loaded).await?.deploy(&request).await;
+    let result = deployer(&args.run.env, &args.run.overrides, &r.loaded)
+        .await?
+        .deploy(&request)
+        .await;
     let report = or_partial(result, args.run.output)?;
     finish(&report, args.run.output)
 }
@@ -366,12 +453,273 @@ async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     request
         .validate()
         .map_err(|e| invalid(refused_request(&e, args.compose.as_deref())))?;
-    let result = deployer(&args.run, &r.loaded)
+    let result = deployer(&args.run.env, &args.run.overrides, &r.loaded)
         .await?
         .rollback(&request)
         .await;
     let report = or_partial(result, args.run.output)?;
     finish(&report, args.run.output)
+}
+
+/// One instance in `forge ec2 status`.
+#[derive(Debug, Serialize)]
+struct InstanceTag {
+    instance_id: String,
+    /// The tag its `.env` sets; None when it could not be read.
+    tag: Option<String>,
+    /// The tag in its `.env.previous` (what `forge ec2 rollback` would return to).
+    previous_tag: Option<String>,
+    /// Whether it runs the expected tag (None when nothing is expected).
+    matches: Option<bool>,
+    /// Why its tag could not be read.
+    error: Option<String>,
+}
+
+/// `forge ec2 status --output json`.
+#[derive(Debug, Serialize)]
+struct FleetStatus {
+    env: String,
+    service: Option<String>,
+    targets: String,
+    service_dir: String,
+    /// The tag every instance should run: the Ledger's, or --expect-tag.
+    expected_tag: Option<String>,
+    /// `ledger` or `--expect-tag`.
+    expected_from: Option<&'static str>,
+    ledger_file: Option<String>,
+    ledger_commit: Option<String>,
+    command_id: String,
+    instances: Vec<InstanceTag>,
+    /// An instance runs another tag than expected (or, with nothing expected, than the
+    /// others), or could not be read.
+    drift: bool,
+}
+
+async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let located = locate(
+        &args.config,
+        &args.env,
+        args.service.as_deref(),
+        &args.targets,
+        args.service_dir.as_deref(),
+    )?;
+    if let Some(tag) = &args.expect_tag {
+        forge_ec2::script::check_image_tag(tag)
+            .map_err(|e| invalid(format!("--expect-tag: {e}")))?;
+    }
+    let targets_text = located.targets.to_string();
+    let mut request = InspectRequest::new(located.targets, located.service_dir.clone());
+    request.max_concurrency = args.max_concurrency.clone();
+    if let Some(secs) = args.deadline {
+        request.deadline = Duration::from_secs(secs);
+    }
+    request.validate().map_err(invalid)?;
+
+    // The tag to compare with, read before the fleet is asked: a Ledger problem costs no
+    // SSM command.
+    let mut fleet = FleetStatus {
+        env: args.env.clone(),
+        service: args.service.clone(),
+        targets: targets_text,
+        service_dir: located.service_dir.clone(),
+        expected_tag: args.expect_tag.clone(),
+        expected_from: args.expect_tag.as_ref().map(|_| "--expect-tag"),
+        ledger_file: None,
+        ledger_commit: None,
+        command_id: String::new(),
+        instances: Vec::new(),
+        drift: false,
+    };
+    if let (None, Some(service)) = (&args.expect_tag, &args.service)
+        && located.loaded.config.ledger.is_some()
+    {
+        let release = crate::release::Release::open(&args.config, service)?;
+        let file = release.manifest(&args.env)?;
+        let current = release
+            .ledger()?
+            .get(&file, &release.selector())
+            .map_err(crate::release::ledger_error)
+            .with_context(|| {
+                format!(
+                    "cannot read {service}'s tag for {} from the Ledger ({file})",
+                    args.env
+                )
+            })?;
+        fleet.expected_tag = Some(current.value);
+        fleet.expected_from = Some("ledger");
+        fleet.ledger_file = Some(file);
+        fleet.ledger_commit = Some(current.commit);
+    }
+
+    let result = deployer(&args.env, &args.overrides, &located.loaded)
+        .await?
+        .inspect(&request)
+        .await;
+    let report = or_partial(result, args.output)?;
+    fleet.command_id = report.command_id.clone();
+    fleet.instances = report
+        .instances
+        .iter()
+        .map(|i| {
+            let tag = if i.succeeded {
+                i.deployed_tag.clone()
+            } else {
+                None
+            };
+            InstanceTag {
+                instance_id: i.instance_id.clone(),
+                matches: fleet.expected_tag.as_ref().map(|e| tag.as_ref() == Some(e)),
+                error: tag.is_none().then(|| unreadable(i)),
+                previous_tag: forge_ec2::script::previous_tag(&i.stdout_tail),
+                tag,
+            }
+        })
+        .collect();
+    let tags: std::collections::BTreeSet<&str> = fleet
+        .instances
+        .iter()
+        .filter_map(|i| i.tag.as_deref())
+        .collect();
+    fleet.drift = fleet
+        .instances
+        .iter()
+        .any(|i| i.tag.is_none() || i.matches == Some(false))
+        || (fleet.expected_tag.is_none() && tags.len() > 1);
+    match args.output {
+        Format::Json => output::print_json(&fleet)?,
+        Format::Text => output::print_stdout(&fleet_text(&fleet))?,
+    }
+    if !fleet.drift {
+        return Ok(ExitCode::SUCCESS);
+    }
+    Ok(output::report_error(&anyhow::anyhow!(
+        "{}",
+        drift_message(&fleet)
+    )))
+}
+
+/// Why an instance's tag could not be read: the reason its script printed, else SSM's
+/// status and advice.
+fn unreadable(i: &forge_ec2::InstanceResult) -> String {
+    let said = i
+        .stderr_tail
+        .lines()
+        .chain(i.stdout_tail.lines())
+        .find_map(|l| l.strip_prefix("forge-step-failed: inspect: "));
+    match (said, &i.advice) {
+        (Some(reason), _) => reason.to_owned(),
+        (None, Some(advice)) => format!("{} ({}): {advice}", i.status, i.status_details),
+        (None, None) => format!("{} ({}), exit {}", i.status, i.status_details, i.exit_code),
+    }
+}
+
+fn fleet_text(fleet: &FleetStatus) -> String {
+    let what = fleet.service.as_deref().unwrap_or(&fleet.service_dir);
+    let mut out = format!(
+        "{what} in {} ({}, {}): {} instance(s)",
+        fleet.env,
+        fleet.targets,
+        fleet.service_dir,
+        fleet.instances.len()
+    );
+    match (&fleet.expected_tag, &fleet.ledger_file) {
+        (Some(tag), Some(file)) => {
+            let _ = write!(out, "; the Ledger says {tag} ({file})");
+        }
+        (Some(tag), None) => {
+            let _ = write!(out, "; expected {tag}");
+        }
+        (None, _) => {}
+    }
+    out.push('\n');
+    for i in &fleet.instances {
+        match (&i.tag, &i.error) {
+            (Some(tag), _) => {
+                let _ = write!(out, "  {}  {tag}", i.instance_id);
+                if let Some(previous) = &i.previous_tag {
+                    let _ = write!(out, "  (previous {previous})");
+                }
+                if i.matches == Some(false) {
+                    out.push_str("  differs");
+                }
+            }
+            (None, error) => {
+                let _ = write!(
+                    out,
+                    "  {}  unreadable: {}",
+                    i.instance_id,
+                    error.as_deref().unwrap_or("no tag reported")
+                );
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The error a drifting fleet exits with: who differs, and the command that puts them right.
+fn drift_message(fleet: &FleetStatus) -> String {
+    let differing: Vec<String> = fleet
+        .instances
+        .iter()
+        .filter(|i| i.tag.is_none() || i.matches == Some(false))
+        .map(|i| match &i.tag {
+            Some(tag) => format!("{} runs {tag}", i.instance_id),
+            None => format!("{} could not be read", i.instance_id),
+        })
+        .collect();
+    let place = match &fleet.service {
+        Some(service) => format!("--service {service}"),
+        None => format!(
+            "--target {} --service-dir {}",
+            fleet.targets, fleet.service_dir
+        ),
+    };
+    let Some(expected) = &fleet.expected_tag else {
+        if fleet.instances.is_empty() {
+            return format!("no instance answered (SSM command {})", fleet.command_id);
+        }
+        let mut by_tag: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for i in &fleet.instances {
+            if let Some(tag) = &i.tag {
+                by_tag.entry(tag).or_default().push(&i.instance_id);
+            }
+        }
+        let split: Vec<String> = by_tag
+            .iter()
+            .map(|(tag, ids)| format!("{tag} on {}", ids.join(", ")))
+            .collect();
+        let mut message = format!(
+            "the instances do not agree (SSM command {})",
+            fleet.command_id
+        );
+        if !split.is_empty() {
+            let _ = write!(message, ": {}", split.join("; "));
+        }
+        if !differing.is_empty() {
+            let _ = write!(message, "; {}", differing.join(", "));
+        }
+        let _ = write!(
+            message,
+            "; pass --service NAME (or --expect-tag TAG) to compare with the Ledger, and put them on one tag with `forge ec2 rollback --env {} {place} --to-tag TAG`",
+            fleet.env
+        );
+        return message;
+    };
+    let source = match &fleet.ledger_file {
+        Some(file) => format!("the Ledger's tag in {file}"),
+        None => "--expect-tag".to_owned(),
+    };
+    format!(
+        "{} of {} instance(s) do not run {expected} ({source}; SSM command {}): {}; \
+         put them on it with `forge ec2 rollback --env {} {place} --to-tag {expected}` \
+         (it sets any instance to that tag, in either direction), or fix what kept an instance from answering",
+        differing.len(),
+        fleet.instances.len(),
+        fleet.command_id,
+        differing.join(", "),
+        fleet.env
+    )
 }
 
 /// The report, or the error; a deadline that passed still prints what each instance had

@@ -582,6 +582,151 @@ fn a_failed_instance_exits_1_and_shows_its_step() {
     );
 }
 
+/// SSM's answers to an inspect of three instances: `a` runs 42, `b` 41, and on `c` the
+/// service was never deployed (its script fails and says so).
+fn inspect_fake(op: &str, _n: usize, body: &str) -> (u16, String) {
+    let inv = |id: &str, status: &str, code: i32| {
+        format!(
+            r#"{{"CommandId":"c-3","InstanceId":"{id}","Status":"{status}","StatusDetails":"{status}","CommandPlugins":[{{"Name":"aws:runShellScript","ResponseCode":{code}}}]}}"#
+        )
+    };
+    let got = |id: &str, status: &str, code: i32, stdout: &str, stderr: &str| {
+        serde_json::json!({
+            "CommandId": "c-3", "InstanceId": id, "ResponseCode": code, "Status": status,
+            "StatusDetails": status, "StandardOutputContent": stdout, "StandardErrorContent": stderr
+        })
+        .to_string()
+    };
+    let never = "forge-step-failed: inspect: /opt/dagster does not exist on this instance: the service was never deployed here (deploy it, or check the target)\n";
+    match op {
+        "SendCommand" => (200, r#"{"Command":{"CommandId":"c-3","InstanceIds":[],"Status":"Pending","TargetCount":0}}"#.to_owned()),
+        "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-3","Status":"Failed","TargetCount":3,"InstanceIds":[]}]}"#.to_owned()),
+        "ListCommandInvocations" => (
+            200,
+            format!(
+                r#"{{"CommandInvocations":[{},{},{}]}}"#,
+                inv("i-0000000000000000a", "Success", 0),
+                inv("i-0000000000000000b", "Success", 0),
+                inv("i-0000000000000000c", "Failed", 1)
+            ),
+        ),
+        "GetCommandInvocation" if body.contains("i-0000000000000000a") => (
+            200,
+            got("i-0000000000000000a", "Success", 0, "forge-step: inspect\nforge-previous-tag: 41\nforge-step: finished\nforge-deployed-tag: 42\n", ""),
+        ),
+        "GetCommandInvocation" if body.contains("i-0000000000000000b") => (
+            200,
+            got("i-0000000000000000b", "Success", 0, "forge-step: inspect\nforge-previous-tag: (none)\nforge-step: finished\nforge-deployed-tag: 41\n", ""),
+        ),
+        "GetCommandInvocation" => (200, got("i-0000000000000000c", "Failed", 1, "forge-step: inspect\n", never)),
+        _ => (400, r#"{"__type":"UnknownOperationException"}"#.to_owned()),
+    }
+}
+
+#[test]
+fn status_names_each_instance_tag_and_the_ones_that_differ() {
+    let endpoint = fake_ssm(inspect_fake);
+    let dir = setup();
+    let status = |extra: &[&str]| {
+        let mut args = vec!["status", "--env", "dev", "--service", "dagster"];
+        args.extend_from_slice(extra);
+        ec2(dir.path(), &endpoint, &args)
+    };
+
+    let out = status(&["--expect-tag", "42"]);
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    for line in [
+        "dagster in dev (tag:forge:dagster-enabled=true, /opt/dagster): 3 instance(s); expected 42\n",
+        "  i-0000000000000000a  42  (previous 41)\n",
+        "  i-0000000000000000b  41  differs\n",
+        "  i-0000000000000000c  unreadable: /opt/dagster does not exist on this instance: the service was never deployed here (deploy it, or check the target)\n",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    assert!(
+        stderr(&out).contains(
+            "2 of 3 instance(s) do not run 42 (--expect-tag; SSM command c-3): i-0000000000000000b runs 41, \
+             i-0000000000000000c could not be read; put them on it with `forge ec2 rollback --env dev --service dagster --to-tag 42`"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    let out = status(&["--expect-tag", "42", "--output", "json"]);
+    assert_exit(&out, 1);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["drift"], true);
+    assert_eq!(json["expected_tag"], "42");
+    assert_eq!(json["expected_from"], "--expect-tag");
+    let instances = json["instances"].as_array().unwrap();
+    assert_eq!(
+        instances
+            .iter()
+            .map(|i| (i["tag"].clone(), i["matches"].clone()))
+            .collect::<Vec<_>>(),
+        [
+            (serde_json::json!("42"), serde_json::json!(true)),
+            (serde_json::json!("41"), serde_json::json!(false)),
+            (serde_json::Value::Null, serde_json::json!(false)),
+        ]
+    );
+    assert_eq!(instances[1]["previous_tag"], serde_json::Value::Null);
+
+    // Nothing to compare with (no Ledger in this config): the split itself is the finding.
+    let out = status(&[]);
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains("the instances do not agree (SSM command c-3): 41 on i-0000000000000000b; 42 on i-0000000000000000a; i-0000000000000000c could not be read; pass --service NAME (or --expect-tag TAG) to compare with the Ledger"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Bad input is refused before anything is sent.
+    let out = status(&["--expect-tag", "latest"]);
+    assert_exit(&out, 2);
+    assert!(
+        stderr(&out).contains("--expect-tag: image tag `latest` is not allowed"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn status_exits_0_when_every_instance_runs_the_expected_tag() {
+    let endpoint = fake_ssm(|op, n, body| {
+        match op {
+        "GetCommandInvocation" if body.contains("i-0000000000000000c") => (400, r#"{"__type":"UnknownOperationException"}"#.to_owned()),
+        "ListCommandInvocations" => (
+            200,
+            r#"{"CommandInvocations":[{"CommandId":"c-3","InstanceId":"i-0000000000000000a","Status":"Success","StatusDetails":"Success","CommandPlugins":[{"Name":"aws:runShellScript","ResponseCode":0}]}]}"#.to_owned(),
+        ),
+        "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-3","Status":"Success","TargetCount":1,"InstanceIds":[]}]}"#.to_owned()),
+        _ => inspect_fake(op, n, body),
+    }
+    });
+    let dir = setup();
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "status",
+            "--env",
+            "dev",
+            "--service",
+            "dagster",
+            "--expect-tag",
+            "42",
+        ],
+    );
+    assert_success(&out);
+    assert!(
+        stdout(&out).contains("  i-0000000000000000a  42  (previous 41)\n"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 #[test]
 fn refresh_env_binary_against_moto() {
     let Some(moto) = forge_testkit::Moto::start() else {

@@ -1244,8 +1244,10 @@ fn a_promotion_overtaken_during_its_ec2_deploy_says_fleet_and_ledger_disagree() 
     };
     RACING_LEDGER.set(stage.ledger.url()).unwrap();
     // While SSM deploys 1001, another pipeline records 1002 in the Ledger.
-    let endpoint = crate::ec2::fake_ssm(|op, _n, _body| {
+    let endpoint = crate::ec2::fake_ssm(|op, n, _body| {
         match op {
+        // The deploy's command races; a later one (`forge ec2 status` below) does not.
+        "SendCommand" if n > 0 => (200, r#"{"Command":{"CommandId":"c-7","InstanceIds":[],"Status":"Pending","TargetCount":1}}"#.to_owned()),
         "SendCommand" => {
             let out = crate::support::forge()
                 .args([
@@ -1290,5 +1292,26 @@ fn a_promotion_overtaken_during_its_ec2_deploy_says_fleet_and_ledger_disagree() 
         stage.ledger_tag("dev", "dagster"),
         "1002",
         "the other write stands"
+    );
+
+    // `forge ec2 status` shows the disagreement and the command that ends it.
+    let out = crate::ec2::aws_cmd(crate::support::forge(), stage.path(), &endpoint)
+        .args(["ec2", "status", "--env", "dev", "--service", "dagster"])
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains("the Ledger says 1002 (apps/dev/dagster.yaml)")
+            && text.contains("  i-0000000000000000a  1001  differs\n"),
+        "{text}"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "1 of 1 instance(s) do not run 1002 (the Ledger's tag in apps/dev/dagster.yaml; SSM command c-7): \
+             i-0000000000000000a runs 1001; put them on it with `forge ec2 rollback --env dev --service dagster --to-tag 1002`"
+        ),
+        "{err}"
     );
 }
