@@ -348,7 +348,7 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
             // The fleet has been redeployed already: say so, the Ledger and the instances
             // now disagree until someone reconciles them.
             Some(_) => format!(
-                "the image is verified at {destination} and the EC2 instances now run {tag}, but the Ledger was not updated (it said {} when this promotion started; the cause below says what it holds now): the fleet and the Ledger disagree: the Ledger is the record, so put the fleet on the Ledger's tag (named below) with `forge ec2 rollback --env {} --service {} --to-tag <that tag>` (allowed in either direction), or promote again",
+                "the image is verified at {destination} and the EC2 instances now run {tag}, but the Ledger was not updated (it said {} when this promotion started; the cause below says what it holds now): the fleet and the Ledger disagree: the Ledger is the record, so put the fleet on the Ledger's tag (named below) with `forge ec2 rollback --env {1} --service {2} --to-tag <that tag>` (allowed in either direction; `forge ec2 status --env {1} --service {2}` then shows each instance's tag against the Ledger's), or promote again",
                 current.value, args.to, args.service
             ),
             None => {

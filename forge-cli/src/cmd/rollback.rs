@@ -250,7 +250,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
             // The fleet already runs the rollback tag: say so, the Ledger and the instances
             // disagree until someone reconciles them.
             Some(_) => format!(
-                "the EC2 instances now run {target_tag}, but the Ledger was not updated (it said {current} when this rollback started; the cause below says what it holds now): the fleet and the Ledger disagree: the Ledger is the record, so put the fleet on the Ledger's tag (named below) with `forge ec2 rollback --env {} --service {} --to-tag <that tag>` (allowed in either direction)", args.env, args.service
+                "the EC2 instances now run {target_tag}, but the Ledger was not updated (it said {current} when this rollback started; the cause below says what it holds now): the fleet and the Ledger disagree: the Ledger is the record, so put the fleet on the Ledger's tag (named below) with `forge ec2 rollback --env {0} --service {1} --to-tag <that tag>` (allowed in either direction; `forge ec2 status --env {0} --service {1}` then shows each instance's tag against the Ledger's)", args.env, args.service
             ),
             None => format!("the Ledger was not updated; {} in {} still runs {current}", args.service, args.env),
         })?;

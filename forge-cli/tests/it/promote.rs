@@ -1284,6 +1284,7 @@ fn a_promotion_overtaken_during_its_ec2_deploy_says_fleet_and_ledger_disagree() 
         "the EC2 instances now run 1001, but the Ledger was not updated (it said 1000 when this promotion started",
         "the fleet and the Ledger disagree",
         "forge ec2 rollback --env dev --service dagster --to-tag <that tag>",
+        "`forge ec2 status --env dev --service dagster` then shows each instance's tag",
         "superseded: current tag is 1002",
     ] {
         assert!(err.contains(needle), "missing `{needle}` in:\n{err}");
