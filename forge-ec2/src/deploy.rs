@@ -158,8 +158,11 @@ pub mod defaults {
     pub const EXECUTION_TIMEOUT: Duration = Duration::from_secs(1800);
     /// Overall wait.
     pub const DEADLINE: Duration = Duration::from_secs(2700);
-    /// How long [`super::Ec2Deployer::inspect`] waits for every instance.
-    pub const INSPECT_DEADLINE: Duration = Duration::from_secs(600);
+    /// How long SSM tries to reach an instance for [`super::Ec2Deployer::inspect`].
+    pub const INSPECT_DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
+    /// How long [`super::Ec2Deployer::inspect`] waits for every instance: past the delivery
+    /// timeout and the one-minute execution timeout, so SSM reports each instance first.
+    pub const INSPECT_DEADLINE: Duration = Duration::from_secs(240);
 }
 
 /// A deploy: send `compose_file` and `image_tag` to the targets.
@@ -378,8 +381,10 @@ impl RollbackRequest {
     }
 }
 
-/// A read-only look at what the instances run: the tag each one's `.env` sets (the tag its
-/// last successful deploy or rollback installed). Nothing on the instances changes.
+/// A read-only look at what the instances are set to run: the tag each one's `.env` sets,
+/// which the last deploy or rollback installed. (A run that failed after installing, at `up`
+/// or the running check, reported that failure; its containers may not run the tag.) Nothing on
+/// the instances changes.
 #[derive(Debug, Clone)]
 pub struct InspectRequest {
     /// Which instances.
@@ -397,13 +402,15 @@ pub struct InspectRequest {
 }
 
 impl InspectRequest {
-    /// A request with the default delivery timeout and a 10-minute deadline.
+    /// A request with a 2-minute delivery timeout and a 4-minute deadline: an instance whose
+    /// SSM agent is offline then ends as `Delivery Timed Out` in the report, before the
+    /// deadline.
     pub fn new(targets: Targets, service_dir: impl Into<String>) -> Self {
         InspectRequest {
             targets,
             service_dir: service_dir.into(),
             max_concurrency: None,
-            delivery_timeout: defaults::DELIVERY_TIMEOUT,
+            delivery_timeout: defaults::INSPECT_DELIVERY_TIMEOUT,
             deadline: defaults::INSPECT_DEADLINE,
             comment: None,
         }

@@ -59,7 +59,8 @@ pub struct StatusArgs {
     /// SSM MaxConcurrency: instances at a time, a number or a percentage (default 50).
     #[arg(long, value_name = "N")]
     max_concurrency: Option<String>,
-    /// Give up (and cancel the command) after this many seconds (default 600).
+    /// Give up (and cancel the command) after this many seconds (default 240; instances that
+    /// have not answered by then are reported unread).
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     deadline: Option<u64>,
     /// Output format.
@@ -469,7 +470,7 @@ struct InstanceTag {
     tag: Option<String>,
     /// The tag in its `.env.previous` (what `forge ec2 rollback` would return to).
     previous_tag: Option<String>,
-    /// Whether it runs the expected tag (None when nothing is expected).
+    /// Whether it is set to the expected tag (None when nothing is expected).
     matches: Option<bool>,
     /// Why its tag could not be read.
     error: Option<String>,
@@ -490,9 +491,13 @@ struct FleetStatus {
     ledger_commit: Option<String>,
     command_id: String,
     instances: Vec<InstanceTag>,
-    /// An instance runs another tag than expected (or, with nothing expected, than the
-    /// others), or could not be read.
+    /// The deadline passed before every instance answered; the others are unread.
+    deadline_passed: bool,
+    /// An instance is set to another tag than expected (or, with nothing expected, than the
+    /// others), or could not be read, or none answered.
     drift: bool,
+    /// The command that puts every instance on the expected tag, when there is drift.
+    fix: Option<String>,
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
@@ -528,11 +533,12 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         ledger_commit: None,
         command_id: String::new(),
         instances: Vec::new(),
+        deadline_passed: false,
         drift: false,
+        fix: None,
     };
-    if let (None, Some(service)) = (&args.expect_tag, &args.service)
-        && located.loaded.config.ledger.is_some()
-    {
+    let has_ledger = located.loaded.config.ledger.is_some();
+    if let (None, Some(service), true) = (&args.expect_tag, &args.service, has_ledger) {
         let release = crate::release::Release::open(&args.config, service)?;
         let file = release.manifest(&args.env)?;
         let current = release
@@ -555,10 +561,24 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .await?
         .inspect(&request)
         .await;
-    let report = or_partial(result, args.output)?;
-    fleet.command_id = report.command_id.clone();
-    fleet.instances = report
-        .instances
+    // A deadline still leaves the answers that came in: report those, and the rest as unread.
+    let instances = match result {
+        Ok(report) => {
+            fleet.command_id = report.command_id;
+            report.instances
+        }
+        Err(forge_ec2::Ec2Error::Deadline {
+            instances,
+            command_id,
+            ..
+        }) if !instances.is_empty() => {
+            fleet.command_id = command_id;
+            fleet.deadline_passed = true;
+            instances
+        }
+        Err(e) => return Err(library_error(e)),
+    };
+    fleet.instances = instances
         .iter()
         .map(|i| {
             let tag = if i.succeeded {
@@ -580,11 +600,20 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .filter_map(|i| i.tag.as_deref())
         .collect();
-    fleet.drift = fleet
-        .instances
-        .iter()
-        .any(|i| i.tag.is_none() || i.matches == Some(false))
+    fleet.drift = fleet.instances.is_empty()
+        || fleet
+            .instances
+            .iter()
+            .any(|i| i.tag.is_none() || i.matches == Some(false))
         || (fleet.expected_tag.is_none() && tags.len() > 1);
+    if fleet.drift {
+        let tag = fleet.expected_tag.as_deref().unwrap_or("TAG");
+        fleet.fix = Some(format!(
+            "forge ec2 rollback --env {} {} --to-tag {tag}",
+            quoted(&args.env),
+            place_args(&args)
+        ));
+    }
     match args.output {
         Format::Json => output::print_json(&fleet)?,
         Format::Text => output::print_stdout(&fleet_text(&fleet))?,
@@ -592,24 +621,82 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if !fleet.drift {
         return Ok(ExitCode::SUCCESS);
     }
+    let no_ledger_hint = if args.service.is_some() && !has_ledger {
+        format!(
+            "there is no [ledger] in {} to compare with, so pass --expect-tag TAG",
+            args.config.display()
+        )
+    } else {
+        "pass --service NAME (with a [ledger] in the config) or --expect-tag TAG to compare with the tag they should run".to_owned()
+    };
     Ok(output::report_error(&anyhow::anyhow!(
         "{}",
-        drift_message(&fleet)
+        drift_message(&fleet, &no_ledger_hint)
     )))
 }
 
-/// Why an instance's tag could not be read: the reason its script printed, else SSM's
-/// status and advice.
+/// The flags that select the same instances as this run, for the suggested command: the
+/// service, and whatever was given explicitly (a --target narrower than the service's, a
+/// --service-dir, a config file other than the default).
+fn place_args(args: &StatusArgs) -> String {
+    let mut parts = Vec::new();
+    if args.config != Path::new(config::DEFAULT_PATH) {
+        parts.push(format!(
+            "--config {}",
+            quoted(&args.config.display().to_string())
+        ));
+    }
+    if let Some(service) = &args.service {
+        parts.push(format!("--service {}", quoted(service)));
+    }
+    for target in &args.targets {
+        parts.push(format!("--target {}", quoted(target)));
+    }
+    if let Some(dir) = &args.service_dir {
+        parts.push(format!("--service-dir {}", quoted(dir)));
+    }
+    parts.join(" ")
+}
+
+/// `value` as a shell word: as is when it is plain, single-quoted otherwise.
+fn quoted(value: &str) -> String {
+    let plain = !value.is_empty()
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:=,@%+".contains(&b));
+    if plain {
+        value.to_owned()
+    } else {
+        forge_ec2::script::shell_quote(value)
+    }
+}
+
+/// Why an instance's tag could not be read: the reason its script printed, else what SSM
+/// said about it.
 fn unreadable(i: &forge_ec2::InstanceResult) -> String {
+    use forge_ec2::status::{InvocationStatus, StatusDetail, is_finished};
     let said = i
         .stderr_tail
         .lines()
         .chain(i.stdout_tail.lines())
         .find_map(|l| l.strip_prefix("forge-step-failed: inspect: "));
-    match (said, &i.advice) {
-        (Some(reason), _) => reason.to_owned(),
-        (None, Some(advice)) => format!("{} ({}): {advice}", i.status, i.status_details),
-        (None, None) => format!("{} ({}), exit {}", i.status, i.status_details, i.exit_code),
+    if let Some(reason) = said {
+        return reason.to_owned();
+    }
+    if i.succeeded {
+        return "it answered without a tag line (SSM may have cut its output); look at .env in the service directory".to_owned();
+    }
+    let status = InvocationStatus::parse(&i.status);
+    let detail = StatusDetail::parse(&i.status_details);
+    if !is_finished(&status, &detail) {
+        return format!(
+            "no answer before the deadline (SSM status {}); check that its SSM agent is online",
+            i.status
+        );
+    }
+    match &i.advice {
+        Some(advice) => format!("{} ({}): {advice}", i.status, i.status_details),
+        None => format!("{} ({}), exit {}", i.status, i.status_details, i.exit_code),
     }
 }
 
@@ -658,7 +745,19 @@ fn fleet_text(fleet: &FleetStatus) -> String {
 }
 
 /// The error a drifting fleet exits with: who differs, and the command that puts them right.
-fn drift_message(fleet: &FleetStatus) -> String {
+fn drift_message(fleet: &FleetStatus, no_expectation_hint: &str) -> String {
+    let fix = fleet.fix.as_deref().unwrap_or_default();
+    let deadline = if fleet.deadline_passed {
+        " (the deadline passed before every instance answered)"
+    } else {
+        ""
+    };
+    if fleet.instances.is_empty() {
+        return format!(
+            "no instance answered (SSM command {}){deadline}",
+            fleet.command_id
+        );
+    }
     let differing: Vec<String> = fleet
         .instances
         .iter()
@@ -668,17 +767,7 @@ fn drift_message(fleet: &FleetStatus) -> String {
             None => format!("{} could not be read", i.instance_id),
         })
         .collect();
-    let place = match &fleet.service {
-        Some(service) => format!("--service {service}"),
-        None => format!(
-            "--target {} --service-dir {}",
-            fleet.targets, fleet.service_dir
-        ),
-    };
     let Some(expected) = &fleet.expected_tag else {
-        if fleet.instances.is_empty() {
-            return format!("no instance answered (SSM command {})", fleet.command_id);
-        }
         let mut by_tag: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
         for i in &fleet.instances {
             if let Some(tag) = &i.tag {
@@ -690,7 +779,7 @@ fn drift_message(fleet: &FleetStatus) -> String {
             .map(|(tag, ids)| format!("{tag} on {}", ids.join(", ")))
             .collect();
         let mut message = format!(
-            "the instances do not agree (SSM command {})",
+            "the instances do not agree (SSM command {}){deadline}",
             fleet.command_id
         );
         if !split.is_empty() {
@@ -701,8 +790,7 @@ fn drift_message(fleet: &FleetStatus) -> String {
         }
         let _ = write!(
             message,
-            "; pass --service NAME (or --expect-tag TAG) to compare with the Ledger, and put them on one tag with `forge ec2 rollback --env {} {place} --to-tag TAG`",
-            fleet.env
+            "; {no_expectation_hint}, and put them on one tag with `{fix}`"
         );
         return message;
     };
@@ -711,14 +799,13 @@ fn drift_message(fleet: &FleetStatus) -> String {
         None => "--expect-tag".to_owned(),
     };
     format!(
-        "{} of {} instance(s) do not run {expected} ({source}; SSM command {}): {}; \
-         put them on it with `forge ec2 rollback --env {} {place} --to-tag {expected}` \
-         (it sets any instance to that tag, in either direction), or fix what kept an instance from answering",
+        "{} of {} instance(s) do not run {expected} ({source}; SSM command {}){deadline}: {}; \
+         put them on it with `{fix}` (it sets any instance to that tag, in either direction), \
+         or fix what kept an instance from answering",
         differing.len(),
         fleet.instances.len(),
         fleet.command_id,
         differing.join(", "),
-        fleet.env
     )
 }
 

@@ -673,11 +673,56 @@ fn status_names_each_instance_tag_and_the_ones_that_differ() {
     );
     assert_eq!(instances[1]["previous_tag"], serde_json::Value::Null);
 
+    assert_eq!(
+        json["fix"],
+        "forge ec2 rollback --env dev --service dagster --to-tag 42"
+    );
+
     // Nothing to compare with (no Ledger in this config): the split itself is the finding.
     let out = status(&[]);
     assert_exit(&out, 1);
     assert!(
-        stderr(&out).contains("the instances do not agree (SSM command c-3): 41 on i-0000000000000000b; 42 on i-0000000000000000a; i-0000000000000000c could not be read; pass --service NAME (or --expect-tag TAG) to compare with the Ledger"),
+        stderr(&out).contains(
+            "the instances do not agree (SSM command c-3): 41 on i-0000000000000000b; 42 on i-0000000000000000a; \
+             i-0000000000000000c could not be read; there is no [ledger] in forge.toml to compare with, so pass \
+             --expect-tag TAG, and put them on one tag with `forge ec2 rollback --env dev --service dagster --to-tag TAG`"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    // The fix selects the same instances as the run: explicit targets (each its own flag,
+    // quoted where the shell needs it), the directory, and a config file other than the default.
+    std::fs::copy(
+        dir.path().join("forge.toml"),
+        dir.path().join("other config.toml"),
+    )
+    .unwrap();
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "status",
+            "--env",
+            "dev",
+            "--config",
+            "other config.toml",
+            "--target",
+            "i-0000000000000000a",
+            "--target",
+            "i-0000000000000000b",
+            "--service-dir",
+            "/opt/dagster",
+            "--expect-tag",
+            "42",
+        ],
+    );
+    assert_exit(&out, 1);
+    assert!(
+        stderr(&out).contains(
+            "put them on it with `forge ec2 rollback --env dev --config 'other config.toml' --target i-0000000000000000a \
+             --target i-0000000000000000b --service-dir /opt/dagster --to-tag 42`"
+        ),
         "{}",
         stderr(&out)
     );
@@ -724,6 +769,61 @@ fn status_exits_0_when_every_instance_runs_the_expected_tag() {
         stdout(&out).contains("  i-0000000000000000a  42  (previous 41)\n"),
         "{}",
         stdout(&out)
+    );
+}
+
+/// An instance that never answers (its SSM agent is offline) does not hide the others' tags:
+/// at the deadline the answers so far are reported and the silent one is unread.
+#[test]
+fn status_at_its_deadline_reports_the_answers_so_far() {
+    let endpoint = fake_ssm(|op, n, body| {
+        match op {
+        "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-3","Status":"InProgress","TargetCount":2,"InstanceIds":[]}]}"#.to_owned()),
+        "ListCommandInvocations" => (
+            200,
+            r#"{"CommandInvocations":[
+                {"CommandId":"c-3","InstanceId":"i-0000000000000000a","Status":"Success","StatusDetails":"Success","CommandPlugins":[{"Name":"aws:runShellScript","ResponseCode":0}]},
+                {"CommandId":"c-3","InstanceId":"i-0000000000000000b","Status":"Pending","StatusDetails":"Pending","CommandPlugins":[]}
+            ]}"#.to_owned(),
+        ),
+        "GetCommandInvocation" if body.contains("i-0000000000000000b") => (
+            200,
+            r#"{"CommandId":"c-3","InstanceId":"i-0000000000000000b","ResponseCode":-1,"Status":"Pending","StatusDetails":"Pending","StandardOutputContent":"","StandardErrorContent":""}"#.to_owned(),
+        ),
+        "CancelCommand" => (200, "{}".to_owned()),
+        _ => inspect_fake(op, n, body),
+    }
+    });
+    let dir = setup();
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "status",
+            "--env",
+            "dev",
+            "--service",
+            "dagster",
+            "--expect-tag",
+            "42",
+            "--deadline",
+            "3",
+        ],
+    );
+    assert_exit(&out, 1);
+    let text = stdout(&out);
+    assert!(
+        text.contains("  i-0000000000000000a  42  (previous 41)\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("  i-0000000000000000b  unreadable: no answer before the deadline (SSM status Pending); check that its SSM agent is online\n"),
+        "{text}"
+    );
+    assert!(
+        stderr(&out).contains("1 of 2 instance(s) do not run 42 (--expect-tag; SSM command c-3) (the deadline passed before every instance answered): i-0000000000000000b could not be read"),
+        "{}",
+        stderr(&out)
     );
 }
 

@@ -730,6 +730,9 @@ async fn an_inspect_reports_each_instance_tag() {
         "{script}"
     );
     assert_eq!(sent["Parameters"]["executionTimeout"][0], "60");
+    // Shorter than a deploy's 600 s, and inside the 240 s deadline: an offline instance ends as
+    // `Delivery Timed Out` in the report rather than as a deadline error.
+    assert_eq!(sent["TimeoutSeconds"], 120);
 
     // Bad input is refused before anything is sent.
     let bad = forge_ec2::InspectRequest::new(Targets::parse("tag:app=web").unwrap(), "opt/web");
