@@ -381,10 +381,10 @@ impl RollbackRequest {
     }
 }
 
-/// A read-only look at what the instances are set to run: the tag each one's `.env` sets,
-/// which the last deploy or rollback installed. (A run that failed after installing, at `up`
-/// or the running check, reported that failure; its containers may not run the tag.) Nothing on
-/// the instances changes.
+/// A read-only look at what the instances are set to run: the tag each one's `.env` sets
+/// (which the last deploy or rollback installed) and which of the compose file's services are
+/// not running ([`crate::script::not_running`]). Nothing on the instances changes; docker is
+/// only asked questions.
 #[derive(Debug, Clone)]
 pub struct InspectRequest {
     /// Which instances.

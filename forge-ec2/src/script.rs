@@ -645,9 +645,10 @@ echo "forge-deployed-tag: $IMAGE_TAG_WANTED"
 "#;
 
 /// Renders the read-only script of [`crate::Ec2Deployer::inspect`]: it reports the tag in
-/// `SERVICE_DIR/.env` (`forge-deployed-tag: TAG`) and the one in `.env.previous`
-/// (`forge-previous-tag: TAG`), and changes nothing. No lock is taken: a deploy replaces `.env`
-/// with a rename, so the file read is always a whole one.
+/// `SERVICE_DIR/.env` (`forge-deployed-tag: TAG`), the one in `.env.previous`
+/// (`forge-previous-tag: TAG`) and which of the compose file's services are not running
+/// (`forge-not-running: NAMES`, or `forge-running-unknown: WHY`), and changes nothing. No lock
+/// is taken: a deploy replaces `.env` with a rename, so the file read is always a whole one.
 pub fn render_inspect(service_dir: &str) -> String {
     let mut s = String::new();
     s.push_str("#!/bin/bash\n");
@@ -672,6 +673,27 @@ tag="$(read_tag .env)"
 previous=""
 if [ -f .env.previous ]; then previous="$(read_tag .env.previous)"; fi
 echo "forge-previous-tag: ${previous:-(none)}"
+# Whether the compose file's services run: read-only questions to docker. An answer that
+# cannot be had (no docker, a compose file docker cannot read) is reported, not fatal: the
+# tag is still worth knowing.
+if docker compose version >/dev/null 2>&1; then
+  compose() { docker compose "$@"; }
+elif command -v docker-compose >/dev/null 2>&1; then
+  compose() { docker-compose "$@"; }
+else
+  compose() { return 127; }
+fi
+if [ ! -f docker-compose.yml ]; then
+  echo "forge-running-unknown: $SERVICE_DIR/docker-compose.yml does not exist"
+elif ! expected="$(compose -f docker-compose.yml config --services 2>/dev/null | sort)" || [ -z "$expected" ]; then
+  echo "forge-running-unknown: docker compose cannot read $SERVICE_DIR/docker-compose.yml (or docker is missing)"
+elif ! running="$(compose -f docker-compose.yml ps --services --filter status=running 2>/dev/null | sort)"; then
+  echo "forge-running-unknown: docker compose ps failed in $SERVICE_DIR"
+else
+  stopped="$(comm -23 <(printf '%s\n' "$expected") <(printf '%s\n' "$running"))"
+  stopped="${stopped//$'\n'/ }"
+  echo "forge-not-running: ${stopped:-(none)}"
+fi
 step finished
 echo "forge-deployed-tag: $tag"
 "#;
@@ -713,6 +735,28 @@ pub fn previous_tag(stdout: &str) -> Option<String> {
     stdout.lines().rev().find_map(|line| {
         let tag = line.strip_prefix("forge-previous-tag: ")?.trim();
         (!tag.is_empty() && tag != "(none)").then(|| tag.to_owned())
+    })
+}
+
+/// What an inspect found about the compose file's services: `Some(vec![])` when all run,
+/// `Some(names)` for those that do not, `None` when it could not tell (the reason is in the
+/// output's `forge-running-unknown:` line) or the line is missing.
+pub fn not_running(stdout: &str) -> Option<Vec<String>> {
+    stdout.lines().rev().find_map(|line| {
+        let rest = line.strip_prefix("forge-not-running: ")?.trim();
+        Some(if rest == "(none)" {
+            Vec::new()
+        } else {
+            rest.split_whitespace().map(str::to_owned).collect()
+        })
+    })
+}
+
+/// Why an inspect could not tell whether the services run (`forge-running-unknown: …`).
+pub fn running_unknown(stdout: &str) -> Option<String> {
+    stdout.lines().rev().find_map(|line| {
+        line.strip_prefix("forge-running-unknown: ")
+            .map(|r| r.trim().to_owned())
     })
 }
 
@@ -859,6 +903,16 @@ mod tests {
         );
         assert_eq!(previous_tag("forge-previous-tag: (none)\n"), None);
         assert_eq!(previous_tag("forge-step: inspect\n"), None);
+        assert_eq!(not_running("forge-not-running: (none)\n"), Some(vec![]));
+        assert_eq!(
+            not_running("forge-not-running: web worker\n"),
+            Some(vec!["web".to_owned(), "worker".to_owned()])
+        );
+        assert_eq!(not_running("forge-running-unknown: no docker\n"), None);
+        assert_eq!(
+            running_unknown("forge-running-unknown: no docker\n").as_deref(),
+            Some("no docker")
+        );
     }
 
     #[test]

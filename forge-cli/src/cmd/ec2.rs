@@ -26,8 +26,9 @@ pub enum Command {
     /// Set the instances back to the tag their last deploy replaced (`.env.previous`), or to
     /// --to-tag, then pull and restart.
     Rollback(RollbackArgs),
-    /// Ask each instance which tag it runs (read-only) and compare with the Ledger's tag for
-    /// the environment (or --expect-tag); exits 1 when any instance differs or cannot be read.
+    /// Ask each instance which tag it runs and whether its services run (read-only), and compare
+    /// with the Ledger's tag for the environment (or --expect-tag); exits 1 when any instance
+    /// differs, has a service stopped, or cannot be read.
     Status(StatusArgs),
     /// Print the exact script a deploy (or --rollback) would run on each instance.
     RenderScript(RenderArgs),
@@ -472,8 +473,21 @@ struct InstanceTag {
     previous_tag: Option<String>,
     /// Whether it is set to the expected tag (None when nothing is expected).
     matches: Option<bool>,
+    /// The compose file's services that are not running (empty: all run; None: unknown).
+    not_running: Option<Vec<String>>,
+    /// Why it is unknown whether the services run (docker missing, compose file unreadable).
+    running_unknown: Option<String>,
     /// Why its tag could not be read.
     error: Option<String>,
+}
+
+impl InstanceTag {
+    /// Not as it should be: unread, on another tag than expected, or with a service stopped.
+    fn is_off(&self) -> bool {
+        self.tag.is_none()
+            || self.matches == Some(false)
+            || self.not_running.as_ref().is_some_and(|s| !s.is_empty())
+    }
 }
 
 /// `forge ec2 status --output json`.
@@ -494,7 +508,7 @@ struct FleetStatus {
     /// The deadline passed before every instance answered; the others are unread.
     deadline_passed: bool,
     /// An instance is set to another tag than expected (or, with nothing expected, than the
-    /// others), or could not be read, or none answered.
+    /// others), has a service that is not running, or could not be read; or none answered.
     drift: bool,
     /// The command that puts every instance on the expected tag, when there is drift.
     fix: Option<String>,
@@ -591,6 +605,8 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 matches: fleet.expected_tag.as_ref().map(|e| tag.as_ref() == Some(e)),
                 error: tag.is_none().then(|| unreadable(i)),
                 previous_tag: forge_ec2::script::previous_tag(&i.stdout_tail),
+                not_running: forge_ec2::script::not_running(&i.stdout_tail),
+                running_unknown: forge_ec2::script::running_unknown(&i.stdout_tail),
                 tag,
             }
         })
@@ -601,10 +617,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .filter_map(|i| i.tag.as_deref())
         .collect();
     fleet.drift = fleet.instances.is_empty()
-        || fleet
-            .instances
-            .iter()
-            .any(|i| i.tag.is_none() || i.matches == Some(false))
+        || fleet.instances.iter().any(InstanceTag::is_off)
         || (fleet.expected_tag.is_none() && tags.len() > 1);
     if fleet.drift {
         let tag = fleet.expected_tag.as_deref().unwrap_or("TAG");
@@ -729,6 +742,15 @@ fn fleet_text(fleet: &FleetStatus) -> String {
                 if i.matches == Some(false) {
                     out.push_str("  differs");
                 }
+                match (&i.not_running, &i.running_unknown) {
+                    (Some(stopped), _) if !stopped.is_empty() => {
+                        let _ = write!(out, "  not running: {}", stopped.join(" "));
+                    }
+                    (None, Some(why)) => {
+                        let _ = write!(out, "  (running unknown: {why})");
+                    }
+                    _ => {}
+                }
             }
             (None, error) => {
                 let _ = write!(
@@ -761,10 +783,18 @@ fn drift_message(fleet: &FleetStatus, no_expectation_hint: &str) -> String {
     let differing: Vec<String> = fleet
         .instances
         .iter()
-        .filter(|i| i.tag.is_none() || i.matches == Some(false))
-        .map(|i| match &i.tag {
-            Some(tag) => format!("{} runs {tag}", i.instance_id),
-            None => format!("{} could not be read", i.instance_id),
+        .filter(|i| i.is_off())
+        .map(|i| {
+            let stopped = match &i.not_running {
+                Some(stopped) if !stopped.is_empty() => {
+                    format!(" ({} not running)", stopped.join(", "))
+                }
+                _ => String::new(),
+            };
+            match &i.tag {
+                Some(tag) => format!("{} runs {tag}{stopped}", i.instance_id),
+                None => format!("{} could not be read", i.instance_id),
+            }
         })
         .collect();
     let Some(expected) = &fleet.expected_tag else {
@@ -799,9 +829,9 @@ fn drift_message(fleet: &FleetStatus, no_expectation_hint: &str) -> String {
         None => "--expect-tag".to_owned(),
     };
     format!(
-        "{} of {} instance(s) do not run {expected} ({source}; SSM command {}){deadline}: {}; \
-         put them on it with `{fix}` (it sets any instance to that tag, in either direction), \
-         or fix what kept an instance from answering",
+        "{} of {} instance(s) do not run {expected} with every service up ({source}; SSM command {}){deadline}: {}; \
+         put them on it with `{fix}` (it sets any instance to that tag, in either direction, \
+         and starts its services), or fix what kept an instance from answering",
         differing.len(),
         fleet.instances.len(),
         fleet.command_id,

@@ -612,11 +612,11 @@ fn inspect_fake(op: &str, _n: usize, body: &str) -> (u16, String) {
         ),
         "GetCommandInvocation" if body.contains("i-0000000000000000a") => (
             200,
-            got("i-0000000000000000a", "Success", 0, "forge-step: inspect\nforge-previous-tag: 41\nforge-step: finished\nforge-deployed-tag: 42\n", ""),
+            got("i-0000000000000000a", "Success", 0, "forge-step: inspect\nforge-previous-tag: 41\nforge-not-running: (none)\nforge-step: finished\nforge-deployed-tag: 42\n", ""),
         ),
         "GetCommandInvocation" if body.contains("i-0000000000000000b") => (
             200,
-            got("i-0000000000000000b", "Success", 0, "forge-step: inspect\nforge-previous-tag: (none)\nforge-step: finished\nforge-deployed-tag: 41\n", ""),
+            got("i-0000000000000000b", "Success", 0, "forge-step: inspect\nforge-previous-tag: (none)\nforge-not-running: web\nforge-step: finished\nforge-deployed-tag: 41\n", ""),
         ),
         "GetCommandInvocation" => (200, got("i-0000000000000000c", "Failed", 1, "forge-step: inspect\n", never)),
         _ => (400, r#"{"__type":"UnknownOperationException"}"#.to_owned()),
@@ -639,14 +639,14 @@ fn status_names_each_instance_tag_and_the_ones_that_differ() {
     for line in [
         "dagster in dev (tag:forge:dagster-enabled=true, /opt/dagster): 3 instance(s); expected 42\n",
         "  i-0000000000000000a  42  (previous 41)\n",
-        "  i-0000000000000000b  41  differs\n",
+        "  i-0000000000000000b  41  differs  not running: web\n",
         "  i-0000000000000000c  unreadable: /opt/dagster does not exist on this instance: the service was never deployed here (deploy it, or check the target)\n",
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }
     assert!(
         stderr(&out).contains(
-            "2 of 3 instance(s) do not run 42 (--expect-tag; SSM command c-3): i-0000000000000000b runs 41, \
+            "2 of 3 instance(s) do not run 42 with every service up (--expect-tag; SSM command c-3): i-0000000000000000b runs 41 (web not running), \
              i-0000000000000000c could not be read; put them on it with `forge ec2 rollback --env dev --service dagster --to-tag 42`"
         ),
         "{}",
@@ -672,6 +672,8 @@ fn status_names_each_instance_tag_and_the_ones_that_differ() {
         ]
     );
     assert_eq!(instances[1]["previous_tag"], serde_json::Value::Null);
+    assert_eq!(instances[0]["not_running"], serde_json::json!([]));
+    assert_eq!(instances[1]["not_running"], serde_json::json!(["web"]));
 
     assert_eq!(
         json["fix"],
@@ -684,7 +686,7 @@ fn status_names_each_instance_tag_and_the_ones_that_differ() {
     assert!(
         stderr(&out).contains(
             "the instances do not agree (SSM command c-3): 41 on i-0000000000000000b; 42 on i-0000000000000000a; \
-             i-0000000000000000c could not be read; there is no [ledger] in forge.toml to compare with, so pass \
+             i-0000000000000000b runs 41 (web not running), i-0000000000000000c could not be read; there is no [ledger] in forge.toml to compare with, so pass \
              --expect-tag TAG, and put them on one tag with `forge ec2 rollback --env dev --service dagster --to-tag TAG`"
         ),
         "{}",
@@ -772,6 +774,46 @@ fn status_exits_0_when_every_instance_runs_the_expected_tag() {
     );
 }
 
+/// The right tag with a service stopped is not "as expected" either.
+#[test]
+fn status_flags_a_stopped_service_on_the_expected_tag() {
+    let endpoint = fake_ssm(|op, n, body| {
+        match op {
+        "ListCommandInvocations" => (
+            200,
+            r#"{"CommandInvocations":[{"CommandId":"c-3","InstanceId":"i-0000000000000000b","Status":"Success","StatusDetails":"Success","CommandPlugins":[{"Name":"aws:runShellScript","ResponseCode":0}]}]}"#.to_owned(),
+        ),
+        "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-3","Status":"Success","TargetCount":1,"InstanceIds":[]}]}"#.to_owned()),
+        _ => inspect_fake(op, n, body),
+    }
+    });
+    let dir = setup();
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "status",
+            "--env",
+            "dev",
+            "--service",
+            "dagster",
+            "--expect-tag",
+            "41",
+        ],
+    );
+    assert_exit(&out, 1);
+    assert!(
+        stdout(&out).contains("  i-0000000000000000b  41  not running: web\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("1 of 1 instance(s) do not run 41 with every service up (--expect-tag; SSM command c-3): i-0000000000000000b runs 41 (web not running)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// An instance that never answers (its SSM agent is offline) does not hide the others' tags:
 /// at the deadline the answers so far are reported and the silent one is unread.
 #[test]
@@ -821,7 +863,7 @@ fn status_at_its_deadline_reports_the_answers_so_far() {
         "{text}"
     );
     assert!(
-        stderr(&out).contains("1 of 2 instance(s) do not run 42 (--expect-tag; SSM command c-3) (the deadline passed before every instance answered): i-0000000000000000b could not be read"),
+        stderr(&out).contains("1 of 2 instance(s) do not run 42 with every service up (--expect-tag; SSM command c-3) (the deadline passed before every instance answered): i-0000000000000000b could not be read"),
         "{}",
         stderr(&out)
     );

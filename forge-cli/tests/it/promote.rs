@@ -1310,7 +1310,7 @@ fn a_promotion_overtaken_during_its_ec2_deploy_says_fleet_and_ledger_disagree() 
     let err = stderr(&out);
     assert!(
         err.contains(
-            "1 of 1 instance(s) do not run 1002 (the Ledger's tag in apps/dev/dagster.yaml; SSM command c-7): \
+            "1 of 1 instance(s) do not run 1002 with every service up (the Ledger's tag in apps/dev/dagster.yaml; SSM command c-7): \
              i-0000000000000000a runs 1001; put them on it with `forge ec2 rollback --env dev --service dagster --to-tag 1002`"
         ),
         "{err}"

@@ -17,7 +17,9 @@ use forge_ec2::{
 const COMPOSE: &str = "services:\n  web:\n    image: \"registry.example/web:${IMAGE_TAG}\"\n  worker:\n    image: \"registry.example/worker:${IMAGE_TAG}\"\n";
 
 const FAKE_DOCKER: &str = r#"#!/bin/bash
-# Fake docker: records each call; behaviour from FAKE_FAIL / FAKE_NO_PLUGIN / FAKE_PULLED.
+# Fake docker: records each call; behaviour from FAKE_FAIL / FAKE_NO_PLUGIN / FAKE_PULLED /
+# FAKE_STOPPED (web is not running) / FAKE_NO_DOCKER (as if not installed).
+[ -n "${FAKE_NO_DOCKER:-}" ] && exit 127
 echo "docker $*" >> "$FAKE_LOG"
 # The files a compose call reads: --env-file (else .env) and -f.
 env_file=.env; compose_file=docker-compose.yml; args=("$@")
@@ -49,7 +51,7 @@ case "$*" in
     # RepoDigests of the pulled image: FAKE_PULLED, else what the registry would have.
     printf '%s\n' "${FAKE_PULLED:-registry.example/web@sha256:$(printf 'a%.0s' {1..64})}" ;;
   *" ps --services --filter status=running"*)
-    printf 'worker\nweb\n' ;;
+    if [ -n "${FAKE_STOPPED:-}" ]; then printf 'worker\n'; else printf 'worker\nweb\n'; fi ;;
   *" ps "*)
     echo "unknown flag (docker-compose v1 has only --filter)" >&2; exit 1 ;;
 esac
@@ -554,9 +556,9 @@ fn inspect(dir: &str) -> InspectRequest {
     InspectRequest::new(Targets::parse("tag:a=b").unwrap(), dir)
 }
 
-/// The inspect script reports the tags and changes nothing: no file in the service directory
-/// is written, not even the lock, and docker is never called. Under `sh` it re-executes itself
-/// under bash like the deploy script.
+/// The inspect script reports the tags and which services run, and changes nothing: no file
+/// in the service directory is written, not even the lock, and docker is only asked questions
+/// (no pull, no up). Under `sh` it re-executes itself under bash like the deploy script.
 #[test]
 fn inspect_reads_the_tags_and_changes_nothing() {
     let sb = Sandbox::new("svc");
@@ -564,17 +566,20 @@ fn inspect_reads_the_tags_and_changes_nothing() {
     assert_ok(&out);
     let out = sb.run(&render_script(&request(sb.dir(), "42")), &[]);
     assert_ok(&out);
-    let before: Vec<(String, Option<String>)> = sb
-        .files()
-        .into_iter()
-        .map(|f| {
-            let body = sb.read(&f);
-            (f, body)
-        })
-        .collect();
+    let snapshot = |sb: &Sandbox| -> Vec<(String, Option<String>)> {
+        sb.files()
+            .into_iter()
+            .map(|f| {
+                let body = sb.read(&f);
+                (f, body)
+            })
+            .collect()
+    };
+    let before = snapshot(&sb);
     sb.clear_calls();
+    let inspect_script = render_inspect_script(&inspect(sb.dir()));
     for shell in ["bash", "sh"] {
-        let out = sb.run_with(shell, &render_inspect_script(&inspect(sb.dir())), &[]);
+        let out = sb.run_with(shell, &inspect_script, &[]);
         assert_ok(&out);
         let stdout = text(&out.stdout);
         assert_eq!(
@@ -583,17 +588,50 @@ fn inspect_reads_the_tags_and_changes_nothing() {
             "{stdout}"
         );
         assert!(stdout.contains("forge-previous-tag: 41\n"), "{stdout}");
+        assert_eq!(
+            forge_ec2::script::not_running(&stdout),
+            Some(vec![]),
+            "{stdout}"
+        );
     }
-    let after: Vec<(String, Option<String>)> = sb
-        .files()
-        .into_iter()
-        .map(|f| {
-            let body = sb.read(&f);
-            (f, body)
-        })
-        .collect();
-    assert_eq!(before, after);
-    assert_eq!(sb.calls(), Vec::<String>::new(), "docker was called");
+    assert_eq!(before, snapshot(&sb));
+    let calls = sb.calls();
+    assert!(!calls.is_empty());
+    for call in &calls {
+        assert!(
+            call == "docker compose version"
+                || call.ends_with("config --services")
+                || call.ends_with("ps --services --filter status=running"),
+            "docker was asked to do something: {call}"
+        );
+    }
+
+    // A stopped service is named; docker missing is reported, and neither is a failure.
+    let out = sb.run(&inspect_script, &[("FAKE_STOPPED", "1")]);
+    assert_ok(&out);
+    assert_eq!(
+        forge_ec2::script::not_running(&text(&out.stdout)),
+        Some(vec!["web".to_owned()])
+    );
+    let out = sb.run(&inspect_script, &[("FAKE_NO_DOCKER", "1")]);
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert_eq!(forge_ec2::script::not_running(&stdout), None, "{stdout}");
+    assert!(
+        forge_ec2::script::running_unknown(&stdout)
+            .is_some_and(|why| why.contains("docker compose cannot read")),
+        "{stdout}"
+    );
+    assert_eq!(
+        forge_ec2::script::deployed_tag(&stdout).as_deref(),
+        Some("42")
+    );
+    assert!(
+        !text(&out.stderr).contains("forge-step-failed"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(before, snapshot(&sb));
 
     // Never deployed here: a failed step that says so, and still nothing created.
     let empty = Sandbox::new("never");
@@ -611,8 +649,6 @@ fn inspect_reads_the_tags_and_changes_nothing() {
     assert!(!empty.service.exists());
 }
 
-/// The script is the product `forge ec2 render-script` shows and SSM runs: any change to it
-/// must be a reviewed snapshot change.
 #[test]
 fn rendered_scripts_snapshot() {
     let mut deploy = request("/opt/dagster", "20261126.3");
