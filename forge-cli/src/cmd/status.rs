@@ -63,6 +63,9 @@ struct ServiceStatus {
     service: String,
     environments: Vec<EnvStatus>,
     drift: bool,
+    /// An EC2 service: what its instances run is `forge ec2 status`, not this view.
+    #[serde(skip)]
+    ec2: bool,
 }
 
 /// Runs `forge status`. Exits 1 when drift is found, so a pipeline can gate on it.
@@ -190,6 +193,7 @@ async fn service_status(release: &Release) -> anyhow::Result<ServiceStatus> {
         service: release.service.clone(),
         environments: rows,
         drift,
+        ec2: release.service_config.kind == crate::config::ServiceKind::Ec2,
     })
 }
 
@@ -227,6 +231,12 @@ fn render_status(services: &[ServiceStatus]) -> String {
         } else {
             "  no drift: environments on the same tag hold the same digest\n"
         });
+        if s.ec2 {
+            out.push_str(&format!(
+                "  EC2 instances: `forge ec2 status --env ENV --service {}` shows the tag each one runs\n",
+                s.service
+            ));
+        }
     }
     out
 }

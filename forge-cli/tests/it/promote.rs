@@ -1315,4 +1315,13 @@ fn a_promotion_overtaken_during_its_ec2_deploy_says_fleet_and_ledger_disagree() 
         ),
         "{err}"
     );
+    // `forge status` (Ledger and registries) points EC2 services at it.
+    let out = stage.forge(&["status", "--service", "dagster"]);
+    assert!(
+        stdout(&out).contains(
+            "  EC2 instances: `forge ec2 status --env ENV --service dagster` shows the tag each one runs\n"
+        ),
+        "{}",
+        stdout(&out)
+    );
 }
