@@ -399,6 +399,9 @@ pub struct InspectRequest {
     pub deadline: Duration,
     /// SSM comment (at most 100 characters; longer ones are cut).
     pub comment: Option<String>,
+    /// `REPOSITORY@sha256:…`: also check that the running containers of `REPOSITORY` run
+    /// these bytes (see [`script::render_inspect`]). None: tags and running services only.
+    pub image_pin: Option<String>,
 }
 
 impl InspectRequest {
@@ -413,12 +416,16 @@ impl InspectRequest {
             delivery_timeout: defaults::INSPECT_DELIVERY_TIMEOUT,
             deadline: defaults::INSPECT_DEADLINE,
             comment: None,
+            image_pin: None,
         }
     }
 
     /// Checks every value.
     pub fn validate(&self) -> Result<(), ValidationError> {
         script::check_service_dir(&self.service_dir)?;
+        if let Some(pin) = &self.image_pin {
+            script::check_image_pin(pin)?;
+        }
         check_rollout(
             self.max_concurrency.as_deref(),
             None,
@@ -433,7 +440,7 @@ const INSPECT_EXECUTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The exact script [`Ec2Deployer::inspect`] sends for `request`.
 pub fn render_inspect_script(request: &InspectRequest) -> String {
-    script::render_inspect(&request.service_dir)
+    script::render_inspect(&request.service_dir, request.image_pin.as_deref())
 }
 
 /// The exact script [`Ec2Deployer::deploy`] sends for `request` (with the deployer's region

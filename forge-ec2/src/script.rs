@@ -649,7 +649,12 @@ echo "forge-deployed-tag: $IMAGE_TAG_WANTED"
 /// (`forge-previous-tag: TAG`) and which of the compose file's services are not running
 /// (`forge-not-running: NAMES`, or `forge-running-unknown: WHY`), and changes nothing. No lock
 /// is taken: a deploy replaces `.env` with a rename, so the file read is always a whole one.
-pub fn render_inspect(service_dir: &str) -> String {
+///
+/// With `pin` (`REPOSITORY@sha256:…`), each running container of the project whose image is
+/// `REPOSITORY:…` is checked to run an image whose `RepoDigests` holds the pin; those that do
+/// not are reported (`forge-running-other-digest: CONTAINER IMAGE DIGESTS`), and the number
+/// checked (`forge-running-pinned-checked: N`).
+pub fn render_inspect(service_dir: &str, pin: Option<&str>) -> String {
     let mut s = String::new();
     s.push_str("#!/bin/bash\n");
     let _ = writeln!(
@@ -659,6 +664,11 @@ pub fn render_inspect(service_dir: &str) -> String {
     );
     s.push_str(HEADER);
     let _ = writeln!(s, "SERVICE_DIR={}", shell_quote(service_dir));
+    let _ = writeln!(
+        s,
+        "IMAGE_PIN_WANTED={}",
+        shell_quote(pin.unwrap_or_default())
+    );
     s.push_str(INSPECT);
     s
 }
@@ -693,6 +703,25 @@ else
   stopped="$(comm -23 <(printf '%s\n' "$expected") <(printf '%s\n' "$running"))"
   stopped="${stopped//$'\n'/ }"
   echo "forge-not-running: ${stopped:-(none)}"
+  if [ -n "$IMAGE_PIN_WANTED" ]; then
+    # The containers of the pinned repository must run the promoted bytes: the image each
+    # one was created from must carry the pin among its RepoDigests.
+    pin_repo="${IMAGE_PIN_WANTED%@*}"
+    checked=0
+    for id in $(compose -f docker-compose.yml ps -q 2>/dev/null || true); do
+      info="$(docker inspect --format '{{.Config.Image}} {{.Image}}' -- "$id" 2>/dev/null)" || continue
+      image="${info%% *}"
+      image_id="${info##* }"
+      case "$image" in "$pin_repo:"*) ;; *) continue ;; esac
+      checked=$((checked + 1))
+      digests="$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' -- "$image_id" 2>/dev/null)" || digests=""
+      if ! grep -qxF -- "$IMAGE_PIN_WANTED" <<<"$digests"; then
+        digests="$(printf '%s' "$digests" | tr -s '\n' ' ')"
+        echo "forge-running-other-digest: $id $image ${digests:-(no RepoDigests)}"
+      fi
+    done
+    echo "forge-running-pinned-checked: $checked"
+  fi
 fi
 step finished
 echo "forge-deployed-tag: $tag"
@@ -749,6 +778,27 @@ pub fn not_running(stdout: &str) -> Option<Vec<String>> {
         } else {
             rest.split_whitespace().map(str::to_owned).collect()
         })
+    })
+}
+
+/// Containers an inspect with a pin found running another digest of the pinned repository
+/// (`CONTAINER IMAGE DIGESTS…`, one entry each).
+pub fn running_other_digest(stdout: &str) -> Vec<String> {
+    stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("forge-running-other-digest: "))
+        .map(|rest| rest.trim().to_owned())
+        .collect()
+}
+
+/// How many containers of the pinned repository an inspect checked (None: no pin, or docker
+/// could not be asked).
+pub fn running_pinned_checked(stdout: &str) -> Option<u32> {
+    stdout.lines().rev().find_map(|line| {
+        line.strip_prefix("forge-running-pinned-checked: ")?
+            .trim()
+            .parse()
+            .ok()
     })
 }
 

@@ -477,6 +477,12 @@ struct InstanceTag {
     not_running: Option<Vec<String>>,
     /// Why it is unknown whether the services run (docker missing, compose file unreadable).
     running_unknown: Option<String>,
+    /// Running containers of the service's repository whose image is not the promoted digest
+    /// (`CONTAINER IMAGE DIGESTS…`).
+    other_digest: Vec<String>,
+    /// How many containers of the repository were checked against the promoted digest (None:
+    /// no digest to check, or docker could not be asked).
+    digest_checked: Option<u32>,
     /// Why its tag could not be read.
     error: Option<String>,
 }
@@ -487,6 +493,7 @@ impl InstanceTag {
         self.tag.is_none()
             || self.matches == Some(false)
             || self.not_running.as_ref().is_some_and(|s| !s.is_empty())
+            || !self.other_digest.is_empty()
     }
 }
 
@@ -501,6 +508,9 @@ struct FleetStatus {
     expected_tag: Option<String>,
     /// `ledger` or `--expect-tag`.
     expected_from: Option<&'static str>,
+    /// The digest the Ledger recorded for the expected tag when it was promoted; running
+    /// containers of the service's repository are checked against it.
+    expected_digest: Option<String>,
     ledger_file: Option<String>,
     ledger_commit: Option<String>,
     command_id: String,
@@ -543,6 +553,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         service_dir: located.service_dir.clone(),
         expected_tag: args.expect_tag.clone(),
         expected_from: args.expect_tag.as_ref().map(|_| "--expect-tag"),
+        expected_digest: None,
         ledger_file: None,
         ledger_commit: None,
         command_id: String::new(),
@@ -555,16 +566,39 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if let (None, Some(service), true) = (&args.expect_tag, &args.service, has_ledger) {
         let release = crate::release::Release::open(&args.config, service)?;
         let file = release.manifest(&args.env)?;
-        let current = release
-            .ledger()?
-            .get(&file, &release.selector())
+        let ledger = release.ledger()?;
+        let selector = release.selector();
+        let read_failed = || {
+            format!(
+                "cannot read {service}'s tag for {} from the Ledger ({file})",
+                args.env
+            )
+        };
+        let current = ledger
+            .get(&file, &selector)
             .map_err(crate::release::ledger_error)
-            .with_context(|| {
-                format!(
-                    "cannot read {service}'s tag for {} from the Ledger ({file})",
-                    args.env
-                )
-            })?;
+            .with_context(read_failed)?;
+        // The digest recorded when the tag was promoted (its pin, or the Forge commit's
+        // trailer): what the containers must run. Unrecorded (a tag set by hand): tags only.
+        let recorded = match &current.digest {
+            Some(pin) => Some(pin.clone()),
+            None => ledger
+                .history(&file, &selector)
+                .map_err(crate::release::ledger_error)
+                .with_context(read_failed)?
+                .first()
+                .and_then(|entry| crate::release::recorded_digest(entry, &current.value)),
+        };
+        let image = release.image_ref(&args.env, &current.value)?;
+        if let (Some(digest), Some(repository)) = (
+            &recorded,
+            image.strip_suffix(&format!(":{}", current.value)),
+        ) && !image.starts_with("oci:")
+        {
+            request.image_pin = Some(format!("{repository}@{digest}"));
+            request.validate().map_err(invalid)?;
+        }
+        fleet.expected_digest = recorded;
         fleet.expected_tag = Some(current.value);
         fleet.expected_from = Some("ledger");
         fleet.ledger_file = Some(file);
@@ -607,6 +641,8 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 previous_tag: forge_ec2::script::previous_tag(&i.stdout_tail),
                 not_running: forge_ec2::script::not_running(&i.stdout_tail),
                 running_unknown: forge_ec2::script::running_unknown(&i.stdout_tail),
+                other_digest: forge_ec2::script::running_other_digest(&i.stdout_tail),
+                digest_checked: forge_ec2::script::running_pinned_checked(&i.stdout_tail),
                 tag,
             }
         })
@@ -621,8 +657,14 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         || (fleet.expected_tag.is_none() && tags.len() > 1);
     if fleet.drift {
         let tag = fleet.expected_tag.as_deref().unwrap_or("TAG");
+        // With the promoted digest known, the rollback proves each instance pulled it.
+        let pin = request
+            .image_pin
+            .as_deref()
+            .map(|p| format!(" --image-pin {}", quoted(p)))
+            .unwrap_or_default();
         fleet.fix = Some(format!(
-            "forge ec2 rollback --env {} {} --to-tag {tag}",
+            "forge ec2 rollback --env {} {} --to-tag {tag}{pin}",
             quoted(&args.env),
             place_args(&args)
         ));
@@ -751,6 +793,9 @@ fn fleet_text(fleet: &FleetStatus) -> String {
                     }
                     _ => {}
                 }
+                for container in &i.other_digest {
+                    let _ = write!(out, "\n      other bytes: {container}");
+                }
             }
             (None, error) => {
                 let _ = write!(
@@ -785,11 +830,24 @@ fn drift_message(fleet: &FleetStatus, no_expectation_hint: &str) -> String {
         .iter()
         .filter(|i| i.is_off())
         .map(|i| {
-            let stopped = match &i.not_running {
-                Some(stopped) if !stopped.is_empty() => {
-                    format!(" ({} not running)", stopped.join(", "))
-                }
-                _ => String::new(),
+            let mut why = Vec::new();
+            if let Some(stopped) = i.not_running.as_ref().filter(|s| !s.is_empty()) {
+                why.push(format!("{} not running", stopped.join(", ")));
+            }
+            for container in &i.other_digest {
+                let id = container.split_whitespace().next().unwrap_or_default();
+                why.push(format!(
+                    "container {id} runs other bytes than {}",
+                    fleet
+                        .expected_digest
+                        .as_deref()
+                        .unwrap_or("the promoted digest")
+                ));
+            }
+            let stopped = if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", why.join("; "))
             };
             match &i.tag {
                 Some(tag) => format!("{} runs {tag}{stopped}", i.instance_id),

@@ -814,6 +814,58 @@ fn status_flags_a_stopped_service_on_the_expected_tag() {
     );
 }
 
+/// A container of the service's repository created from other bytes than the promoted digest
+/// is named, even on the expected tag with every service running.
+#[test]
+fn status_names_a_container_running_other_bytes() {
+    let endpoint = fake_ssm(|op, n, body| {
+        match op {
+        "ListCommandInvocations" => (
+            200,
+            r#"{"CommandInvocations":[{"CommandId":"c-3","InstanceId":"i-0000000000000000a","Status":"Success","StatusDetails":"Success","CommandPlugins":[{"Name":"aws:runShellScript","ResponseCode":0}]}]}"#.to_owned(),
+        ),
+        "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-3","Status":"Success","TargetCount":1,"InstanceIds":[]}]}"#.to_owned()),
+        "GetCommandInvocation" => (
+            200,
+            serde_json::json!({
+                "CommandId": "c-3", "InstanceId": "i-0000000000000000a", "ResponseCode": 0,
+                "Status": "Success", "StatusDetails": "Success", "StandardErrorContent": "",
+                "StandardOutputContent": "forge-step: inspect\nforge-previous-tag: 41\nforge-not-running: (none)\nforge-running-other-digest: 3f2a registry.example/web:42 registry.example/web@sha256:bbbb\nforge-running-pinned-checked: 1\nforge-step: finished\nforge-deployed-tag: 42\n"
+            })
+            .to_string(),
+        ),
+        _ => inspect_fake(op, n, body),
+    }
+    });
+    let dir = setup();
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "status",
+            "--env",
+            "dev",
+            "--service",
+            "dagster",
+            "--expect-tag",
+            "42",
+        ],
+    );
+    assert_exit(&out, 1);
+    assert!(
+        stdout(&out).contains("  i-0000000000000000a  42  (previous 41)\n      other bytes: 3f2a registry.example/web:42 registry.example/web@sha256:bbbb\n"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains(
+            "i-0000000000000000a runs 42 (container 3f2a runs other bytes than the promoted digest)"
+        ),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// An instance that never answers (its SSM agent is offline) does not hide the others' tags:
 /// at the deadline the answers so far are reported and the silent one is unread.
 #[test]

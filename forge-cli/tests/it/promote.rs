@@ -741,6 +741,48 @@ print("\n".join(ssm.list_commands()["Commands"][-1]["Parameters"]["commands"]))
     assert!(script.contains(&pin), "{script}");
     assert!(script.contains("IMAGE_TAG_WANTED='1001'"), "{script}");
     assert!(!script.contains("step check-not-older"), "{script}");
+
+    // `forge ec2 status` asks the same instances, read-only, to show the tag and to check the
+    // running containers against the digest the Ledger recorded for 1001. moto runs no
+    // script (its answers carry no tag line, so every instance is unread and the exit is 1):
+    // what was sent is what is checked.
+    let mut cmd = crate::support::forge();
+    crate::support::isolate_aws(&mut cmd, dir, &moto.endpoint());
+    let out = cmd
+        .args([
+            "ec2",
+            "status",
+            "--env",
+            "qa",
+            "--service",
+            "dagster",
+            "--output",
+            "json",
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert_exit(&out, 1);
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["expected_tag"], "1001", "{status}");
+    assert_eq!(
+        status["expected_digest"],
+        stage.digests[0].as_str(),
+        "{status}"
+    );
+    assert_eq!(status["instances"].as_array().unwrap().len(), 2, "{status}");
+    let fix = status["fix"].as_str().unwrap();
+    assert!(
+        fix.ends_with(&format!(
+            "--to-tag 1001 --image-pin {}/data/dagster@{}",
+            stage.shared.host(),
+            stage.digests[0]
+        )),
+        "{fix}"
+    );
+    let script = moto.python(last_qa_command);
+    assert!(script.contains("(mode: inspect)"), "{script}");
+    assert!(script.contains(&pin), "{script}");
 }
 
 #[test]

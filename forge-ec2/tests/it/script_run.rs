@@ -52,6 +52,15 @@ case "$*" in
     printf '%s\n' "${FAKE_PULLED:-registry.example/web@sha256:$(printf 'a%.0s' {1..64})}" ;;
   *" ps --services --filter status=running"*)
     if [ -n "${FAKE_STOPPED:-}" ]; then printf 'worker\n'; else printf 'worker\nweb\n'; fi ;;
+  *" ps -q")
+    printf 'c-web\nc-worker\n' ;;
+  "inspect --format "*)
+    # A running container: the image it was created from (as the compose file names it) and
+    # that image's id.
+    case "${*: -1}" in
+      c-web) echo "registry.example/web:$(tag_in .env) sha256:img-web" ;;
+      *) echo "registry.example/worker:$(tag_in .env) sha256:img-worker" ;;
+    esac ;;
   *" ps "*)
     echo "unknown flag (docker-compose v1 has only --filter)" >&2; exit 1 ;;
 esac
@@ -597,14 +606,55 @@ fn inspect_reads_the_tags_and_changes_nothing() {
     assert_eq!(before, snapshot(&sb));
     let calls = sb.calls();
     assert!(!calls.is_empty());
-    for call in &calls {
-        assert!(
-            call == "docker compose version"
-                || call.ends_with("config --services")
-                || call.ends_with("ps --services --filter status=running"),
-            "docker was asked to do something: {call}"
-        );
-    }
+    let read_only = |calls: &[String]| {
+        for call in calls {
+            assert!(
+                call == "docker compose version"
+                    || call.ends_with("config --services")
+                    || call.ends_with("ps --services --filter status=running")
+                    || call.ends_with("ps -q")
+                    || call.starts_with("docker inspect --format ")
+                    || call.starts_with("docker image inspect --format "),
+                "docker was asked to do something: {call}"
+            );
+        }
+    };
+    read_only(&calls);
+
+    // With the promoted digest: the web container (the pinned repository) is checked against
+    // it, the worker is not; a container from other bytes is named.
+    let mut pinned = inspect(sb.dir());
+    pinned.image_pin = Some(pin(WEB_DIGEST));
+    let pinned_script = render_inspect_script(&pinned);
+    let out = sb.run(&pinned_script, &[]);
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        forge_ec2::script::running_pinned_checked(&stdout),
+        Some(1),
+        "{stdout}"
+    );
+    assert_eq!(
+        forge_ec2::script::running_other_digest(&stdout),
+        Vec::<String>::new()
+    );
+    let other = format!("registry.example/web@sha256:{}", "b".repeat(64));
+    let out = sb.run(&pinned_script, &[("FAKE_PULLED", other.as_str())]);
+    assert_ok(&out);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        forge_ec2::script::running_other_digest(&stdout),
+        [format!("c-web registry.example/web:42 {other}")],
+        "{stdout}"
+    );
+    read_only(&sb.calls());
+    assert!(
+        sb.calls()
+            .iter()
+            .any(|c| c == "docker image inspect --format {{range .RepoDigests}}{{println .}}{{end}} -- sha256:img-web"),
+        "{:#?}",
+        sb.calls()
+    );
 
     // A stopped service is named; docker missing is reported, and neither is a failure.
     let out = sb.run(&inspect_script, &[("FAKE_STOPPED", "1")]);
