@@ -650,10 +650,14 @@ echo "forge-deployed-tag: $IMAGE_TAG_WANTED"
 /// (`forge-not-running: NAMES`, or `forge-running-unknown: WHY`), and changes nothing. No lock
 /// is taken: a deploy replaces `.env` with a rename, so the file read is always a whole one.
 ///
+/// A service counts as not running when none of its containers runs and one stopped other than
+/// by finishing (exit 0), so completed one-shot jobs and services never created (profiles,
+/// scale 0) do not. Each docker call is cut off after 20 s where `timeout` exists.
+///
 /// With `pin` (`REPOSITORY@sha256:…`), each running container of the project whose image is
-/// `REPOSITORY:…` is checked to run an image whose `RepoDigests` holds the pin; those that do
-/// not are reported (`forge-running-other-digest: CONTAINER IMAGE DIGESTS`), and the number
-/// checked (`forge-running-pinned-checked: N`).
+/// `REPOSITORY:<the .env tag>` is checked to run an image whose `RepoDigests` holds the pin;
+/// those that do not are reported (`forge-running-other-digest: CONTAINER IMAGE DIGESTS`), and
+/// the number checked (`forge-running-pinned-checked: N`).
 pub fn render_inspect(service_dir: &str, pin: Option<&str>) -> String {
     let mut s = String::new();
     s.push_str("#!/bin/bash\n");
@@ -683,38 +687,65 @@ tag="$(read_tag .env)"
 previous=""
 if [ -f .env.previous ]; then previous="$(read_tag .env.previous)"; fi
 echo "forge-previous-tag: ${previous:-(none)}"
-# Whether the compose file's services run: read-only questions to docker. An answer that
-# cannot be had (no docker, a compose file docker cannot read) is reported, not fatal: the
-# tag is still worth knowing.
-if docker compose version >/dev/null 2>&1; then
-  compose() { docker compose "$@"; }
+# Whether the compose file's services run, and (with a pin) from which bytes: read-only
+# questions to docker, each cut off after 20 s (a hung daemon must not cost the tag). An
+# answer that cannot be had is reported, not fatal: the tag is still worth knowing.
+if command -v timeout >/dev/null 2>&1; then
+  dk() { timeout 20 docker "$@"; }
+  dkc() { timeout 20 docker-compose "$@"; }
+else
+  dk() { docker "$@"; }
+  dkc() { docker-compose "$@"; }
+fi
+if dk compose version >/dev/null 2>&1; then
+  compose() { dk compose "$@"; }
 elif command -v docker-compose >/dev/null 2>&1; then
-  compose() { docker-compose "$@"; }
+  compose() { dkc "$@"; }
 else
   compose() { return 127; }
 fi
 if [ ! -f docker-compose.yml ]; then
   echo "forge-running-unknown: $SERVICE_DIR/docker-compose.yml does not exist"
-elif ! expected="$(compose -f docker-compose.yml config --services 2>/dev/null | sort)" || [ -z "$expected" ]; then
+elif ! services="$(compose -f docker-compose.yml config --services 2>/dev/null)" || [ -z "$services" ]; then
   echo "forge-running-unknown: docker compose cannot read $SERVICE_DIR/docker-compose.yml (or docker is missing)"
-elif ! running="$(compose -f docker-compose.yml ps --services --filter status=running 2>/dev/null | sort)"; then
-  echo "forge-running-unknown: docker compose ps failed in $SERVICE_DIR"
 else
-  stopped="$(comm -23 <(printf '%s\n' "$expected") <(printf '%s\n' "$running"))"
-  stopped="${stopped//$'\n'/ }"
+  # A service is down when none of its containers runs and one of them stopped other than
+  # by finishing (exit 0). A one-shot job that completed, or a service that was never
+  # created (a profile, scale 0), is not.
+  stopped=""
+  unknown=""
+  while IFS= read -r svc; do
+    [ -n "$svc" ] || continue
+    if ! ids="$(compose -f docker-compose.yml ps -a -q "$svc" 2>/dev/null || compose -f docker-compose.yml ps -q "$svc" 2>/dev/null)"; then
+      unknown="$unknown $svc"
+      continue
+    fi
+    up=0
+    failed=0
+    for id in $ids; do
+      state="$(dk inspect --type container --format '{{.State.Running}} {{.State.ExitCode}}' -- "$id" 2>/dev/null)" || continue
+      case "$state" in
+        "true "*) up=1 ;;
+        "false 0") ;;
+        *) failed=1 ;;
+      esac
+    done
+    if [ "$up" = 0 ] && [ "$failed" = 1 ]; then stopped="$stopped $svc"; fi
+  done <<<"$services"
+  stopped="${stopped# }"
   echo "forge-not-running: ${stopped:-(none)}"
+  if [ -n "$unknown" ]; then echo "forge-running-unknown: docker compose ps failed for${unknown}"; fi
   if [ -n "$IMAGE_PIN_WANTED" ]; then
-    # The containers of the pinned repository must run the promoted bytes: the image each
+    # The running containers of REPOSITORY:TAG must run the promoted bytes: the image each
     # one was created from must carry the pin among its RepoDigests.
-    pin_repo="${IMAGE_PIN_WANTED%@*}"
+    want="${IMAGE_PIN_WANTED%@*}:$tag"
     checked=0
     for id in $(compose -f docker-compose.yml ps -q 2>/dev/null || true); do
-      info="$(docker inspect --format '{{.Config.Image}} {{.Image}}' -- "$id" 2>/dev/null)" || continue
-      image="${info%% *}"
-      image_id="${info##* }"
-      case "$image" in "$pin_repo:"*) ;; *) continue ;; esac
+      info="$(dk inspect --type container --format '{{.State.Running}} {{.Config.Image}} {{.Image}}' -- "$id" 2>/dev/null)" || continue
+      read -r running image image_id <<<"$info"
+      if [ "$running" != true ] || [ "$image" != "$want" ]; then continue; fi
       checked=$((checked + 1))
-      digests="$(docker image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' -- "$image_id" 2>/dev/null)" || digests=""
+      digests="$(dk image inspect --format '{{range .RepoDigests}}{{println .}}{{end}}' -- "$image_id" 2>/dev/null)" || digests=""
       if ! grep -qxF -- "$IMAGE_PIN_WANTED" <<<"$digests"; then
         digests="$(printf '%s' "$digests" | tr -s '\n' ' ')"
         echo "forge-running-other-digest: $id $image ${digests:-(no RepoDigests)}"

@@ -488,12 +488,15 @@ struct InstanceTag {
 }
 
 impl InstanceTag {
-    /// Not as it should be: unread, on another tag than expected, or with a service stopped.
+    /// Not as it should be: unread, on another tag than expected, with a service stopped,
+    /// with a container from other bytes than the promoted digest, or with no running
+    /// container to check that digest against.
     fn is_off(&self) -> bool {
         self.tag.is_none()
             || self.matches == Some(false)
             || self.not_running.as_ref().is_some_and(|s| !s.is_empty())
             || !self.other_digest.is_empty()
+            || self.digest_checked == Some(0)
     }
 }
 
@@ -513,6 +516,8 @@ struct FleetStatus {
     expected_digest: Option<String>,
     ledger_file: Option<String>,
     ledger_commit: Option<String>,
+    /// What this run could not check, and why.
+    notes: Vec<String>,
     command_id: String,
     instances: Vec<InstanceTag>,
     /// The deadline passed before every instance answered; the others are unread.
@@ -556,6 +561,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         expected_digest: None,
         ledger_file: None,
         ledger_commit: None,
+        notes: Vec::new(),
         command_id: String::new(),
         instances: Vec::new(),
         deadline_passed: false,
@@ -590,15 +596,30 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 .and_then(|entry| crate::release::recorded_digest(entry, &current.value)),
         };
         let image = release.image_ref(&args.env, &current.value)?;
-        if let (Some(digest), Some(repository)) = (
-            &recorded,
-            image.strip_suffix(&format!(":{}", current.value)),
-        ) && !image.starts_with("oci:")
-        {
-            request.image_pin = Some(format!("{repository}@{digest}"));
-            request.validate().map_err(invalid)?;
+        match (&recorded, image.strip_suffix(&format!(":{}", current.value))) {
+            (None, _) => fleet.notes.push(format!(
+                "the Ledger records no digest for {} (set by hand?): the containers' bytes are not checked",
+                current.value
+            )),
+            (Some(_), _) if image.starts_with("oci:") => fleet.notes.push(
+                "the environment's registry is an OCI layout: the containers' bytes are not checked"
+                    .to_owned(),
+            ),
+            (Some(digest), Some(repository)) => {
+                let pin = format!("{repository}@{digest}");
+                match forge_ec2::script::check_image_pin(&pin) {
+                    Ok(()) => {
+                        request.image_pin = Some(pin);
+                        fleet.expected_digest = Some(digest.clone());
+                    }
+                    Err(e) => fleet.notes.push(format!(
+                        "the digest recorded for {} cannot be checked on the instances ({e})",
+                        current.value
+                    )),
+                }
+            }
+            (Some(_), None) => {}
         }
-        fleet.expected_digest = recorded;
         fleet.expected_tag = Some(current.value);
         fleet.expected_from = Some("ledger");
         fleet.ledger_file = Some(file);
@@ -774,6 +795,9 @@ fn fleet_text(fleet: &FleetStatus) -> String {
         (None, _) => {}
     }
     out.push('\n');
+    for note in &fleet.notes {
+        let _ = writeln!(out, "  note: {note}");
+    }
     for i in &fleet.instances {
         match (&i.tag, &i.error) {
             (Some(tag), _) => {
@@ -784,12 +808,16 @@ fn fleet_text(fleet: &FleetStatus) -> String {
                 if i.matches == Some(false) {
                     out.push_str("  differs");
                 }
-                match (&i.not_running, &i.running_unknown) {
-                    (Some(stopped), _) if !stopped.is_empty() => {
-                        let _ = write!(out, "  not running: {}", stopped.join(" "));
-                    }
-                    (None, Some(why)) => {
-                        let _ = write!(out, "  (running unknown: {why})");
+                if let Some(stopped) = i.not_running.as_ref().filter(|s| !s.is_empty()) {
+                    let _ = write!(out, "  not running: {}", stopped.join(" "));
+                }
+                if let Some(why) = &i.running_unknown {
+                    let _ = write!(out, "  (running unknown: {why})");
+                }
+                match i.digest_checked {
+                    Some(0) => out.push_str("  no running container to check the digest"),
+                    Some(n) if i.other_digest.is_empty() => {
+                        let _ = write!(out, "  digest ok ({n} container(s))");
                     }
                     _ => {}
                 }
@@ -844,6 +872,16 @@ fn drift_message(fleet: &FleetStatus, no_expectation_hint: &str) -> String {
                         .unwrap_or("the promoted digest")
                 ));
             }
+            if i.digest_checked == Some(0) {
+                why.push(format!(
+                    "no running container of {} to check {} against",
+                    i.tag.as_deref().unwrap_or("its tag"),
+                    fleet
+                        .expected_digest
+                        .as_deref()
+                        .unwrap_or("the promoted digest")
+                ));
+            }
             let stopped = if why.is_empty() {
                 String::new()
             } else {
@@ -867,7 +905,12 @@ fn drift_message(fleet: &FleetStatus, no_expectation_hint: &str) -> String {
             .map(|(tag, ids)| format!("{tag} on {}", ids.join(", ")))
             .collect();
         let mut message = format!(
-            "the instances do not agree (SSM command {}){deadline}",
+            "{} (SSM command {}){deadline}",
+            if by_tag.len() > 1 {
+                "the instances do not agree"
+            } else {
+                "not every instance is as it should be"
+            },
             fleet.command_id
         );
         if !split.is_empty() {

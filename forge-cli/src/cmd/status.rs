@@ -233,7 +233,7 @@ fn render_status(services: &[ServiceStatus]) -> String {
         });
         if s.ec2 {
             out.push_str(&format!(
-                "  EC2 instances: `forge ec2 status --env ENV --service {}` shows the tag each one runs\n",
+                "  EC2 instances: `forge ec2 status --env ENV --service {}` shows what each one runs\n",
                 s.service
             ));
         }

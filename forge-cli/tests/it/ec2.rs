@@ -866,6 +866,57 @@ fn status_names_a_container_running_other_bytes() {
     );
 }
 
+/// A digest to check and no running container of the tag to check it on is not a pass.
+#[test]
+fn status_with_no_container_to_check_the_digest_on_is_not_a_pass() {
+    let endpoint = fake_ssm(|op, n, body| {
+        match op {
+        "ListCommandInvocations" => (
+            200,
+            r#"{"CommandInvocations":[{"CommandId":"c-3","InstanceId":"i-0000000000000000a","Status":"Success","StatusDetails":"Success","CommandPlugins":[{"Name":"aws:runShellScript","ResponseCode":0}]}]}"#.to_owned(),
+        ),
+        "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-3","Status":"Success","TargetCount":1,"InstanceIds":[]}]}"#.to_owned()),
+        "GetCommandInvocation" => (
+            200,
+            serde_json::json!({
+                "CommandId": "c-3", "InstanceId": "i-0000000000000000a", "ResponseCode": 0,
+                "Status": "Success", "StatusDetails": "Success", "StandardErrorContent": "",
+                "StandardOutputContent": "forge-step: inspect\nforge-previous-tag: 41\nforge-not-running: (none)\nforge-running-pinned-checked: 0\nforge-step: finished\nforge-deployed-tag: 42\n"
+            })
+            .to_string(),
+        ),
+        _ => inspect_fake(op, n, body),
+    }
+    });
+    let dir = setup();
+    let out = ec2(
+        dir.path(),
+        &endpoint,
+        &[
+            "status",
+            "--env",
+            "dev",
+            "--service",
+            "dagster",
+            "--expect-tag",
+            "42",
+        ],
+    );
+    assert_exit(&out, 1);
+    assert!(
+        stdout(&out).contains(
+            "  i-0000000000000000a  42  (previous 41)  no running container to check the digest\n"
+        ),
+        "{}",
+        stdout(&out)
+    );
+    assert!(
+        stderr(&out).contains("i-0000000000000000a runs 42 (no running container of 42 to check the promoted digest against)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
 /// An instance that never answers (its SSM agent is offline) does not hide the others' tags:
 /// at the deadline the answers so far are reported and the silent one is unread.
 #[test]

@@ -54,12 +54,18 @@ case "$*" in
     if [ -n "${FAKE_STOPPED:-}" ]; then printf 'worker\n'; else printf 'worker\nweb\n'; fi ;;
   *" ps -q")
     printf 'c-web\nc-worker\n' ;;
-  "inspect --format "*)
-    # A running container: the image it was created from (as the compose file names it) and
-    # that image's id.
-    case "${*: -1}" in
-      c-web) echo "registry.example/web:$(tag_in .env) sha256:img-web" ;;
-      *) echo "registry.example/worker:$(tag_in .env) sha256:img-worker" ;;
+  *" ps -a -q "*)
+    echo "c-${*: -1}" ;;
+  "inspect --type container --format "*)
+    # A container's state (FAKE_STOPPED: web crashed; done: web finished with exit 0), and the
+    # image it was created from (as the compose file names it) with that image's id.
+    svc="${*: -1}"; svc="${svc#c-}"
+    running=true; code=0
+    if [ "$svc" = web ] && [ "${FAKE_STOPPED:-}" = 1 ]; then running=false; code=137; fi
+    if [ "$svc" = web ] && [ "${FAKE_STOPPED:-}" = done ]; then running=false; code=0; fi
+    case "$*" in
+      *Config.Image*) echo "$running registry.example/$svc:$(tag_in .env) sha256:img-$svc" ;;
+      *) echo "$running $code" ;;
     esac ;;
   *" ps "*)
     echo "unknown flag (docker-compose v1 has only --filter)" >&2; exit 1 ;;
@@ -613,7 +619,8 @@ fn inspect_reads_the_tags_and_changes_nothing() {
                     || call.ends_with("config --services")
                     || call.ends_with("ps --services --filter status=running")
                     || call.ends_with("ps -q")
-                    || call.starts_with("docker inspect --format ")
+                    || call.contains(" ps -a -q ")
+                    || call.starts_with("docker inspect --type container --format ")
                     || call.starts_with("docker image inspect --format "),
                 "docker was asked to do something: {call}"
             );
@@ -647,6 +654,13 @@ fn inspect_reads_the_tags_and_changes_nothing() {
         [format!("c-web registry.example/web:42 {other}")],
         "{stdout}"
     );
+    // A web container that is not running is not checked (and status then says none was).
+    let out = sb.run(&pinned_script, &[("FAKE_STOPPED", "1")]);
+    assert_ok(&out);
+    assert_eq!(
+        forge_ec2::script::running_pinned_checked(&text(&out.stdout)),
+        Some(0)
+    );
     read_only(&sb.calls());
     assert!(
         sb.calls()
@@ -656,12 +670,19 @@ fn inspect_reads_the_tags_and_changes_nothing() {
         sb.calls()
     );
 
-    // A stopped service is named; docker missing is reported, and neither is a failure.
+    // A crashed service is named; a one-shot service that finished is not; docker missing is
+    // reported; none of them is a failure of the script.
     let out = sb.run(&inspect_script, &[("FAKE_STOPPED", "1")]);
     assert_ok(&out);
     assert_eq!(
         forge_ec2::script::not_running(&text(&out.stdout)),
         Some(vec!["web".to_owned()])
+    );
+    let out = sb.run(&inspect_script, &[("FAKE_STOPPED", "done")]);
+    assert_ok(&out);
+    assert_eq!(
+        forge_ec2::script::not_running(&text(&out.stdout)),
+        Some(vec![])
     );
     let out = sb.run(&inspect_script, &[("FAKE_NO_DOCKER", "1")]);
     assert_ok(&out);
