@@ -77,6 +77,55 @@ fn wait_for_port(addr: SocketAddr, timeout: Duration, what: &str, log: Option<&P
     panic!("{what} did not listen on {addr} within {timeout:?}; its log:\n{log}");
 }
 
+/// Starts a server on a free port: `spawn(port)` starts it and names its log, `ready(port, log)`
+/// says when it serves. A server that exits first (its port was taken between `free_port()` and
+/// its bind) is started again on another port, up to five times; then this panics with each
+/// attempt's log.
+fn start_on_free_port(
+    what: &str,
+    patience: Duration,
+    mut spawn: impl FnMut(u16) -> (Child, PathBuf),
+    mut ready: impl FnMut(u16, &Path) -> bool,
+) -> (u16, Guard) {
+    let mut failures = Vec::new();
+    for _ in 0..5 {
+        let port = free_port();
+        let (child, log_path) = spawn(port);
+        let mut guard = Guard(child);
+        let start = Instant::now();
+        while start.elapsed() < patience {
+            if let Ok(Some(_)) = guard.0.try_wait() {
+                break;
+            }
+            if ready(port, &log_path) {
+                return (port, guard);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = guard.0.kill();
+        failures.push(format!(
+            "port {port}: {}",
+            std::fs::read_to_string(&log_path)
+                .unwrap_or_default()
+                .trim()
+        ));
+    }
+    panic!(
+        "{what} did not start after 5 attempts:\n{}",
+        failures.join("\n")
+    );
+}
+
+/// Spawns `cmd` with no stdin and stdout/stderr into a new file at `log_path`.
+fn spawn_logged(mut cmd: Command, log_path: &Path, what: &str) -> Child {
+    let log = std::fs::File::create(log_path).expect("create a server log");
+    cmd.stdin(Stdio::null())
+        .stdout(log.try_clone().expect("clone log handle"))
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {what}: {e}"))
+}
+
 /// A child process killed (and reaped) on drop.
 #[derive(Debug)]
 struct Guard(Child);
@@ -105,57 +154,31 @@ impl Registry {
         let dir = tempfile::tempdir().expect("create a temp dir for registry storage");
         let storage = dir.path().join("storage");
         std::fs::create_dir_all(&storage).expect("create registry storage dir");
-        // Each failed attempt's log, for the panic below (a retry on another port is normal).
-        let mut failures = Vec::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let config = dir.path().join("config.yml");
-            std::fs::write(
-                &config,
-                format!(
-                    "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                    storage.display()
-                ),
-            )
-            .expect("write registry config");
-            let log_path = dir.path().join("registry.log");
-            let log = std::fs::File::create(&log_path).expect("create registry log");
-            let child = Command::new(&binary)
-                .arg("serve")
-                .arg(&config)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log)
-                .spawn()
-                .expect("spawn docker-registry");
-            let mut guard = Guard(child);
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(20) {
-                if let Ok(Some(_)) = guard.0.try_wait() {
-                    break; // port taken between free_port() and bind: try another
-                }
-                if http_get_status(addr, "/v2/").is_some() {
-                    return Some(Registry {
-                        port,
-                        _process: guard,
-                        dir,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = guard.0.kill();
-            failures.push(format!(
-                "port {port}: {}",
-                std::fs::read_to_string(&log_path)
-                    .unwrap_or_default()
-                    .trim()
-            ));
-        }
-        panic!(
-            "docker-registry did not start after 5 attempts:\n{}",
-            failures.join("\n")
+        let (port, process) = start_on_free_port(
+            "docker-registry",
+            Duration::from_secs(20),
+            |port| {
+                let config = dir.path().join("config.yml");
+                std::fs::write(
+                    &config,
+                    format!(
+                        "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n  maintenance:\n    uploadpurging:\n      enabled: false\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                        storage.display()
+                    ),
+                )
+                .expect("write registry config");
+                let log_path = dir.path().join("registry.log");
+                let mut cmd = Command::new(&binary);
+                cmd.arg("serve").arg(&config);
+                (spawn_logged(cmd, &log_path, "docker-registry"), log_path)
+            },
+            |port, _log| http_get_status(([127, 0, 0, 1], port).into(), "/v2/").is_some(),
         );
+        Some(Registry {
+            port,
+            _process: process,
+            dir,
+        })
     }
 
     /// `127.0.0.1:PORT`, the registry host part of an image reference.
@@ -285,53 +308,32 @@ impl Moto {
     pub fn start() -> Option<Self> {
         let binary = require_tool("moto_server")?;
         let dir = tempfile::tempdir().expect("temp dir for moto log");
-        let mut failures = Vec::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let log_path = dir.path().join(format!("moto-{port}.log"));
-            let log = std::fs::File::create(&log_path).expect("create moto log");
-            let child = Command::new(&binary)
-                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("clone log handle"))
-                .stderr(log)
-                .spawn()
-                .expect("spawn moto_server");
-            let mut guard = Guard(child);
-            let running = format!("Running on http://127.0.0.1:{port}");
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(60) {
-                if let Ok(Some(_)) = guard.0.try_wait() {
-                    break; // port taken between free_port() and bind: try another
-                }
-                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-                if log.contains(&running) {
-                    wait_for_port(
-                        ([127, 0, 0, 1], port).into(),
-                        Duration::from_secs(10),
-                        "moto_server",
-                        Some(&log_path),
-                    );
-                    return Some(Moto {
-                        port,
-                        _process: guard,
-                        _dir: dir,
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = guard.0.kill();
-            failures.push(format!(
-                "port {port}: {}",
-                std::fs::read_to_string(&log_path)
+        let (port, process) = start_on_free_port(
+            "moto_server",
+            Duration::from_secs(60),
+            |port| {
+                let log_path = dir.path().join(format!("moto-{port}.log"));
+                let mut cmd = Command::new(&binary);
+                cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+                (spawn_logged(cmd, &log_path, "moto_server"), log_path)
+            },
+            |port, log_path| {
+                let running = format!("Running on http://127.0.0.1:{port}");
+                let bound = std::fs::read_to_string(log_path)
                     .unwrap_or_default()
-                    .trim()
-            ));
-        }
-        panic!(
-            "moto_server did not start after 5 attempts:\n{}",
-            failures.join("\n")
+                    .contains(&running);
+                if bound {
+                    let addr = ([127, 0, 0, 1], port).into();
+                    wait_for_port(addr, Duration::from_secs(10), "moto_server", Some(log_path));
+                }
+                bound
+            },
         );
+        Some(Moto {
+            port,
+            _process: process,
+            _dir: dir,
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
