@@ -623,6 +623,54 @@ fn inspect_fake(op: &str, _n: usize, body: &str) -> (u16, String) {
     }
 }
 
+/// SSM's answers for an inspect that reached `instance` alone: its script printed `stdout`, or,
+/// with None, what [`inspect_fake`] has it print.
+fn one_instance(
+    op: &str,
+    n: usize,
+    body: &str,
+    instance: &str,
+    stdout: Option<&str>,
+) -> (u16, String) {
+    match (op, stdout) {
+        ("ListCommandInvocations", _) => (
+            200,
+            format!(
+                r#"{{"CommandInvocations":[{{"CommandId":"c-3","InstanceId":"{instance}","Status":"Success","StatusDetails":"Success","CommandPlugins":[{{"Name":"aws:runShellScript","ResponseCode":0}}]}}]}}"#
+            ),
+        ),
+        ("ListCommands", _) => (200, r#"{"Commands":[{"CommandId":"c-3","Status":"Success","TargetCount":1,"InstanceIds":[]}]}"#.to_owned()),
+        ("GetCommandInvocation", Some(stdout)) => (
+            200,
+            serde_json::json!({
+                "CommandId": "c-3", "InstanceId": instance, "ResponseCode": 0,
+                "Status": "Success", "StatusDetails": "Success", "StandardErrorContent": "",
+                "StandardOutputContent": stdout
+            })
+            .to_string(),
+        ),
+        _ => inspect_fake(op, n, body),
+    }
+}
+
+/// `forge ec2 status --env dev --service dagster --expect-tag TAG` against `endpoint`.
+fn status_expecting(endpoint: &str, tag: &str) -> Output {
+    let dir = setup();
+    ec2(
+        dir.path(),
+        endpoint,
+        &[
+            "status",
+            "--env",
+            "dev",
+            "--service",
+            "dagster",
+            "--expect-tag",
+            tag,
+        ],
+    )
+}
+
 #[test]
 fn status_names_each_instance_tag_and_the_ones_that_differ() {
     let endpoint = fake_ssm(inspect_fake);
@@ -741,31 +789,8 @@ fn status_names_each_instance_tag_and_the_ones_that_differ() {
 
 #[test]
 fn status_exits_0_when_every_instance_runs_the_expected_tag() {
-    let endpoint = fake_ssm(|op, n, body| {
-        match op {
-        "GetCommandInvocation" if body.contains("i-0000000000000000c") => (400, r#"{"__type":"UnknownOperationException"}"#.to_owned()),
-        "ListCommandInvocations" => (
-            200,
-            r#"{"CommandInvocations":[{"CommandId":"c-3","InstanceId":"i-0000000000000000a","Status":"Success","StatusDetails":"Success","CommandPlugins":[{"Name":"aws:runShellScript","ResponseCode":0}]}]}"#.to_owned(),
-        ),
-        "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-3","Status":"Success","TargetCount":1,"InstanceIds":[]}]}"#.to_owned()),
-        _ => inspect_fake(op, n, body),
-    }
-    });
-    let dir = setup();
-    let out = ec2(
-        dir.path(),
-        &endpoint,
-        &[
-            "status",
-            "--env",
-            "dev",
-            "--service",
-            "dagster",
-            "--expect-tag",
-            "42",
-        ],
-    );
+    let endpoint = fake_ssm(|op, n, body| one_instance(op, n, body, "i-0000000000000000a", None));
+    let out = status_expecting(&endpoint, "42");
     assert_success(&out);
     assert!(
         stdout(&out).contains("  i-0000000000000000a  42  (previous 41)\n"),
@@ -777,30 +802,8 @@ fn status_exits_0_when_every_instance_runs_the_expected_tag() {
 /// The right tag with a service stopped is not "as expected" either.
 #[test]
 fn status_flags_a_stopped_service_on_the_expected_tag() {
-    let endpoint = fake_ssm(|op, n, body| {
-        match op {
-        "ListCommandInvocations" => (
-            200,
-            r#"{"CommandInvocations":[{"CommandId":"c-3","InstanceId":"i-0000000000000000b","Status":"Success","StatusDetails":"Success","CommandPlugins":[{"Name":"aws:runShellScript","ResponseCode":0}]}]}"#.to_owned(),
-        ),
-        "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-3","Status":"Success","TargetCount":1,"InstanceIds":[]}]}"#.to_owned()),
-        _ => inspect_fake(op, n, body),
-    }
-    });
-    let dir = setup();
-    let out = ec2(
-        dir.path(),
-        &endpoint,
-        &[
-            "status",
-            "--env",
-            "dev",
-            "--service",
-            "dagster",
-            "--expect-tag",
-            "41",
-        ],
-    );
+    let endpoint = fake_ssm(|op, n, body| one_instance(op, n, body, "i-0000000000000000b", None));
+    let out = status_expecting(&endpoint, "41");
     assert_exit(&out, 1);
     assert!(
         stdout(&out).contains("  i-0000000000000000b  41  not running: web\n"),
@@ -819,38 +822,17 @@ fn status_flags_a_stopped_service_on_the_expected_tag() {
 #[test]
 fn status_names_a_container_running_other_bytes() {
     let endpoint = fake_ssm(|op, n, body| {
-        match op {
-        "ListCommandInvocations" => (
-            200,
-            r#"{"CommandInvocations":[{"CommandId":"c-3","InstanceId":"i-0000000000000000a","Status":"Success","StatusDetails":"Success","CommandPlugins":[{"Name":"aws:runShellScript","ResponseCode":0}]}]}"#.to_owned(),
-        ),
-        "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-3","Status":"Success","TargetCount":1,"InstanceIds":[]}]}"#.to_owned()),
-        "GetCommandInvocation" => (
-            200,
-            serde_json::json!({
-                "CommandId": "c-3", "InstanceId": "i-0000000000000000a", "ResponseCode": 0,
-                "Status": "Success", "StatusDetails": "Success", "StandardErrorContent": "",
-                "StandardOutputContent": "forge-step: inspect\nforge-previous-tag: 41\nforge-not-running: (none)\nforge-running-other-digest: 3f2a registry.example/web:42 registry.example/web@sha256:bbbb\nforge-running-pinned-checked: 1\nforge-step: finished\nforge-deployed-tag: 42\n"
-            })
-            .to_string(),
-        ),
-        _ => inspect_fake(op, n, body),
-    }
+        one_instance(
+            op,
+            n,
+            body,
+            "i-0000000000000000a",
+            Some(
+                "forge-step: inspect\nforge-previous-tag: 41\nforge-not-running: (none)\nforge-running-other-digest: 3f2a registry.example/web:42 registry.example/web@sha256:bbbb\nforge-running-pinned-checked: 1\nforge-step: finished\nforge-deployed-tag: 42\n",
+            ),
+        )
     });
-    let dir = setup();
-    let out = ec2(
-        dir.path(),
-        &endpoint,
-        &[
-            "status",
-            "--env",
-            "dev",
-            "--service",
-            "dagster",
-            "--expect-tag",
-            "42",
-        ],
-    );
+    let out = status_expecting(&endpoint, "42");
     assert_exit(&out, 1);
     assert!(
         stdout(&out).contains("  i-0000000000000000a  42  (previous 41)\n      other bytes: 3f2a registry.example/web:42 registry.example/web@sha256:bbbb\n"),
@@ -870,38 +852,17 @@ fn status_names_a_container_running_other_bytes() {
 #[test]
 fn status_with_no_container_to_check_the_digest_on_is_not_a_pass() {
     let endpoint = fake_ssm(|op, n, body| {
-        match op {
-        "ListCommandInvocations" => (
-            200,
-            r#"{"CommandInvocations":[{"CommandId":"c-3","InstanceId":"i-0000000000000000a","Status":"Success","StatusDetails":"Success","CommandPlugins":[{"Name":"aws:runShellScript","ResponseCode":0}]}]}"#.to_owned(),
-        ),
-        "ListCommands" => (200, r#"{"Commands":[{"CommandId":"c-3","Status":"Success","TargetCount":1,"InstanceIds":[]}]}"#.to_owned()),
-        "GetCommandInvocation" => (
-            200,
-            serde_json::json!({
-                "CommandId": "c-3", "InstanceId": "i-0000000000000000a", "ResponseCode": 0,
-                "Status": "Success", "StatusDetails": "Success", "StandardErrorContent": "",
-                "StandardOutputContent": "forge-step: inspect\nforge-previous-tag: 41\nforge-not-running: (none)\nforge-running-pinned-checked: 0\nforge-step: finished\nforge-deployed-tag: 42\n"
-            })
-            .to_string(),
-        ),
-        _ => inspect_fake(op, n, body),
-    }
+        one_instance(
+            op,
+            n,
+            body,
+            "i-0000000000000000a",
+            Some(
+                "forge-step: inspect\nforge-previous-tag: 41\nforge-not-running: (none)\nforge-running-pinned-checked: 0\nforge-step: finished\nforge-deployed-tag: 42\n",
+            ),
+        )
     });
-    let dir = setup();
-    let out = ec2(
-        dir.path(),
-        &endpoint,
-        &[
-            "status",
-            "--env",
-            "dev",
-            "--service",
-            "dagster",
-            "--expect-tag",
-            "42",
-        ],
-    );
+    let out = status_expecting(&endpoint, "42");
     assert_exit(&out, 1);
     assert!(
         stdout(&out).contains(
