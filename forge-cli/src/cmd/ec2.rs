@@ -34,26 +34,35 @@ pub enum Command {
     RenderScript(RenderArgs),
 }
 
-/// `forge ec2 status`.
+/// Which instances, in which environment: shared by deploy, rollback and status.
 #[derive(Debug, clap::Args)]
-pub struct StatusArgs {
-    /// Environment (`[environments.<env>]`): picks the role and region, and with --service the
-    /// Ledger file whose tag the instances should run.
+pub struct Place {
+    /// Environment (`[environments.<env>]`): picks the role and region (and, for status with
+    /// --service, the Ledger file whose tag the instances should run).
     #[arg(long)]
     env: String,
     /// Config file.
     #[arg(long, default_value = config::DEFAULT_PATH, env = "FORGE_CONFIG")]
     config: PathBuf,
-    /// Take target and service_dir from `[services.<name>]`, and compare with the tag the
-    /// Ledger records for the environment; flags override them.
+    /// Take the instances' settings (target, service_dir, parameters_path, compose) from
+    /// `[services.<name>]`; flags override them. Status also compares with the tag the Ledger
+    /// records for the service.
     #[arg(long)]
     service: Option<String>,
-    /// Instances: `tag:KEY=VALUE` or instance ids (as for deploy).
+    /// Instances: `tag:KEY=VALUE` (repeat for up to 5 keys; VALUE may list several, comma-separated)
+    /// or instance ids (up to 50).
     #[arg(long = "target", value_name = "TARGET")]
     targets: Vec<String>,
-    /// Directory on the instances holding .env (absolute).
+    /// Directory on the instances holding docker-compose.yml and .env (absolute).
     #[arg(long, value_name = "DIR")]
     service_dir: Option<String>,
+}
+
+/// `forge ec2 status`.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    place: Place,
     /// Compare with this tag instead of the Ledger's.
     #[arg(long, value_name = "TAG")]
     expect_tag: Option<String>,
@@ -74,23 +83,8 @@ pub struct StatusArgs {
 /// Where and how to run; shared by deploy and rollback.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Environment (`[environments.<env>]`): picks the role and region.
-    #[arg(long)]
-    env: String,
-    /// Config file.
-    #[arg(long, default_value = config::DEFAULT_PATH, env = "FORGE_CONFIG")]
-    config: PathBuf,
-    /// Take target, service_dir, parameters_path and compose from `[services.<name>]`; flags
-    /// override them.
-    #[arg(long)]
-    service: Option<String>,
-    /// Instances: `tag:KEY=VALUE` (repeat for up to 5 keys; VALUE may list several, comma-separated)
-    /// or instance ids (up to 50).
-    #[arg(long = "target", value_name = "TARGET")]
-    targets: Vec<String>,
-    /// Directory on the instances holding docker-compose.yml and .env (absolute).
-    #[arg(long, value_name = "DIR")]
-    service_dir: Option<String>,
+    #[command(flatten)]
+    place: Place,
     /// SSM Parameter Store path that forge-refresh-env writes into .env on each instance.
     #[arg(long, value_name = "PATH")]
     parameters_path: Option<String>,
@@ -296,25 +290,19 @@ struct Located {
     service_dir: String,
 }
 
-fn locate(
-    config_path: &Path,
-    env: &str,
-    service: Option<&str>,
-    targets: &[String],
-    service_dir: Option<&str>,
-) -> anyhow::Result<Located> {
-    let loaded = Config::load(config_path)?;
-    loaded.config.environment(env)?;
-    let service = match service {
+fn locate(place: &Place) -> anyhow::Result<Located> {
+    let loaded = Config::load(&place.config)?;
+    loaded.config.environment(&place.env)?;
+    let service = match place.service.as_deref() {
         Some(name) => Some(loaded.config.service(name)?.clone()),
         None => None,
     };
     let from_service =
         |get: fn(&config::ServiceConfig) -> Option<String>| service.as_ref().and_then(get);
-    let target_text: Vec<String> = if targets.is_empty() {
+    let target_text: Vec<String> = if place.targets.is_empty() {
         from_service(|s| s.target.clone()).into_iter().collect()
     } else {
-        targets.to_vec()
+        place.targets.clone()
     };
     if target_text.is_empty() {
         return Err(invalid(
@@ -322,8 +310,9 @@ fn locate(
         ));
     }
     let targets = Targets::parse_all(target_text.iter().map(String::as_str)).map_err(invalid)?;
-    let service_dir = service_dir
-        .map(str::to_owned)
+    let service_dir = place
+        .service_dir
+        .clone()
         .or_else(|| from_service(|s| s.service_dir.clone()))
         .ok_or_else(|| {
             invalid("no service directory: pass --service-dir DIR, or --service NAME with `service_dir` in its config")
@@ -342,13 +331,7 @@ fn resolve(run: &RunArgs, compose_flag: Option<&Path>) -> anyhow::Result<Resolve
         service,
         targets,
         service_dir,
-    } = locate(
-        &run.config,
-        &run.env,
-        run.service.as_deref(),
-        &run.targets,
-        run.service_dir.as_deref(),
-    )?;
+    } = locate(&run.place)?;
     let from_service =
         |get: fn(&config::ServiceConfig) -> Option<String>| service.as_ref().and_then(get);
     let parameters_path = run
@@ -424,7 +407,7 @@ async fn deploy(args: DeployArgs) -> anyhow::Result<ExitCode> {
     request
         .validate()
         .map_err(|e| invalid(refused_request(&e, Some(&compose_path))))?;
-    let result = deployer(&args.run.env, &args.run.overrides, &r.loaded)
+    let result = deployer(&args.run.place.env, &args.run.overrides, &r.loaded)
         .await?
         .deploy(&request)
         .await;
@@ -455,7 +438,7 @@ async fn rollback(args: RollbackArgs) -> anyhow::Result<ExitCode> {
     request
         .validate()
         .map_err(|e| invalid(refused_request(&e, args.compose.as_deref())))?;
-    let result = deployer(&args.run.env, &args.run.overrides, &r.loaded)
+    let result = deployer(&args.run.place.env, &args.run.overrides, &r.loaded)
         .await?
         .rollback(&request)
         .await;
@@ -530,13 +513,7 @@ struct FleetStatus {
 }
 
 async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let located = locate(
-        &args.config,
-        &args.env,
-        args.service.as_deref(),
-        &args.targets,
-        args.service_dir.as_deref(),
-    )?;
+    let located = locate(&args.place)?;
     if let Some(tag) = &args.expect_tag {
         forge_ec2::script::check_image_tag(tag)
             .map_err(|e| invalid(format!("--expect-tag: {e}")))?;
@@ -552,8 +529,8 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     // The tag to compare with, read before the fleet is asked: a Ledger problem costs no
     // SSM command.
     let mut fleet = FleetStatus {
-        env: args.env.clone(),
-        service: args.service.clone(),
+        env: args.place.env.clone(),
+        service: args.place.service.clone(),
         targets: targets_text,
         service_dir: located.service_dir.clone(),
         expected_tag: args.expect_tag.clone(),
@@ -569,15 +546,15 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         fix: None,
     };
     let has_ledger = located.loaded.config.ledger.is_some();
-    if let (None, Some(service), true) = (&args.expect_tag, &args.service, has_ledger) {
-        let release = crate::release::Release::open(&args.config, service)?;
-        let file = release.manifest(&args.env)?;
+    if let (None, Some(service), true) = (&args.expect_tag, &args.place.service, has_ledger) {
+        let release = crate::release::Release::open(&args.place.config, service)?;
+        let file = release.manifest(&args.place.env)?;
         let ledger = release.ledger()?;
         let selector = release.selector();
         let read_failed = || {
             format!(
                 "cannot read {service}'s tag for {} from the Ledger ({file})",
-                args.env
+                args.place.env
             )
         };
         let current = ledger
@@ -595,7 +572,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
                 .first()
                 .and_then(|entry| crate::release::recorded_digest(entry, &current.value)),
         };
-        let image = release.image_ref(&args.env, &current.value)?;
+        let image = release.image_ref(&args.place.env, &current.value)?;
         match (&recorded, image.strip_suffix(&format!(":{}", current.value))) {
             (None, _) => fleet.notes.push(format!(
                 "the Ledger records no digest for {} (set by hand?): the containers' bytes are not checked",
@@ -626,7 +603,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
         fleet.ledger_commit = Some(current.commit);
     }
 
-    let result = deployer(&args.env, &args.overrides, &located.loaded)
+    let result = deployer(&args.place.env, &args.overrides, &located.loaded)
         .await?
         .inspect(&request)
         .await;
@@ -686,7 +663,7 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or_default();
         fleet.fix = Some(format!(
             "forge ec2 rollback --env {} {} --to-tag {tag}{pin}",
-            quoted(&args.env),
+            quoted(&args.place.env),
             place_args(&args)
         ));
     }
@@ -697,10 +674,10 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
     if !fleet.drift {
         return Ok(ExitCode::SUCCESS);
     }
-    let no_ledger_hint = if args.service.is_some() && !has_ledger {
+    let no_ledger_hint = if args.place.service.is_some() && !has_ledger {
         format!(
             "there is no [ledger] in {} to compare with, so pass --expect-tag TAG",
-            args.config.display()
+            args.place.config.display()
         )
     } else {
         "pass --service NAME (with a [ledger] in the config) or --expect-tag TAG to compare with the tag they should run".to_owned()
@@ -716,19 +693,19 @@ async fn status(args: StatusArgs) -> anyhow::Result<ExitCode> {
 /// --service-dir, a config file other than the default).
 fn place_args(args: &StatusArgs) -> String {
     let mut parts = Vec::new();
-    if args.config != Path::new(config::DEFAULT_PATH) {
+    if args.place.config != Path::new(config::DEFAULT_PATH) {
         parts.push(format!(
             "--config {}",
-            quoted(&args.config.display().to_string())
+            quoted(&args.place.config.display().to_string())
         ));
     }
-    if let Some(service) = &args.service {
+    if let Some(service) = &args.place.service {
         parts.push(format!("--service {}", quoted(service)));
     }
-    for target in &args.targets {
+    for target in &args.place.targets {
         parts.push(format!("--target {}", quoted(target)));
     }
-    if let Some(dir) = &args.service_dir {
+    if let Some(dir) = &args.place.service_dir {
         parts.push(format!("--service-dir {}", quoted(dir)));
     }
     parts.join(" ")
