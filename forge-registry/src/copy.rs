@@ -77,6 +77,8 @@ pub struct CopyOptions {
     /// and their own referrers (a signature of an SBOM), up to 4 levels; a deeper chain is an
     /// error before anything is written (default true). An OCI layout keeps them as fallback
     /// indexes under the ref name `sha256-<hex>`, like a registry without the referrers API.
+    /// When the destination tag already holds the image, the referrer lists are still compared
+    /// (reads only) and what the destination lacks is copied.
     pub referrers: bool,
     /// The destination tag must match this pattern in full.
     pub tag_pattern: Option<regex::Regex>,
@@ -142,7 +144,9 @@ pub struct CopyReport {
     pub manifests_pushed: u32,
     /// Referrer manifests copied.
     pub referrers_copied: u32,
-    /// The destination tag already held this digest: nothing was uploaded.
+    /// The destination tag already held this digest and everything it references: nothing of
+    /// the image was uploaded. Referrers attached at the source since (signatures, SBOMs) are
+    /// still copied when the destination lacks them; `referrers_copied` counts them.
     pub already_present: bool,
     /// Retries spent on transient failures.
     pub retries: u32,
@@ -345,6 +349,8 @@ impl Client {
             Err(e) => (Err(e), HashMap::new()),
         };
         let (exists, existing) = dst_tag_and_exists?;
+        // The tag held the digest and the image was complete: only referrers get copied.
+        let mut image_was_present = false;
 
         // 1. The destination must exist: nothing is created implicitly.
         if !exists {
@@ -381,7 +387,30 @@ impl Client {
                 }));
             }
             tracing::debug!(destination = %dst, "destination tag already holds the digest");
-            match verify_tree(&dst_ep, dst, tag, &top.digest, Some(existing), &known).await {
+            // Referrers can be attached after the image was first copied (a signature added
+            // once tests passed): a re-promotion still brings the ones the destination lacks.
+            // Asked at the source while the destination is verified.
+            let lacking_referrers = async {
+                if !options.referrers {
+                    return Ok(false);
+                }
+                let mut subjects = vec![top.digest.clone()];
+                if top.is_index() {
+                    let refs = top.refs(&src.to_string())?;
+                    subjects.extend(refs.manifests.iter().map(|m| m.digest.clone()));
+                }
+                referrers_lacking(&src_ep, &dst_ep, subjects).await
+            };
+            let (check, lacking_referrers) = futures_util::future::join(
+                verify_tree(&dst_ep, dst, tag, &top.digest, Some(existing), &known),
+                lacking_referrers,
+            )
+            .await;
+            match check {
+                Ok(_) if lacking_referrers? => {
+                    tracing::debug!(destination = %dst, "the image is complete; copying the referrers the destination lacks");
+                    image_was_present = true;
+                }
                 Ok(check) => {
                     return Ok(CopyReport {
                         source: src.to_string(),
@@ -549,7 +578,7 @@ impl Client {
             bytes_copied: counters.bytes_copied.load(Ordering::Relaxed),
             manifests_pushed: counters.manifests_pushed.load(Ordering::Relaxed),
             referrers_copied,
-            already_present: false,
+            already_present: image_was_present,
             retries: retries.load(Ordering::Relaxed),
             duration_ms: duration_ms(start),
         })
@@ -887,6 +916,50 @@ async fn collect_referrers(
         frontier = next;
     }
     Ok(groups)
+}
+
+/// Whether a referrer of `subjects` at the source (or, level by level, a referrer of one of
+/// those) is missing from the destination's list for its subject. Reads only: on the
+/// already-present path it decides whether anything is left to copy.
+async fn referrers_lacking(
+    src: &Endpoint,
+    dst: &Endpoint,
+    subjects: Vec<Digest>,
+) -> Result<bool, Error> {
+    let (mut src_api, mut dst_api) = (true, true);
+    let mut frontier = subjects;
+    for _ in 0..=MAX_REFERRER_DEPTH {
+        let mut next = Vec::new();
+        for subject in frontier {
+            let (listed, served) = src.referrers(&subject, src_api).await?;
+            src_api = served;
+            if listed.is_empty() {
+                continue;
+            }
+            let (mut held, served) = dst.referrers(&subject, dst_api).await?;
+            dst_api = served;
+            let lacks = |held: &[Descriptor]| {
+                listed
+                    .iter()
+                    .any(|d| !held.iter().any(|h| h.digest == d.digest))
+            };
+            // A registry with the API that did not index a referrer has it in the fallback
+            // index instead (see the copy's step 6).
+            if lacks(&held) && served {
+                held.extend(dst.referrers(&subject, false).await?.0);
+            }
+            if lacks(&held) {
+                return Ok(true);
+            }
+            next.extend(listed.into_iter().map(|d| d.digest));
+        }
+        if next.is_empty() {
+            return Ok(false);
+        }
+        frontier = next;
+    }
+    // Deeper than the copy follows: the copy itself reports it.
+    Ok(true)
 }
 
 async fn push_if_missing(

@@ -132,10 +132,16 @@ pub fn run_copy(args: CopyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn text_report(r: &CopyReport) -> String {
-    if r.already_present {
+    if r.already_present && r.referrers_copied == 0 {
         return format!(
             "{} already holds {} (verified: {}); nothing uploaded\n",
             r.destination, r.digest, r.verified
+        );
+    }
+    if r.already_present {
+        return format!(
+            "{} already holds {} (verified: {}); copied {} referrers it lacked ({} blobs, {} bytes)\n",
+            r.destination, r.digest, r.verified, r.referrers_copied, r.blobs_copied, r.bytes_copied
         );
     }
     format!(

@@ -393,8 +393,13 @@ fn describe(e: &Evidence) -> String {
     let v = &e.verification;
     let copy = if e.from_environment.is_none() {
         "tag present and complete in the registry (recorded as pushed by CI)".to_owned()
-    } else if v.already_present {
+    } else if v.already_present && v.blobs_copied == 0 {
         "already present at the destination with this digest: nothing uploaded".to_owned()
+    } else if v.already_present {
+        format!(
+            "already present at the destination with this digest; referrers it lacked copied ({} blobs, {} bytes)",
+            v.blobs_copied, v.bytes_copied
+        )
     } else {
         format!(
             "{} blobs copied, {} already present, {} bytes",

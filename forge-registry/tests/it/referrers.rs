@@ -278,3 +278,29 @@ async fn a_destination_indexing_referrers_itself_gets_fallback_indexes_only_wher
         "the signature's push was not acknowledged: the SBOM gets a fallback index"
     );
 }
+
+/// A re-promotion compares the referrer lists on both sides, level by level, through the
+/// APIs, and writes nothing when the destination already lists them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_promotion_compares_referrers_through_the_apis_and_writes_nothing_when_all_are_there()
+{
+    let Some(s) = setup().await else { return };
+    for proxy in [&s.src_proxy, &s.dst_proxy] {
+        proxy.add_rule(Rule::new(Route::Referrers, Fault::ServeReferrersApi, None));
+    }
+    let (src, dst) = (
+        format!("{}/ci/app:31", s.src_proxy.host()),
+        format!("{}/prod/app:31", s.dst_proxy.host()),
+    );
+    let first = copy(&src, &dst).await.expect("copy");
+    assert_eq!(first.referrers_copied, 2);
+    let asked_before = s.src_proxy.count(Route::Referrers);
+    let puts_before = s.dst_proxy.count(Route::ManifestPut);
+
+    let again = copy(&src, &dst).await.expect("re-promotion");
+    assert!(again.already_present && again.verified);
+    assert_eq!((again.referrers_copied, again.manifests_pushed), (0, 0));
+    assert_eq!(s.dst_proxy.count(Route::ManifestPut), puts_before);
+    // The image's, the SBOM's and the signature's referrers, once each.
+    assert_eq!(s.src_proxy.count(Route::Referrers) - asked_before, 3);
+}

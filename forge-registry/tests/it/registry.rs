@@ -552,6 +552,61 @@ async fn referrers_are_copied_through_the_fallback_tag_unless_switched_off() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn referrers_attached_after_a_copy_come_with_the_re_promotion() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let image = fixtures::oci_image(9, 1, 20_000);
+    fixtures::push(&a, "ci/app", "9", &image).await;
+    fixtures::provision(&b, "prod/app").await;
+    let (src, dst) = (r(&format!("{a}/ci/app:9")), r(&format!("{b}/prod/app:9")));
+    let copy = || async { client().copy(&src, &dst, &CopyOptions::default()).await };
+    let first = copy().await.unwrap();
+    assert_eq!((first.already_present, first.referrers_copied), (false, 0));
+
+    // Signed after the promotion: the re-promotion copies the SBOM and nothing of the image.
+    let sbom = fixtures::referrer(1, &image);
+    fixtures::attach(&a, "ci/app", &image, &sbom).await;
+    let second = copy().await.unwrap();
+    assert!(second.already_present && second.verified);
+    assert_eq!(
+        (second.referrers_copied, second.blobs_copied),
+        (1, 2),
+        "the SBOM and its empty config; the image's blobs were there: {second:?}"
+    );
+    assert!(fallback_index_lists(&b, "prod/app", &image, &sbom).await);
+
+    // A signature of the SBOM, one level down, is found the same way.
+    let signature = fixtures::referrer(2, &sbom);
+    fixtures::attach(&a, "ci/app", &sbom, &signature).await;
+    let third = copy().await.unwrap();
+    assert_eq!((third.already_present, third.referrers_copied), (true, 1));
+    assert!(fallback_index_lists(&b, "prod/app", &sbom, &signature).await);
+
+    // Nothing left to bring: no write at all.
+    let fourth = copy().await.unwrap();
+    assert!(fourth.already_present && fourth.verified);
+    assert_eq!(
+        (
+            fourth.referrers_copied,
+            fourth.blobs_copied,
+            fourth.manifests_pushed
+        ),
+        (0, 0, 0)
+    );
+
+    // Switched off, a re-promotion does not even look.
+    let sig2 = fixtures::referrer(3, &image);
+    fixtures::attach(&a, "ci/app", &image, &sig2).await;
+    let off = CopyOptions {
+        referrers: false,
+        ..CopyOptions::default()
+    };
+    let fifth = client().copy(&src, &dst, &off).await.unwrap();
+    assert_eq!((fifth.already_present, fifth.manifests_pushed), (true, 0));
+    assert!(!fallback_index_lists(&b, "prod/app", &image, &sig2).await);
+}
+
 /// Whether the fallback index `sha256-<hex of subject>` at `host/repo` lists `referrer`.
 async fn fallback_index_lists(host: &str, repo: &str, subject: &Image, referrer: &Image) -> bool {
     let Some(index) =
