@@ -447,8 +447,11 @@ pub struct ImageEvidence {
 pub struct Verification {
     /// The destination served the source digest and every referenced blob is present.
     pub verified: bool,
-    /// The destination already had the tag at this digest (nothing uploaded).
+    /// The destination already had the tag at this digest, complete: nothing of the image was
+    /// uploaded (referrers it lacked may have been, see `referrers_copied`).
     pub already_present: bool,
+    /// Referrers (signatures, SBOMs) copied.
+    pub referrers_copied: u64,
     /// Blobs uploaded.
     pub blobs_copied: u64,
     /// Blobs already present.

@@ -273,6 +273,7 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
         verification: Verification {
             verified: true,
             already_present: true,
+            referrers_copied: 0,
             blobs_copied: 0,
             blobs_skipped: 0,
             bytes_copied: 0,

@@ -242,6 +242,7 @@ fn promote_dev_qa_prod_proves_the_digest_and_records_trailers() {
     let commits = stage.ledger.log().len();
     let again = stage.promote("payments", "prod", &["--approved-by", "bob@example.com"]);
     assert_eq!(again["verification"]["already_present"], true);
+    assert_eq!(again["verification"]["referrers_copied"], 0);
     assert!(again["ledger"]["commit"].is_null());
     assert_eq!(stage.ledger.log().len(), commits);
 
