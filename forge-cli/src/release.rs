@@ -452,6 +452,10 @@ pub struct Verification {
     pub already_present: bool,
     /// Referrers (signatures, SBOMs) copied.
     pub referrers_copied: u64,
+    /// Manifests pushed (platform manifests, referrers, referrer indexes, the tag).
+    pub manifests_pushed: u64,
+    /// Why the referrer lists of an already-present image were not compared, if they were not.
+    pub referrers_unchecked: Option<String>,
     /// Blobs uploaded.
     pub blobs_copied: u64,
     /// Blobs already present.

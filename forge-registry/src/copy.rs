@@ -148,6 +148,10 @@ pub struct CopyReport {
     /// the image was uploaded. Referrers attached at the source since (signatures, SBOMs) are
     /// still copied when the destination lacks them; `referrers_copied` counts them.
     pub already_present: bool,
+    /// Why the referrer lists of an already-present image were not compared (listing them
+    /// failed, or they nest deeper than the copy follows); the image itself is complete. `None`
+    /// when they were compared, on every other copy, and with referrers switched off.
+    pub referrers_unchecked: Option<String>,
     /// Retries spent on transient failures.
     pub retries: u32,
     /// Wall time in milliseconds.
@@ -397,17 +401,35 @@ impl Client {
                 let mut subjects = vec![top.digest.clone()];
                 if top.is_index() {
                     let refs = top.refs(&src.to_string())?;
+                    // An index of indexes: its grandchildren are subjects too, and only the
+                    // full walk below reads them.
+                    if refs
+                        .manifests
+                        .iter()
+                        .any(|m| MediaType::is_index(&m.media_type))
+                    {
+                        return Ok(true);
+                    }
                     subjects.extend(refs.manifests.iter().map(|m| m.digest.clone()));
                 }
-                referrers_lacking(&src_ep, &dst_ep, subjects).await
+                referrers_lacking(&src_ep, &dst_ep, src, subjects).await
             };
             let (check, lacking_referrers) = futures_util::future::join(
                 verify_tree(&dst_ep, dst, tag, &top.digest, Some(existing), &known),
                 lacking_referrers,
             )
             .await;
+            // The image is there and verified either way; a re-promotion that succeeded
+            // before referrers were compared must not start failing over them.
+            let (lacking_referrers, referrers_unchecked) = match lacking_referrers {
+                Ok(lacking) => (lacking, None),
+                Err(e) => {
+                    tracing::warn!(destination = %dst, error = %e, "the referrer lists could not be compared; the image itself is complete");
+                    (false, Some(e.to_string()))
+                }
+            };
             match check {
-                Ok(_) if lacking_referrers? => {
+                Ok(_) if lacking_referrers => {
                     tracing::debug!(destination = %dst, "the image is complete; copying the referrers the destination lacks");
                     image_was_present = true;
                 }
@@ -425,6 +447,7 @@ impl Client {
                         manifests_pushed: 0,
                         referrers_copied: 0,
                         already_present: true,
+                        referrers_unchecked,
                         retries: retries.load(Ordering::Relaxed),
                         duration_ms: duration_ms(start),
                     });
@@ -504,6 +527,7 @@ impl Client {
                 .collect();
             // Referrers whose push the registry did not acknowledge with `OCI-Subject`.
             let mut unacknowledged = HashSet::new();
+            let mut pushed = HashSet::new();
             // Referrers are collected level by level, so a signature of an SBOM is pushed after
             // the SBOM. The top manifest itself comes last (by tag, below): registries accept a
             // referrer whose subject is not there yet.
@@ -514,6 +538,7 @@ impl Client {
                 if !dst_ep.put_manifest(m, None, false).await? {
                     unacknowledged.insert(m.digest.clone());
                 }
+                pushed.insert(m.digest.clone());
                 counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
                 if is_referrer.contains(&m.digest) {
                     referrers_copied += 1;
@@ -522,10 +547,30 @@ impl Client {
                     p.manifest_pushed(&m.digest, &m.media_type);
                 }
             }
-            let api = dst_ep.referrers_api(&top.digest).await?.is_some();
+            let top_listed = dst_ep.referrers_api(&top.digest).await?;
             for (subject, list) in &referrer_groups {
-                let indexed_by_registry =
-                    api && list.iter().all(|d| !unacknowledged.contains(&d.digest));
+                let indexed_by_registry = match &top_listed {
+                    None => false,
+                    Some(top_listed) => {
+                        // Pushed now: the registry said whether it indexed them. Already there
+                        // (pushed by an earlier copy or another tool): only its list says.
+                        let earlier: Vec<&Descriptor> = list
+                            .iter()
+                            .filter(|d| !pushed.contains(&d.digest))
+                            .collect();
+                        let listed = if earlier.is_empty() {
+                            Vec::new()
+                        } else if *subject == top.digest {
+                            top_listed.clone()
+                        } else {
+                            dst_ep.referrers_api(subject).await?.unwrap_or_default()
+                        };
+                        list.iter().all(|d| !unacknowledged.contains(&d.digest))
+                            && earlier
+                                .iter()
+                                .all(|d| listed.iter().any(|l| l.digest == d.digest))
+                    }
+                };
                 if !indexed_by_registry {
                     update_fallback_index(&dst_ep, subject, list, &counters).await?;
                 }
@@ -579,6 +624,7 @@ impl Client {
             manifests_pushed: counters.manifests_pushed.load(Ordering::Relaxed),
             referrers_copied,
             already_present: image_was_present,
+            referrers_unchecked: None,
             retries: retries.load(Ordering::Relaxed),
             duration_ms: duration_ms(start),
         })
@@ -919,47 +965,74 @@ async fn collect_referrers(
 }
 
 /// Whether a referrer of `subjects` at the source (or, level by level, a referrer of one of
-/// those) is missing from the destination's list for its subject. Reads only: on the
-/// already-present path it decides whether anything is left to copy.
+/// those) is missing from the destination's lists for its subject (the referrers API, and the
+/// fallback index where the API does not list it). Reads only: on the already-present path it
+/// decides whether anything is left to copy.
 async fn referrers_lacking(
     src: &Endpoint,
     dst: &Endpoint,
+    source: &Reference,
     subjects: Vec<Digest>,
 ) -> Result<bool, Error> {
-    let (mut src_api, mut dst_api) = (true, true);
+    let mut src_api = true;
     let mut frontier = subjects;
     for _ in 0..=MAX_REFERRER_DEPTH {
-        let mut next = Vec::new();
-        for subject in frontier {
-            let (listed, served) = src.referrers(&subject, src_api).await?;
+        // The first subject alone learns whether the source has the API (as the copy does).
+        let mut rest = frontier.into_iter();
+        let mut answers = Vec::new();
+        if let Some(first) = rest.next() {
+            let (listed, served) = src.referrers(&first, src_api).await?;
             src_api = served;
-            if listed.is_empty() {
-                continue;
-            }
-            let (mut held, served) = dst.referrers(&subject, dst_api).await?;
-            dst_api = served;
-            let lacks = |held: &[Descriptor]| {
-                listed
-                    .iter()
-                    .any(|d| !held.iter().any(|h| h.digest == d.digest))
-            };
-            // A registry with the API that did not index a referrer has it in the fallback
-            // index instead (see the copy's step 6).
-            if lacks(&held) && served {
-                held.extend(dst.referrers(&subject, false).await?.0);
-            }
-            if lacks(&held) {
-                return Ok(true);
-            }
-            next.extend(listed.into_iter().map(|d| d.digest));
+            answers.push((first, listed));
         }
-        if next.is_empty() {
+        let more: Vec<(Digest, Vec<Descriptor>)> =
+            futures_util::stream::iter(rest.map(|subject| async move {
+                let (listed, _) = src.referrers(&subject, src_api).await?;
+                Ok::<_, Error>((subject, listed))
+            }))
+            .buffered(CHECK_PARALLELISM)
+            .try_collect()
+            .await?;
+        answers.extend(more);
+        let with_referrers: Vec<(Digest, Vec<Descriptor>)> = answers
+            .into_iter()
+            .filter(|(_, listed)| !listed.is_empty())
+            .collect();
+        let lacking =
+            futures_util::stream::iter(with_referrers.iter().map(|(subject, listed)| async move {
+                let lacks = |held: &[Descriptor]| {
+                    listed
+                        .iter()
+                        .any(|d| !held.iter().any(|h| h.digest == d.digest))
+                };
+                let (mut held, served) = dst.referrers(subject, true).await?;
+                // A registry with the API that did not index a referrer has it in the
+                // fallback index instead (see the copy's step 6).
+                if lacks(&held) && served {
+                    held.extend(dst.referrers(subject, false).await?.0);
+                }
+                Ok::<_, Error>(lacks(&held))
+            }))
+            .buffered(CHECK_PARALLELISM)
+            .try_collect::<Vec<bool>>()
+            .await?;
+        if lacking.into_iter().any(|l| l) {
+            return Ok(true);
+        }
+        frontier = with_referrers
+            .into_iter()
+            .flat_map(|(_, listed)| listed.into_iter().map(|d| d.digest))
+            .collect();
+        if frontier.is_empty() {
             return Ok(false);
         }
-        frontier = next;
     }
-    // Deeper than the copy follows: the copy itself reports it.
-    Ok(true)
+    Err(Error::new(ErrorKind::UnsupportedManifest {
+        reference: source.to_string(),
+        reason: format!(
+            "its referrers nest deeper than {MAX_REFERRER_DEPTH} levels (a referrer of a referrer of …): copy without referrers (--no-referrers, or `CopyOptions::referrers = false`), or remove the extra level from the source"
+        ),
+    }))
 }
 
 async fn push_if_missing(

@@ -132,17 +132,29 @@ pub fn run_copy(args: CopyArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn text_report(r: &CopyReport) -> String {
-    if r.already_present && r.referrers_copied == 0 {
-        return format!(
-            "{} already holds {} (verified: {}); nothing uploaded\n",
-            r.destination, r.digest, r.verified
-        );
-    }
     if r.already_present {
-        return format!(
-            "{} already holds {} (verified: {}); copied {} referrers it lacked ({} blobs, {} bytes)\n",
-            r.destination, r.digest, r.verified, r.referrers_copied, r.blobs_copied, r.bytes_copied
-        );
+        let mut text = if r.manifests_pushed == 0 && r.blobs_copied == 0 && r.blobs_mounted == 0 {
+            format!(
+                "{} already holds {} (verified: {}); nothing uploaded\n",
+                r.destination, r.digest, r.verified
+            )
+        } else {
+            format!(
+                "{} already holds {} (verified: {}); brought the referrers it lacked: {} referrers, {} manifests pushed, {} blobs copied, {} mounted, {} bytes\n",
+                r.destination,
+                r.digest,
+                r.verified,
+                r.referrers_copied,
+                r.manifests_pushed,
+                r.blobs_copied,
+                r.blobs_mounted,
+                r.bytes_copied
+            )
+        };
+        if let Some(why) = &r.referrers_unchecked {
+            text.push_str(&format!("  referrers not compared: {why}\n"));
+        }
+        return text;
     }
     format!(
         "copied {} -> {}\n  digest {} ({})\n  verified: {}\n  blobs: {} copied, {} skipped, {} mounted; {} bytes; {} manifests, {} referrers; {} retries; {:.1}s\n",

@@ -284,6 +284,8 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
                 verified: report.verified,
                 already_present: report.already_present,
                 referrers_copied: u64::from(report.referrers_copied),
+                manifests_pushed: u64::from(report.manifests_pushed),
+                referrers_unchecked: report.referrers_unchecked.clone(),
                 blobs_copied: report.blobs_copied as u64,
                 blobs_skipped: report.blobs_skipped as u64,
                 bytes_copied: report.bytes_copied,
@@ -305,6 +307,8 @@ async fn promote(args: Args) -> anyhow::Result<ExitCode> {
                 verified: true,
                 already_present: true,
                 referrers_copied: 0,
+                manifests_pushed: 0,
+                referrers_unchecked: None,
                 blobs_copied: 0,
                 blobs_skipped: 0,
                 bytes_copied: 0,
@@ -395,12 +399,12 @@ fn describe(e: &Evidence) -> String {
     let v = &e.verification;
     let copy = if e.from_environment.is_none() {
         "tag present and complete in the registry (recorded as pushed by CI)".to_owned()
-    } else if v.already_present && v.referrers_copied == 0 {
+    } else if v.already_present && v.manifests_pushed == 0 && v.blobs_copied == 0 {
         "already present at the destination with this digest: nothing uploaded".to_owned()
     } else if v.already_present {
         format!(
-            "already present at the destination with this digest; {} referrers it lacked copied ({} blobs, {} bytes)",
-            v.referrers_copied, v.blobs_copied, v.bytes_copied
+            "already present at the destination with this digest; brought the referrers it lacked ({} referrers, {} manifests pushed, {} blobs, {} bytes)",
+            v.referrers_copied, v.manifests_pushed, v.blobs_copied, v.bytes_copied
         )
     } else {
         format!(

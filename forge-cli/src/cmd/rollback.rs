@@ -274,6 +274,8 @@ async fn rollback(args: Args) -> anyhow::Result<ExitCode> {
             verified: true,
             already_present: true,
             referrers_copied: 0,
+            manifests_pushed: 0,
+            referrers_unchecked: None,
             blobs_copied: 0,
             blobs_skipped: 0,
             bytes_copied: 0,

@@ -299,8 +299,89 @@ async fn a_re_promotion_compares_referrers_through_the_apis_and_writes_nothing_w
 
     let again = copy(&src, &dst).await.expect("re-promotion");
     assert!(again.already_present && again.verified);
-    assert_eq!((again.referrers_copied, again.manifests_pushed), (0, 0));
+    assert_eq!(
+        (
+            again.referrers_copied,
+            again.manifests_pushed,
+            again.blobs_skipped
+        ),
+        (0, 0, 0),
+        "the comparison alone, not the copy's walk: {again:?}"
+    );
     assert_eq!(s.dst_proxy.count(Route::ManifestPut), puts_before);
     // The image's, the SBOM's and the signature's referrers, once each.
     assert_eq!(s.src_proxy.count(Route::Referrers) - asked_before, 3);
+}
+
+/// On an image already at the destination, a referrers listing that fails does not fail the
+/// re-promotion (it succeeded before referrers were compared): the report says why they were
+/// not compared, and nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_referrers_listing_on_a_re_promotion_is_reported_not_fatal() {
+    let Some(s) = setup().await else { return };
+    let (src, dst) = (
+        format!("{}/ci/app:31", s.src_proxy.host()),
+        format!("{}/prod/app:31", s.dst_proxy.host()),
+    );
+    copy(&src, &dst).await.expect("first copy");
+    s.src_proxy.add_rule(Rule::new(
+        Route::Referrers,
+        Fault::Status {
+            status: 503,
+            code: "UNAVAILABLE",
+            retry_after: None,
+        },
+        None,
+    ));
+    let puts_before = s.dst_proxy.count(Route::ManifestPut);
+    let again = copy(&src, &dst)
+        .await
+        .expect("the image is there and verified");
+    assert!(again.already_present && again.verified);
+    let why = again.referrers_unchecked.expect("the report says why");
+    assert!(why.contains("/referrers/") && why.contains("503"), "{why}");
+    assert_eq!(s.dst_proxy.count(Route::ManifestPut), puts_before);
+}
+
+/// A referrer already at a destination that serves the API but never listed it (pushed by
+/// another tool, or by a copy that failed before its fallback index) is given a fallback index
+/// by the re-promotion, after which the next one has nothing to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_referrer_present_but_unlisted_at_the_destination_gets_listed_once() {
+    let Some(s) = setup().await else { return };
+    s.dst_proxy
+        .add_rule(Rule::new(Route::Referrers, Fault::ServeReferrersApi, None));
+    let (src, dst) = (
+        format!("{}/ci/app:31", s.src_proxy.host()),
+        format!("{}/prod/app:31", s.dst_proxy.host()),
+    );
+    let client = Client::new().expect("client builds");
+    let r = |s: &str| s.parse::<Reference>().expect("valid reference");
+    let without = CopyOptions {
+        referrers: false,
+        ..CopyOptions::default()
+    };
+    client
+        .copy(&r(&src), &r(&dst), &without)
+        .await
+        .expect("image only");
+    // The SBOM's manifest and blobs are there, listed nowhere.
+    fixtures::push(&s.dest.host(), "prod/app", &s.sbom.digest, &s.sbom).await;
+    assert!(!fallback_index_lists(&s.dest.host(), &s.image, &s.sbom).await);
+
+    let repair = copy(&src, &dst).await.expect("re-promotion");
+    assert!(repair.already_present && repair.verified);
+    assert_eq!(
+        repair.referrers_copied, 1,
+        "the signature was pushed, the SBOM was not: {repair:?}"
+    );
+    assert!(fallback_index_lists(&s.dest.host(), &s.image, &s.sbom).await);
+    assert!(fallback_index_lists(&s.dest.host(), &s.sbom, &s.signature).await);
+
+    let after = copy(&src, &dst).await.expect("re-promotion");
+    assert_eq!(
+        (after.manifests_pushed, after.blobs_skipped),
+        (0, 0),
+        "{after:?}"
+    );
 }

@@ -583,17 +583,20 @@ async fn referrers_attached_after_a_copy_come_with_the_re_promotion() {
     assert_eq!((third.already_present, third.referrers_copied), (true, 1));
     assert!(fallback_index_lists(&b, "prod/app", &sbom, &signature).await);
 
-    // Nothing left to bring: no write at all.
+    // Nothing left to bring: no write at all, and not even the copy's walk (which would
+    // count the image's blobs as skipped).
     let fourth = copy().await.unwrap();
     assert!(fourth.already_present && fourth.verified);
     assert_eq!(
         (
             fourth.referrers_copied,
             fourth.blobs_copied,
+            fourth.blobs_skipped,
             fourth.manifests_pushed
         ),
-        (0, 0, 0)
+        (0, 0, 0, 0)
     );
+    assert_eq!(fourth.referrers_unchecked, None);
 
     // Switched off, a re-promotion does not even look.
     let sig2 = fixtures::referrer(3, &image);
