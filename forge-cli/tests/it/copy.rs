@@ -93,6 +93,76 @@ fn copy_prints_a_verified_json_report_and_recopy_is_a_no_op() {
     assert!(stdout(&out).contains("verified: true"), "{}", stdout(&out));
 }
 
+/// Attaches an SBOM to `subject` in the OCI layout at `layout`, the way a layout keeps
+/// referrers: a fallback index under the ref name `sha256-<hex>` in index.json.
+fn attach_sbom(layout: &Path, subject: &str) {
+    use forge_testkit::oci::put_blob;
+    let hex = subject.trim_start_matches("sha256:");
+    let subject_size = std::fs::metadata(layout.join("blobs/sha256").join(hex))
+        .expect("subject manifest")
+        .len();
+    let empty = put_blob(layout, b"{}").expect("blob");
+    let sbom = br#"{"spdxVersion":"SPDX-2.3","name":"signed after promotion"}"#;
+    let sbom_digest = put_blob(layout, sbom).expect("blob");
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/spdx+json","config":{{"mediaType":"application/vnd.oci.empty.v1+json","digest":"{empty}","size":2}},"layers":[{{"mediaType":"application/spdx+json","digest":"{sbom_digest}","size":{}}}],"subject":{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{subject}","size":{subject_size}}}}}"#,
+        sbom.len()
+    );
+    let manifest_digest = put_blob(layout, manifest.as_bytes()).expect("blob");
+    let fallback = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{manifest_digest}","size":{},"artifactType":"application/spdx+json"}}]}}"#,
+        manifest.len()
+    );
+    let fallback_digest = put_blob(layout, fallback.as_bytes()).expect("blob");
+    let index_path = layout.join("index.json");
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&index_path).expect("index.json")).expect("JSON");
+    index["manifests"]
+        .as_array_mut()
+        .expect("manifests")
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": fallback_digest,
+            "size": fallback.len(),
+            "annotations": { "org.opencontainers.image.ref.name": format!("sha256-{hex}") },
+        }));
+    std::fs::write(&index_path, serde_json::to_vec(&index).expect("JSON")).expect("index.json");
+}
+
+#[test]
+fn copying_again_brings_a_referrer_attached_since_and_says_so() {
+    let Some(s) = setup() else { return };
+    let layout = s.dir.path().join("late");
+    let digest = forge_testkit::oci::write_image(&layout, "9").expect("fixture image");
+    forge_testkit::oci::write_image(&layout, "seed").expect("seed image");
+    skopeo_push(&layout, "seed", &format!("{}/ci/late:seed", s.a.host()));
+    skopeo_push(&layout, "seed", &format!("{}/prod/late:seed", s.b.host()));
+    let ci = format!("oci:{}:9", layout.display());
+    let dev = format!("{}/ci/late:9", s.a.host());
+    let prod = format!("{}/prod/late:9", s.b.host());
+    for (from, to) in [(&ci, &dev), (&dev, &prod)] {
+        assert_success(&forge_in(s.dir.path(), &["copy", from, to]));
+    }
+
+    // Signed after the promotion: each copy again brings the SBOM, and only the SBOM.
+    attach_sbom(&layout, &digest);
+    for (from, to) in [(&ci, &dev), (&dev, &prod)] {
+        let out = forge_in(s.dir.path(), &["copy", from, to]);
+        assert_success(&out);
+        let text = stdout(&out);
+        assert!(
+            text.starts_with(&format!("{to} already holds {digest} (verified: true); brought the referrers it lacked: 1 referrers")),
+            "{text}"
+        );
+    }
+    let out = forge_in(s.dir.path(), &["copy", &dev, &prod]);
+    assert_success(&out);
+    assert_eq!(
+        stdout(&out),
+        format!("{prod} already holds {digest} (verified: true); nothing uploaded\n")
+    );
+}
+
 #[test]
 fn refusals_exit_2_with_one_paragraph_and_failures_exit_1() {
     let Some(s) = setup() else { return };
