@@ -324,11 +324,21 @@ impl Client {
         // A manifest under the destination tag proves the repository exists; only a miss
         // needs `tags/list` (one request fewer on the re-promotion path, where every request
         // counts).
+        // The digest the destination tag holds, for the source side below.
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel::<Digest>();
         let dst_tag_and_exists = async {
             let existing = match dst.tag() {
                 Some(tag) => dst_ep.get_manifest(tag).await?,
                 None => None,
             };
+            match &existing {
+                // No receiver only when the source side has already failed.
+                Some(m) => {
+                    let _ = held_tx.send(m.digest.clone());
+                }
+                // Nothing held: the source side need not wait for `tags/list`.
+                None => drop(held_tx),
+            }
             let exists = existing.is_some() || dst_ep.exists().await?;
             Ok::<_, Error>((exists, existing))
         };
@@ -336,21 +346,37 @@ impl Client {
         // the other reads. Read-only, so policy below still decides before anything is
         // written; the answers serve the skip check and an already-present tag's verification.
         // A failed check is only a missed shortcut: the normal checks run later.
+        // When the destination tag turns out to hold the source digest (a re-promotion), the
+        // referrer lists are compared alongside those HEADs rather than after them.
         let top_and_presence = async {
             let top = self.fetch_source_top(&src_ep, src).await?;
-            let presence = match top.refs(top.digest.as_str()) {
-                Ok(refs) if !top.is_index() => presence(&dst_ep, refs.blobs().cloned().collect())
-                    .await
-                    .unwrap_or_default(),
-                _ => HashMap::new(),
+            let blobs_present = async {
+                match top.refs(top.digest.as_str()) {
+                    Ok(refs) if !top.is_index() => {
+                        presence(&dst_ep, refs.blobs().cloned().collect())
+                            .await
+                            .unwrap_or_default()
+                    }
+                    _ => HashMap::new(),
+                }
             };
-            Ok::<_, Error>((top, presence))
+            let referrers = async {
+                match held_rx.await {
+                    Ok(held) if held == top.digest && options.referrers => {
+                        Some(referrers_lacking_at(&src_ep, &dst_ep, src, &top).await)
+                    }
+                    _ => None,
+                }
+            };
+            let (presence, lacking_referrers) =
+                futures_util::future::join(blobs_present, referrers).await;
+            Ok::<_, Error>((top, presence, lacking_referrers))
         };
         let (top_and_presence, dst_tag_and_exists) =
             futures_util::future::join(top_and_presence, dst_tag_and_exists).await;
-        let (top, known) = match top_and_presence {
-            Ok((top, known)) => (Ok(top), known),
-            Err(e) => (Err(e), HashMap::new()),
+        let (top, known, lacking_referrers) = match top_and_presence {
+            Ok((top, known, lacking)) => (Ok(top), known, lacking),
+            Err(e) => (Err(e), HashMap::new(), None),
         };
         let (exists, existing) = dst_tag_and_exists?;
         // The tag held the digest and the image was complete: only referrers get copied.
@@ -393,32 +419,9 @@ impl Client {
             tracing::debug!(destination = %dst, "destination tag already holds the digest");
             // Referrers can be attached after the image was first copied (a signature added
             // once tests passed): a re-promotion still brings the ones the destination lacks.
-            // Asked at the source while the destination is verified.
-            let lacking_referrers = async {
-                if !options.referrers {
-                    return Ok(false);
-                }
-                let mut subjects = vec![top.digest.clone()];
-                if top.is_index() {
-                    let refs = top.refs(&src.to_string())?;
-                    // An index of indexes: its grandchildren are subjects too, and only the
-                    // full walk below reads them.
-                    if refs
-                        .manifests
-                        .iter()
-                        .any(|m| MediaType::is_index(&m.media_type))
-                    {
-                        return Ok(true);
-                    }
-                    subjects.extend(refs.manifests.iter().map(|m| m.digest.clone()));
-                }
-                referrers_lacking(&src_ep, &dst_ep, src, subjects).await
-            };
-            let (check, lacking_referrers) = futures_util::future::join(
-                verify_tree(&dst_ep, dst, tag, &top.digest, Some(existing), &known),
-                lacking_referrers,
-            )
-            .await;
+            // Compared above, with the presence checks (`None` with referrers switched off).
+            let check = verify_tree(&dst_ep, dst, tag, &top.digest, Some(existing), &known).await;
+            let lacking_referrers = lacking_referrers.unwrap_or(Ok(false));
             // The image is there and verified either way; a re-promotion that succeeded
             // before referrers were compared must not start failing over them.
             let (lacking_referrers, referrers_unchecked) = match lacking_referrers {
@@ -962,6 +965,31 @@ async fn collect_referrers(
         frontier = next;
     }
     Ok(groups)
+}
+
+/// [`referrers_lacking`] for the image `top`: its own digest and, for an index, each platform
+/// manifest's.
+async fn referrers_lacking_at(
+    src: &Endpoint,
+    dst: &Endpoint,
+    source: &Reference,
+    top: &Fetched,
+) -> Result<bool, Error> {
+    let mut subjects = vec![top.digest.clone()];
+    if top.is_index() {
+        let refs = top.refs(&source.to_string())?;
+        // An index of indexes: its grandchildren are subjects too, and only the copy's full
+        // walk reads them.
+        if refs
+            .manifests
+            .iter()
+            .any(|m| MediaType::is_index(&m.media_type))
+        {
+            return Ok(true);
+        }
+        subjects.extend(refs.manifests.iter().map(|m| m.digest.clone()));
+    }
+    referrers_lacking(src, dst, source, subjects).await
 }
 
 /// Whether a referrer of `subjects` at the source (or, level by level, a referrer of one of
