@@ -321,11 +321,11 @@ impl Client {
         if let Endpoint::Layout(l) = &src_ep {
             l.require()?;
         }
+        // The digest the destination tag holds, for the source side below.
+        let (held_tx, held_rx) = tokio::sync::oneshot::channel::<Digest>();
         // A manifest under the destination tag proves the repository exists; only a miss
         // needs `tags/list` (one request fewer on the re-promotion path, where every request
         // counts).
-        // The digest the destination tag holds, for the source side below.
-        let (held_tx, held_rx) = tokio::sync::oneshot::channel::<Digest>();
         let dst_tag_and_exists = async {
             let existing = match dst.tag() {
                 Some(tag) => dst_ep.get_manifest(tag).await?,
