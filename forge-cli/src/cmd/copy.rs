@@ -41,6 +41,7 @@ pub struct CopyArgs {
     jobs: Option<usize>,
     /// Do not copy OCI referrers: signatures, SBOMs and attestations attached to the image or
     /// one of its platforms, and their own referrers (a signature of an SBOM), up to 4 levels.
+    /// Without it, an image already at the destination still gets the referrers attached since.
     /// (An OCI layout keeps them under the ref names `sha256-<hex>`.)
     #[arg(long)]
     no_referrers: bool,
