@@ -552,30 +552,32 @@ impl Client {
             }
             let top_listed = dst_ep.referrers_api(&top.digest).await?;
             for (subject, list) in &referrer_groups {
-                let indexed_by_registry = match &top_listed {
-                    None => false,
+                // Without the API, the fallback index lists them all. With it, only those the
+                // registry does not list: pushed now without an `OCI-Subject` acknowledgement,
+                // or already there (an earlier copy, another tool) and missing from its list.
+                let unlisted: Vec<Descriptor> = match &top_listed {
+                    None => list.clone(),
                     Some(top_listed) => {
-                        // Pushed now: the registry said whether it indexed them. Already there
-                        // (pushed by an earlier copy or another tool): only its list says.
-                        let earlier: Vec<&Descriptor> = list
-                            .iter()
-                            .filter(|d| !pushed.contains(&d.digest))
-                            .collect();
-                        let listed = if earlier.is_empty() {
+                        let earlier = list.iter().any(|d| !pushed.contains(&d.digest));
+                        let listed = if !earlier {
                             Vec::new()
                         } else if *subject == top.digest {
                             top_listed.clone()
                         } else {
                             dst_ep.referrers_api(subject).await?.unwrap_or_default()
                         };
-                        list.iter().all(|d| !unacknowledged.contains(&d.digest))
-                            && earlier
-                                .iter()
-                                .all(|d| listed.iter().any(|l| l.digest == d.digest))
+                        list.iter()
+                            .filter(|d| {
+                                unacknowledged.contains(&d.digest)
+                                    || (!pushed.contains(&d.digest)
+                                        && !listed.iter().any(|l| l.digest == d.digest))
+                            })
+                            .cloned()
+                            .collect()
                     }
                 };
-                if !indexed_by_registry {
-                    update_fallback_index(&dst_ep, subject, list, &counters).await?;
+                if !unlisted.is_empty() {
+                    update_fallback_index(&dst_ep, subject, &unlisted, &counters).await?;
                 }
             }
         }
@@ -1002,58 +1004,48 @@ async fn referrers_lacking(
     source: &Reference,
     subjects: Vec<Digest>,
 ) -> Result<bool, Error> {
-    let mut src_api = true;
+    let (mut src_api, mut dst_api) = (true, true);
     let mut frontier = subjects;
-    for _ in 0..=MAX_REFERRER_DEPTH {
-        // The first subject alone learns whether the source has the API (as the copy does).
-        let mut rest = frontier.into_iter();
-        let mut answers = Vec::new();
-        if let Some(first) = rest.next() {
-            let (listed, served) = src.referrers(&first, src_api).await?;
+    for level in 0..=MAX_REFERRER_DEPTH {
+        let mut answers = Vec::with_capacity(frontier.len());
+        for (subject, (listed, served)) in
+            list_referrers(src, frontier.iter().cloned(), src_api).await?
+        {
             src_api = served;
-            answers.push((first, listed));
+            if !listed.is_empty() {
+                answers.push((subject, listed));
+            }
         }
-        let more: Vec<(Digest, Vec<Descriptor>)> =
-            futures_util::stream::iter(rest.map(|subject| async move {
-                let (listed, _) = src.referrers(&subject, src_api).await?;
-                Ok::<_, Error>((subject, listed))
-            }))
-            .buffered(CHECK_PARALLELISM)
-            .try_collect()
-            .await?;
-        answers.extend(more);
-        let with_referrers: Vec<(Digest, Vec<Descriptor>)> = answers
-            .into_iter()
-            .filter(|(_, listed)| !listed.is_empty())
-            .collect();
-        let lacking =
-            futures_util::stream::iter(with_referrers.iter().map(|(subject, listed)| async move {
-                let lacks = |held: &[Descriptor]| {
-                    listed
-                        .iter()
-                        .any(|d| !held.iter().any(|h| h.digest == d.digest))
-                };
-                let (mut held, served) = dst.referrers(subject, true).await?;
-                // A registry with the API that did not index a referrer has it in the
-                // fallback index instead (see the copy's step 6).
-                if lacks(&held) && served {
-                    held.extend(dst.referrers(subject, false).await?.0);
-                }
-                Ok::<_, Error>(lacks(&held))
-            }))
-            .buffered(CHECK_PARALLELISM)
-            .try_collect::<Vec<bool>>()
-            .await?;
-        if lacking.into_iter().any(|l| l) {
-            return Ok(true);
+        if answers.is_empty() {
+            return Ok(false);
         }
-        frontier = with_referrers
+        // Referrers at the last level the copy follows: the copy would refuse the chain, so
+        // this is reported whatever the destination holds.
+        if level == MAX_REFERRER_DEPTH {
+            break;
+        }
+        let held_lists =
+            list_referrers(dst, answers.iter().map(|(s, _)| s.clone()), dst_api).await?;
+        for ((subject, listed), (_, (mut held, served))) in answers.iter().zip(held_lists) {
+            dst_api = served;
+            let lacks = |held: &[Descriptor]| {
+                listed
+                    .iter()
+                    .any(|d| !held.iter().any(|h| h.digest == d.digest))
+            };
+            // A registry with the API that did not index a referrer has it in the fallback
+            // index instead (see the copy's step 6).
+            if lacks(&held) && served {
+                held.extend(dst.referrers(subject, false).await?.0);
+            }
+            if lacks(&held) {
+                return Ok(true);
+            }
+        }
+        frontier = answers
             .into_iter()
             .flat_map(|(_, listed)| listed.into_iter().map(|d| d.digest))
             .collect();
-        if frontier.is_empty() {
-            return Ok(false);
-        }
     }
     Err(Error::new(ErrorKind::UnsupportedManifest {
         reference: source.to_string(),
@@ -1061,6 +1053,33 @@ async fn referrers_lacking(
             "its referrers nest deeper than {MAX_REFERRER_DEPTH} levels (a referrer of a referrer of …): copy without referrers (--no-referrers, or `CopyOptions::referrers = false`), or remove the extra level from the source"
         ),
     }))
+}
+
+/// The referrers of each subject at `ep`, in order, with whether the API answered. While the
+/// API is thought to be there, the first subject is asked alone to find out (as the copy
+/// does); the rest are asked in parallel, through the fallback tags once it is known absent.
+async fn list_referrers(
+    ep: &Endpoint,
+    subjects: impl Iterator<Item = Digest>,
+    mut try_api: bool,
+) -> Result<Vec<(Digest, (Vec<Descriptor>, bool))>, Error> {
+    let mut subjects = subjects.peekable();
+    let mut answers = Vec::new();
+    if try_api && let Some(first) = subjects.next() {
+        let answer = ep.referrers(&first, true).await?;
+        try_api = answer.1;
+        answers.push((first, answer));
+    }
+    let more: Vec<(Digest, (Vec<Descriptor>, bool))> =
+        futures_util::stream::iter(subjects.map(|subject| async move {
+            let answer = ep.referrers(&subject, try_api).await?;
+            Ok::<_, Error>((subject, answer))
+        }))
+        .buffered(CHECK_PARALLELISM)
+        .try_collect()
+        .await?;
+    answers.extend(more);
+    Ok(answers)
 }
 
 async fn push_if_missing(

@@ -141,7 +141,7 @@ fn text_report(r: &CopyReport) -> String {
             )
         } else {
             format!(
-                "{} already holds {} (verified: {}); brought the referrers it lacked: {} referrers, {} manifests pushed, {} blobs copied, {} mounted, {} bytes\n",
+                "{} already holds {} (verified: {}); referrers brought up to date: {} copied, {} manifests pushed, {} blobs copied, {} mounted, {} bytes\n",
                 r.destination,
                 r.digest,
                 r.verified,

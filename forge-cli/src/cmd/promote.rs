@@ -403,7 +403,7 @@ fn describe(e: &Evidence) -> String {
         "already present at the destination with this digest: nothing uploaded".to_owned()
     } else if v.already_present {
         format!(
-            "already present at the destination with this digest; brought the referrers it lacked ({} referrers, {} manifests pushed, {} blobs, {} bytes)",
+            "already present at the destination with this digest; referrers brought up to date ({} copied, {} manifests pushed, {} blobs, {} bytes)",
             v.referrers_copied, v.manifests_pushed, v.blobs_copied, v.bytes_copied
         )
     } else {
@@ -411,6 +411,10 @@ fn describe(e: &Evidence) -> String {
             "{} blobs copied, {} already present, {} bytes",
             v.blobs_copied, v.blobs_skipped, v.bytes_copied
         )
+    };
+    let copy = match &v.referrers_unchecked {
+        Some(why) => format!("{copy}; referrers not compared: {why}"),
+        None => copy,
     };
     let ledger = match &e.ledger.commit {
         Some(commit) => format!(

@@ -151,7 +151,7 @@ fn copying_again_brings_a_referrer_attached_since_and_says_so() {
         assert_success(&out);
         let text = stdout(&out);
         assert!(
-            text.starts_with(&format!("{to} already holds {digest} (verified: true); brought the referrers it lacked: 1 referrers")),
+            text.starts_with(&format!("{to} already holds {digest} (verified: true); referrers brought up to date: 1 copied")),
             "{text}"
         );
     }

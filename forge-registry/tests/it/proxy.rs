@@ -178,6 +178,9 @@ pub enum Fault {
     /// Like `ServeReferrersApi`, one referrer per page: each page but the last names the next
     /// with `Link: <…?page=N>; rel="next"` (the spec lets registries paginate this list).
     ServeReferrersApiPaged,
+    /// Answer a referrers request with the API's `200` and an empty OCI index, whatever the
+    /// registry holds: a registry that serves the API but indexed none of these referrers.
+    ServeEmptyReferrersApi,
     /// Forward a manifest PUT and add `OCI-Subject` to the answer: the registry says it indexed
     /// the pushed referrer for its subject itself.
     AcknowledgeSubject,
@@ -500,6 +503,18 @@ async fn handle(
             return Err(ProxyError(format!(
                 "injected: connection dropped after {seen} request bytes"
             )));
+        }
+        Some(Fault::ServeEmptyReferrersApi) => {
+            let mut resp = Response::new(full(
+                br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#
+                    .to_vec(),
+            ));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/vnd.oci.image.index.v1+json"),
+            );
+            shared.record(&info, 200, true);
+            return Ok(resp);
         }
         Some(fault @ (Fault::ServeReferrersApi | Fault::ServeReferrersApiPaged)) => {
             let paged = matches!(fault, Fault::ServeReferrersApiPaged);

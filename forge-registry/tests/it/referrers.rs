@@ -309,6 +309,7 @@ async fn a_re_promotion_compares_referrers_through_the_apis_and_writes_nothing_w
         "the comparison alone, not the copy's walk: {again:?}"
     );
     assert_eq!(s.dst_proxy.count(Route::ManifestPut), puts_before);
+    assert_eq!(again.referrers_unchecked, None);
     // The image's, the SBOM's and the signature's referrers, once each.
     assert_eq!(s.src_proxy.count(Route::Referrers) - asked_before, 3);
 }
@@ -384,4 +385,39 @@ async fn a_referrer_present_but_unlisted_at_the_destination_gets_listed_once() {
         (0, 0),
         "{after:?}"
     );
+    assert_eq!(after.referrers_unchecked, None);
+}
+
+/// A destination that serves the referrers API but lists none of them (it indexed none) keeps
+/// them in the fallback indexes the copy wrote: a re-promotion reads those too and has nothing
+/// to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_promotion_reads_the_fallback_indexes_of_a_destination_whose_api_lists_nothing() {
+    let Some(s) = setup().await else { return };
+    s.dst_proxy.add_rule(Rule::new(
+        Route::Referrers,
+        Fault::ServeEmptyReferrersApi,
+        None,
+    ));
+    let (src, dst) = (
+        format!("{}/ci/app:31", s.src_proxy.host()),
+        format!("{}/prod/app:31", s.dst_proxy.host()),
+    );
+    let first = copy(&src, &dst).await.expect("copy");
+    assert_eq!(first.referrers_copied, 2);
+    assert!(fallback_index_lists(&s.dest.host(), &s.image, &s.sbom).await);
+    assert!(fallback_index_lists(&s.dest.host(), &s.sbom, &s.signature).await);
+
+    let again = copy(&src, &dst).await.expect("re-promotion");
+    assert!(again.already_present && again.verified);
+    assert_eq!(
+        (
+            again.referrers_copied,
+            again.manifests_pushed,
+            again.blobs_skipped
+        ),
+        (0, 0, 0),
+        "the comparison alone, not the copy's walk: {again:?}"
+    );
+    assert_eq!(again.referrers_unchecked, None);
 }

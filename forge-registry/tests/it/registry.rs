@@ -708,6 +708,18 @@ async fn referrer_chains_deeper_than_four_levels_are_refused_before_anything_is_
         .unwrap();
     assert_eq!(report.referrers_copied, 4);
     assert!(fallback_index_lists(&b, "prod/deep", &chain[3], &chain[4]).await);
+
+    // The fifth level attached again after that copy: a re-promotion of the complete image
+    // still succeeds, and says why its referrers were not compared.
+    fixtures::attach(&a, "ci/deep", &chain[4], &chain[5]).await;
+    let again = client()
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .unwrap();
+    assert!(again.already_present && again.verified);
+    assert_eq!(again.manifests_pushed, 0);
+    let why = again.referrers_unchecked.expect("the report says why");
+    assert!(why.contains("deeper than 4 levels"), "{why}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
