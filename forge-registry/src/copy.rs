@@ -1060,10 +1060,9 @@ async fn referrers_lacking(
 /// does); the rest are asked in parallel, through the fallback tags once it is known absent.
 async fn list_referrers(
     ep: &Endpoint,
-    subjects: impl Iterator<Item = Digest>,
+    mut subjects: impl Iterator<Item = Digest>,
     mut try_api: bool,
 ) -> Result<Vec<(Digest, (Vec<Descriptor>, bool))>, Error> {
-    let mut subjects = subjects.peekable();
     let mut answers = Vec::new();
     if try_api && let Some(first) = subjects.next() {
         let answer = ep.referrers(&first, true).await?;
