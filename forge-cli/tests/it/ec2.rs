@@ -799,21 +799,28 @@ fn status_exits_0_when_every_instance_runs_the_expected_tag() {
     );
 }
 
+/// `forge ec2 status --expect-tag TAG` against the SSM fake `answer`: exit 1, `stdout_line`
+/// among the instance lines and `finding` in the error.
+fn check_status_fails(
+    answer: fn(&str, usize, &str) -> (u16, String),
+    tag: &str,
+    stdout_line: &str,
+    finding: &str,
+) {
+    let out = status_expecting(&fake_ssm(answer), tag);
+    assert_exit(&out, 1);
+    assert!(stdout(&out).contains(stdout_line), "{}", stdout(&out));
+    assert!(stderr(&out).contains(finding), "{}", stderr(&out));
+}
+
 /// The right tag with a service stopped is not "as expected" either.
 #[test]
 fn status_flags_a_stopped_service_on_the_expected_tag() {
-    let endpoint = fake_ssm(|op, n, body| one_instance(op, n, body, "i-0000000000000000b", None));
-    let out = status_expecting(&endpoint, "41");
-    assert_exit(&out, 1);
-    assert!(
-        stdout(&out).contains("  i-0000000000000000b  41  not running: web\n"),
-        "{}",
-        stdout(&out)
-    );
-    assert!(
-        stderr(&out).contains("1 of 1 instance(s) do not run 41 with every service up (--expect-tag; SSM command c-3): i-0000000000000000b runs 41 (web not running)"),
-        "{}",
-        stderr(&out)
+    check_status_fails(
+        |op, n, body| one_instance(op, n, body, "i-0000000000000000b", None),
+        "41",
+        "  i-0000000000000000b  41  not running: web\n",
+        "1 of 1 instance(s) do not run 41 with every service up (--expect-tag; SSM command c-3): i-0000000000000000b runs 41 (web not running)",
     );
 }
 
@@ -821,60 +828,42 @@ fn status_flags_a_stopped_service_on_the_expected_tag() {
 /// is named, even on the expected tag with every service running.
 #[test]
 fn status_names_a_container_running_other_bytes() {
-    let endpoint = fake_ssm(|op, n, body| {
-        one_instance(
-            op,
-            n,
-            body,
-            "i-0000000000000000a",
-            Some(
-                "forge-step: inspect\nforge-previous-tag: 41\nforge-not-running: (none)\nforge-running-other-digest: 3f2a registry.example/web:42 registry.example/web@sha256:bbbb\nforge-running-pinned-checked: 1\nforge-step: finished\nforge-deployed-tag: 42\n",
-            ),
-        )
-    });
-    let out = status_expecting(&endpoint, "42");
-    assert_exit(&out, 1);
-    assert!(
-        stdout(&out).contains("  i-0000000000000000a  42  (previous 41)\n      other bytes: 3f2a registry.example/web:42 registry.example/web@sha256:bbbb\n"),
-        "{}",
-        stdout(&out)
-    );
-    assert!(
-        stderr(&out).contains(
-            "i-0000000000000000a runs 42 (container 3f2a runs other bytes than the promoted digest)"
-        ),
-        "{}",
-        stderr(&out)
+    check_status_fails(
+        |op, n, body| {
+            one_instance(
+                op,
+                n,
+                body,
+                "i-0000000000000000a",
+                Some(
+                    "forge-step: inspect\nforge-previous-tag: 41\nforge-not-running: (none)\nforge-running-other-digest: 3f2a registry.example/web:42 registry.example/web@sha256:bbbb\nforge-running-pinned-checked: 1\nforge-step: finished\nforge-deployed-tag: 42\n",
+                ),
+            )
+        },
+        "42",
+        "  i-0000000000000000a  42  (previous 41)\n      other bytes: 3f2a registry.example/web:42 registry.example/web@sha256:bbbb\n",
+        "i-0000000000000000a runs 42 (container 3f2a runs other bytes than the promoted digest)",
     );
 }
 
 /// A digest to check and no running container of the tag to check it on is not a pass.
 #[test]
 fn status_with_no_container_to_check_the_digest_on_is_not_a_pass() {
-    let endpoint = fake_ssm(|op, n, body| {
-        one_instance(
-            op,
-            n,
-            body,
-            "i-0000000000000000a",
-            Some(
-                "forge-step: inspect\nforge-previous-tag: 41\nforge-not-running: (none)\nforge-running-pinned-checked: 0\nforge-step: finished\nforge-deployed-tag: 42\n",
-            ),
-        )
-    });
-    let out = status_expecting(&endpoint, "42");
-    assert_exit(&out, 1);
-    assert!(
-        stdout(&out).contains(
-            "  i-0000000000000000a  42  (previous 41)  no running container to check the digest\n"
-        ),
-        "{}",
-        stdout(&out)
-    );
-    assert!(
-        stderr(&out).contains("i-0000000000000000a runs 42 (no running container of 42 to check the promoted digest against)"),
-        "{}",
-        stderr(&out)
+    check_status_fails(
+        |op, n, body| {
+            one_instance(
+                op,
+                n,
+                body,
+                "i-0000000000000000a",
+                Some(
+                    "forge-step: inspect\nforge-previous-tag: 41\nforge-not-running: (none)\nforge-running-pinned-checked: 0\nforge-step: finished\nforge-deployed-tag: 42\n",
+                ),
+            )
+        },
+        "42",
+        "  i-0000000000000000a  42  (previous 41)  no running container to check the digest\n",
+        "i-0000000000000000a runs 42 (no running container of 42 to check the promoted digest against)",
     );
 }
 

@@ -84,6 +84,21 @@ async fn assert_referrers_at_destination(s: &Setup) {
     }
 }
 
+/// A re-promotion that found every referrer at the destination: verified, nothing written,
+/// and not even the copy's walk (which would count the image's blobs as skipped).
+fn assert_compared_only(report: &forge_registry::CopyReport) {
+    assert!(report.already_present && report.verified, "{report:?}");
+    assert_eq!(
+        (
+            report.referrers_copied,
+            report.manifests_pushed,
+            report.blobs_skipped
+        ),
+        (0, 0, 0),
+        "the comparison alone, not the copy's walk: {report:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_source_with_the_referrers_api_is_asked_through_it_and_never_for_fallback_tags() {
     let Some(s) = setup().await else { return };
@@ -298,16 +313,7 @@ async fn a_re_promotion_compares_referrers_through_the_apis_and_writes_nothing_w
     let puts_before = s.dst_proxy.count(Route::ManifestPut);
 
     let again = copy(&src, &dst).await.expect("re-promotion");
-    assert!(again.already_present && again.verified);
-    assert_eq!(
-        (
-            again.referrers_copied,
-            again.manifests_pushed,
-            again.blobs_skipped
-        ),
-        (0, 0, 0),
-        "the comparison alone, not the copy's walk: {again:?}"
-    );
+    assert_compared_only(&again);
     assert_eq!(s.dst_proxy.count(Route::ManifestPut), puts_before);
     assert_eq!(again.referrers_unchecked, None);
     // The image's, the SBOM's and the signature's referrers, once each.
@@ -409,15 +415,6 @@ async fn a_re_promotion_reads_the_fallback_indexes_of_a_destination_whose_api_li
     assert!(fallback_index_lists(&s.dest.host(), &s.sbom, &s.signature).await);
 
     let again = copy(&src, &dst).await.expect("re-promotion");
-    assert!(again.already_present && again.verified);
-    assert_eq!(
-        (
-            again.referrers_copied,
-            again.manifests_pushed,
-            again.blobs_skipped
-        ),
-        (0, 0, 0),
-        "the comparison alone, not the copy's walk: {again:?}"
-    );
+    assert_compared_only(&again);
     assert_eq!(again.referrers_unchecked, None);
 }
