@@ -146,7 +146,8 @@ pub struct CopyReport {
     pub referrers_copied: u32,
     /// The destination tag already held this digest and everything it references: nothing of
     /// the image was uploaded. Referrers attached at the source since (signatures, SBOMs) are
-    /// still copied when the destination lacks them; `referrers_copied` counts them.
+    /// still copied when the destination lacks them; `referrers_copied` counts them. When that
+    /// copy fails, the error is [`ErrorKind::ReferrersNotCopied`](crate::ErrorKind::ReferrersNotCopied).
     pub already_present: bool,
     /// Why the referrer lists of an already-present image were not compared (listing them
     /// failed, or they nest deeper than the copy follows); the image itself is complete. `None`
@@ -466,173 +467,186 @@ impl Client {
             }
         }
 
-        // 4. Walk the tree and the referrers.
-        let mut tree = Tree::default();
-        let mut seen_blobs = HashSet::new();
-        let mut seen_manifests = HashSet::new();
-        collect_tree(
-            &src_ep,
-            top.clone(),
-            &mut tree,
-            &mut seen_blobs,
-            &mut seen_manifests,
-            0,
-        )
-        .await?;
-        let top_manifest = tree
-            .manifests
-            .pop()
-            .expect("collect_tree pushes the top manifest last");
-
-        // OCI layouts keep referrers the way registries without the API do: a fallback index
-        // under the ref name `sha256-<hex>` in index.json.
-        let copy_referrers = options.referrers;
-        let mut referrer_tree = Tree::default();
-        let referrer_groups = if copy_referrers {
-            // The image's own manifests are the first subjects: the top digest and, for an
-            // index, each platform's manifest.
-            let subjects = std::iter::once(top.digest.clone())
-                .chain(tree.manifests.iter().map(|m| m.digest.clone()))
-                .collect();
-            collect_referrers(
+        // Steps 4-7. On an image found complete above, only referrers are missing: a failure
+        // then says the image itself is there and verified, and that the tag was not touched.
+        let outcome = async {
+            // 4. Walk the tree and the referrers.
+            let mut tree = Tree::default();
+            let mut seen_blobs = HashSet::new();
+            let mut seen_manifests = HashSet::new();
+            collect_tree(
                 &src_ep,
-                src,
-                subjects,
-                &mut referrer_tree,
+                top.clone(),
+                &mut tree,
                 &mut seen_blobs,
                 &mut seen_manifests,
+                0,
             )
-            .await?
-        } else {
-            Vec::new()
-        };
-
-        // 5. Blobs, in parallel.
-        let counters = Arc::new(Counters::default());
-        let all_blobs: Vec<Descriptor> = tree
-            .blobs
-            .iter()
-            .chain(referrer_tree.blobs.iter())
-            .cloned()
-            .collect();
-        self.copy_blobs(&src_ep, &dst_ep, all_blobs, options, &counters, &known)
             .await?;
+            let top_manifest = tree
+                .manifests
+                .pop()
+                .expect("collect_tree pushes the top manifest last");
 
-        // 6. Child manifests by digest, then referrers, then the top manifest by tag.
-        for m in &tree.manifests {
-            push_if_missing(&dst_ep, m, options, &counters).await?;
-        }
-        let mut referrers_copied = 0;
-        if !referrer_groups.is_empty() {
-            let is_referrer: HashSet<&Digest> = referrer_groups
+            // OCI layouts keep referrers the way registries without the API do: a fallback index
+            // under the ref name `sha256-<hex>` in index.json.
+            let copy_referrers = options.referrers;
+            let mut referrer_tree = Tree::default();
+            let referrer_groups = if copy_referrers {
+                // The image's own manifests are the first subjects: the top digest and, for an
+                // index, each platform's manifest.
+                let subjects = std::iter::once(top.digest.clone())
+                    .chain(tree.manifests.iter().map(|m| m.digest.clone()))
+                    .collect();
+                collect_referrers(
+                    &src_ep,
+                    src,
+                    subjects,
+                    &mut referrer_tree,
+                    &mut seen_blobs,
+                    &mut seen_manifests,
+                )
+                .await?
+            } else {
+                Vec::new()
+            };
+
+            // 5. Blobs, in parallel.
+            let counters = Arc::new(Counters::default());
+            let all_blobs: Vec<Descriptor> = tree
+                .blobs
                 .iter()
-                .flat_map(|(_, list)| list.iter().map(|d| &d.digest))
+                .chain(referrer_tree.blobs.iter())
+                .cloned()
                 .collect();
-            // Referrers whose push the registry did not acknowledge with `OCI-Subject`.
-            let mut unacknowledged = HashSet::new();
-            let mut pushed = HashSet::new();
-            // Referrers are collected level by level, so a signature of an SBOM is pushed after
-            // the SBOM. The top manifest itself comes last (by tag, below): registries accept a
-            // referrer whose subject is not there yet.
-            for m in &referrer_tree.manifests {
-                if dst_ep.has_manifest(&m.digest).await? {
-                    continue;
-                }
-                if !dst_ep.put_manifest(m, None, false).await? {
-                    unacknowledged.insert(m.digest.clone());
-                }
-                pushed.insert(m.digest.clone());
-                counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
-                if is_referrer.contains(&m.digest) {
-                    referrers_copied += 1;
-                }
-                if let Some(p) = &options.progress {
-                    p.manifest_pushed(&m.digest, &m.media_type);
-                }
-            }
-            let top_listed = dst_ep.referrers_api(&top.digest).await?;
-            for (subject, list) in &referrer_groups {
-                // Without the API, the fallback index lists them all. With it, only those the
-                // registry does not list: pushed now without an `OCI-Subject` acknowledgement,
-                // or already there (an earlier copy, another tool) and missing from its list.
-                let unlisted: Vec<Descriptor> = match &top_listed {
-                    None => list.clone(),
-                    Some(top_listed) => {
-                        let earlier = list.iter().any(|d| !pushed.contains(&d.digest));
-                        let listed = if !earlier {
-                            Vec::new()
-                        } else if *subject == top.digest {
-                            top_listed.clone()
-                        } else {
-                            dst_ep.referrers_api(subject).await?.unwrap_or_default()
-                        };
-                        list.iter()
-                            .filter(|d| {
-                                unacknowledged.contains(&d.digest)
-                                    || (!pushed.contains(&d.digest)
-                                        && !listed.iter().any(|l| l.digest == d.digest))
-                            })
-                            .cloned()
-                            .collect()
-                    }
-                };
-                if !unlisted.is_empty() {
-                    update_fallback_index(&dst_ep, subject, &unlisted, &counters).await?;
-                }
-            }
-        }
-        let tag = dst.tag();
-        // The tag was checked before the blobs; a copy can take minutes, and another pipeline
-        // may have pushed the same tag meanwhile (a re-run build with a new digest). Look
-        // again right before writing it: a different digest is a conflict, never overwritten;
-        // the same digest is already there (and ECR refuses a same-digest re-push). Only
-        // registry-side immutability (ECR `IMMUTABLE`) closes the remaining milliseconds.
-        let pushed_meanwhile = match tag {
-            Some(t) => dst_ep.get_manifest(t).await?,
-            None => None,
-        };
-        match pushed_meanwhile {
-            Some(existing) if existing.digest != top.digest => {
-                return Err(Error::new(ErrorKind::TagTakenDuringCopy {
-                    destination: dst.to_string(),
-                    existing: existing.digest,
-                    source: top.digest.clone(),
-                }));
-            }
-            Some(_) => {
-                tracing::debug!(destination = %dst, "the tag appeared with the same digest during the copy");
-            }
-            None => {
-                dst_ep.put_manifest(&top_manifest, tag, true).await?;
-                counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
-                if let Some(p) = &options.progress {
-                    p.manifest_pushed(&top_manifest.digest, &top_manifest.media_type);
-                }
-            }
-        }
+            self.copy_blobs(&src_ep, &dst_ep, all_blobs, options, &counters, &known)
+                .await?;
 
-        // 7. Prove it.
-        let reference = tag.map_or_else(|| top.digest.to_string(), str::to_owned);
-        // After writing, everything is checked again: no answer from before the copy counts.
-        let check =
-            verify_tree(&dst_ep, dst, &reference, &top.digest, None, &HashMap::new()).await?;
-        Ok(CopyReport {
-            source: src.to_string(),
-            destination: dst.to_string(),
-            digest: top.digest.clone(),
-            media_type: top.media_type.clone(),
-            verified: check.verified,
-            blobs_copied: counters.blobs_copied.load(Ordering::Relaxed),
-            blobs_skipped: counters.blobs_skipped.load(Ordering::Relaxed),
-            blobs_mounted: counters.blobs_mounted.load(Ordering::Relaxed),
-            bytes_copied: counters.bytes_copied.load(Ordering::Relaxed),
-            manifests_pushed: counters.manifests_pushed.load(Ordering::Relaxed),
-            referrers_copied,
-            already_present: image_was_present,
-            referrers_unchecked: None,
-            retries: retries.load(Ordering::Relaxed),
-            duration_ms: duration_ms(start),
-        })
+            // 6. Child manifests by digest, then referrers, then the top manifest by tag.
+            for m in &tree.manifests {
+                push_if_missing(&dst_ep, m, options, &counters).await?;
+            }
+            let mut referrers_copied = 0;
+            if !referrer_groups.is_empty() {
+                let is_referrer: HashSet<&Digest> = referrer_groups
+                    .iter()
+                    .flat_map(|(_, list)| list.iter().map(|d| &d.digest))
+                    .collect();
+                // Referrers whose push the registry did not acknowledge with `OCI-Subject`.
+                let mut unacknowledged = HashSet::new();
+                let mut pushed = HashSet::new();
+                // Referrers are collected level by level, so a signature of an SBOM is pushed after
+                // the SBOM. The top manifest itself comes last (by tag, below): registries accept a
+                // referrer whose subject is not there yet.
+                for m in &referrer_tree.manifests {
+                    if dst_ep.has_manifest(&m.digest).await? {
+                        continue;
+                    }
+                    if !dst_ep.put_manifest(m, None, false).await? {
+                        unacknowledged.insert(m.digest.clone());
+                    }
+                    pushed.insert(m.digest.clone());
+                    counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+                    if is_referrer.contains(&m.digest) {
+                        referrers_copied += 1;
+                    }
+                    if let Some(p) = &options.progress {
+                        p.manifest_pushed(&m.digest, &m.media_type);
+                    }
+                }
+                let top_listed = dst_ep.referrers_api(&top.digest).await?;
+                for (subject, list) in &referrer_groups {
+                    // Without the API, the fallback index lists them all. With it, only those the
+                    // registry does not list: pushed now without an `OCI-Subject` acknowledgement,
+                    // or already there (an earlier copy, another tool) and missing from its list.
+                    let unlisted: Vec<Descriptor> = match &top_listed {
+                        None => list.clone(),
+                        Some(top_listed) => {
+                            let earlier = list.iter().any(|d| !pushed.contains(&d.digest));
+                            let listed = if !earlier {
+                                Vec::new()
+                            } else if *subject == top.digest {
+                                top_listed.clone()
+                            } else {
+                                dst_ep.referrers_api(subject).await?.unwrap_or_default()
+                            };
+                            list.iter()
+                                .filter(|d| {
+                                    unacknowledged.contains(&d.digest)
+                                        || (!pushed.contains(&d.digest)
+                                            && !listed.iter().any(|l| l.digest == d.digest))
+                                })
+                                .cloned()
+                                .collect()
+                        }
+                    };
+                    if !unlisted.is_empty() {
+                        update_fallback_index(&dst_ep, subject, &unlisted, &counters).await?;
+                    }
+                }
+            }
+            let tag = dst.tag();
+            // The tag was checked before the blobs; a copy can take minutes, and another pipeline
+            // may have pushed the same tag meanwhile (a re-run build with a new digest). Look
+            // again right before writing it: a different digest is a conflict, never overwritten;
+            // the same digest is already there (and ECR refuses a same-digest re-push). Only
+            // registry-side immutability (ECR `IMMUTABLE`) closes the remaining milliseconds.
+            let pushed_meanwhile = match tag {
+                Some(t) => dst_ep.get_manifest(t).await?,
+                None => None,
+            };
+            match pushed_meanwhile {
+                Some(existing) if existing.digest != top.digest => {
+                    return Err(Error::new(ErrorKind::TagTakenDuringCopy {
+                        destination: dst.to_string(),
+                        existing: existing.digest,
+                        source: top.digest.clone(),
+                    }));
+                }
+                Some(_) => {
+                    tracing::debug!(destination = %dst, "the tag appeared with the same digest during the copy");
+                }
+                None => {
+                    dst_ep.put_manifest(&top_manifest, tag, true).await?;
+                    counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
+                    if let Some(p) = &options.progress {
+                        p.manifest_pushed(&top_manifest.digest, &top_manifest.media_type);
+                    }
+                }
+            }
+
+            // 7. Prove it.
+            let reference = tag.map_or_else(|| top.digest.to_string(), str::to_owned);
+            // After writing, everything is checked again: no answer from before the copy counts.
+            let check =
+                verify_tree(&dst_ep, dst, &reference, &top.digest, None, &HashMap::new()).await?;
+            Ok(CopyReport {
+                source: src.to_string(),
+                destination: dst.to_string(),
+                digest: top.digest.clone(),
+                media_type: top.media_type.clone(),
+                verified: check.verified,
+                blobs_copied: counters.blobs_copied.load(Ordering::Relaxed),
+                blobs_skipped: counters.blobs_skipped.load(Ordering::Relaxed),
+                blobs_mounted: counters.blobs_mounted.load(Ordering::Relaxed),
+                bytes_copied: counters.bytes_copied.load(Ordering::Relaxed),
+                manifests_pushed: counters.manifests_pushed.load(Ordering::Relaxed),
+                referrers_copied,
+                already_present: image_was_present,
+                referrers_unchecked: None,
+                retries: retries.load(Ordering::Relaxed),
+                duration_ms: duration_ms(start),
+            })
+        }
+        .await;
+        match outcome {
+            Err(e) if image_was_present => Err(Error::new(ErrorKind::ReferrersNotCopied {
+                destination: dst.to_string(),
+                digest: top.digest.clone(),
+                source: Box::new(e),
+            })),
+            outcome => outcome,
+        }
     }
 
     async fn fetch_source_top(&self, src_ep: &Endpoint, src: &Reference) -> Result<Fetched, Error> {

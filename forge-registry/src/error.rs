@@ -169,6 +169,17 @@ pub enum ErrorKind {
         /// What is missing or different.
         reason: String,
     },
+    /// The destination tag already held the source digest and the image was complete and
+    /// verified, but copying the referrers the destination lacks (attached at the source since
+    /// the first copy) failed. The tag was not touched; `source` says what failed.
+    ReferrersNotCopied {
+        /// The destination reference.
+        destination: String,
+        /// The image digest, already at the destination.
+        digest: Digest,
+        /// What failed while copying the referrers.
+        source: Box<Error>,
+    },
     /// Authentication failed (401 after presenting credentials, or a token realm refusal).
     Unauthorized {
         /// Registry host.
@@ -238,6 +249,9 @@ pub enum ErrorKind {
 impl ErrorKind {
     /// See [`Error::is_invalid_input`].
     pub fn is_invalid_input(&self) -> bool {
+        if let ErrorKind::ReferrersNotCopied { source, .. } = self {
+            return source.kind.is_invalid_input();
+        }
         matches!(
             self,
             ErrorKind::InvalidReference(_)
@@ -256,6 +270,7 @@ impl ErrorKind {
     /// True for failures worth retrying: connection problems, 5xx, 429, corrupted transfers.
     pub fn is_retryable(&self) -> bool {
         match self {
+            ErrorKind::ReferrersNotCopied { source, .. } => source.kind.is_retryable(),
             ErrorKind::Transport { .. } | ErrorKind::DigestMismatch { .. } => true,
             ErrorKind::Registry { status, code, .. } => {
                 *status >= 500
@@ -273,6 +288,7 @@ impl ErrorKind {
                 Some(source.as_ref())
             }
             ErrorKind::Io { source, .. } => Some(source),
+            ErrorKind::ReferrersNotCopied { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }
@@ -315,6 +331,14 @@ impl fmt::Display for ErrorKind {
             } => write!(
                 f,
                 "repository '{repository}' does not exist in registry '{registry}': {hint}. Nothing was uploaded."
+            ),
+            ErrorKind::ReferrersNotCopied {
+                destination,
+                digest,
+                ..
+            } => write!(
+                f,
+                "{destination} already holds {digest}, complete and verified, but the referrers it lacks (signatures, SBOMs or reports attached at the source since the first copy) could not be copied; the tag was left as it is. Re-run the copy once the cause below is fixed, or copy without referrers (--no-referrers, or `CopyOptions::referrers = false`) if nothing in the target environment requires them"
             ),
             ErrorKind::ManifestNotFound { reference } => write!(
                 f,

@@ -418,3 +418,73 @@ async fn a_re_promotion_reads_the_fallback_indexes_of_a_destination_whose_api_li
     assert_compared_only(&again);
     assert_eq!(again.referrers_unchecked, None);
 }
+
+/// A referrer attached after the first copy that the destination refuses: the re-promotion
+/// fails with an error saying the image itself is there and verified and the tag untouched,
+/// with the registry's refusal as its cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_referrer_that_cannot_be_copied_fails_the_re_promotion_saying_the_image_is_there() {
+    let Some(s) = setup().await else { return };
+    let (src, dst) = (
+        format!("{}/ci/app:31", s.src_proxy.host()),
+        format!("{}/prod/app:31", s.dst_proxy.host()),
+    );
+    copy(&src, &dst).await.expect("first copy");
+    let scan = fixtures::referrer(3, &s.image);
+    fixtures::attach(&s.src_proxy.host(), "ci/app", &s.image, &scan).await;
+    s.dst_proxy.add_rule(
+        Rule::new(
+            Route::ManifestPut,
+            Fault::Status {
+                status: 400,
+                code: "MANIFEST_INVALID",
+                retry_after: None,
+            },
+            None,
+        )
+        .matching(&scan.digest),
+    );
+
+    let err = copy(&src, &dst)
+        .await
+        .expect_err("the late referrer is refused");
+    let forge_registry::ErrorKind::ReferrersNotCopied {
+        destination,
+        digest,
+        source,
+    } = &err.kind
+    else {
+        panic!("expected ReferrersNotCopied, got {err:?}");
+    };
+    assert_eq!(
+        (destination.as_str(), digest.as_str()),
+        (dst.as_str(), s.image.digest.as_str())
+    );
+    assert!(
+        source.to_string().contains("MANIFEST_INVALID"),
+        "the cause names the refusal: {source}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("complete and verified") && message.contains("tag was left as it is"),
+        "{message}"
+    );
+    let chain = std::error::Error::source(&err).map(ToString::to_string);
+    assert_eq!(
+        chain,
+        Some(source.to_string()),
+        "the cause is the error's source"
+    );
+    assert_eq!(
+        fixtures::manifest_digest(&s.dest.host(), "prod/app", "31")
+            .await
+            .as_deref(),
+        Some(s.image.digest.as_str()),
+        "the tag still holds the image"
+    );
+    assert_eq!(
+        fixtures::manifest_digest(&s.dest.host(), "prod/app", &scan.digest).await,
+        None,
+        "the refused referrer is not there"
+    );
+}
