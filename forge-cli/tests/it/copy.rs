@@ -163,6 +163,51 @@ fn copying_again_brings_a_referrer_attached_since_and_says_so() {
     );
 }
 
+/// A source whose referrer list cannot be read on a re-promotion (here a fallback index named
+/// in `index.json` whose blob is gone): the image is there and verified, so the copy succeeds,
+/// and the text says the referrers were not compared and why.
+#[test]
+fn a_re_promotion_that_cannot_list_referrers_succeeds_and_says_they_were_not_compared() {
+    let Some(s) = setup() else { return };
+    let layout = s.dir.path().join("unlisted");
+    let digest = forge_testkit::oci::write_image(&layout, "5").expect("fixture image");
+    let src = format!("oci:{}:5", layout.display());
+    let dst = format!("{}/prod/app:5", s.b.host());
+    assert_success(&forge_in(s.dir.path(), &["copy", &src, &dst]));
+
+    attach_sbom(&layout, &digest);
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).expect("index.json"))
+            .expect("JSON");
+    let fallback_name = format!("sha256-{}", digest.trim_start_matches("sha256:"));
+    let fallback = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == fallback_name.as_str())
+        .and_then(|m| m["digest"].as_str())
+        .expect("attach_sbom named a fallback index")
+        .to_owned();
+    std::fs::remove_file(
+        layout
+            .join("blobs/sha256")
+            .join(fallback.trim_start_matches("sha256:")),
+    )
+    .expect("remove the fallback index blob");
+
+    let out = forge_in(s.dir.path(), &["copy", &src, &dst]);
+    assert_success(&out);
+    let text = stdout(&out);
+    let expected_start = format!(
+        "{dst} already holds {digest} (verified: true); nothing uploaded\n  referrers not compared: "
+    );
+    assert!(text.starts_with(&expected_start), "{text}");
+    assert!(
+        text.contains(&fallback),
+        "the reason names the missing blob: {text}"
+    );
+}
+
 #[test]
 fn refusals_exit_2_with_one_paragraph_and_failures_exit_1() {
     let Some(s) = setup() else { return };
