@@ -2,8 +2,9 @@
 //! repository.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -11,9 +12,12 @@ use reqwest::header::{self, HeaderMap, HeaderValue};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
 
-use crate::auth::{Anonymous, Credential, CredentialProvider, DockerConfig, parse_challenge};
+use crate::auth::{
+    Anonymous, BoxError, Credential, CredentialProvider, DockerConfig, parse_challenge,
+};
 use crate::error::{Error, ErrorKind};
 use crate::reference::{DOCKER_HUB, Reference};
+use crate::transfer::BlobStream;
 
 /// The `client_id` sent with OAuth2 token requests (token services log it for audits).
 const OAUTH_CLIENT_ID: &str = "forge";
@@ -173,8 +177,10 @@ impl ClientBuilder {
         self
     }
 
-    /// Timeout between two reads of a response (default 120 s): a stalled transfer fails and
-    /// is retried instead of hanging.
+    /// How long a request may go without progress (default 120 s): no response byte while
+    /// waiting for or reading a response, no upload byte taken by the registry, or no answer
+    /// after an upload's last byte. A stalled transfer fails and is retried instead of
+    /// hanging; a slow one that keeps moving is never cut off, however long it takes.
     pub fn read_timeout(mut self, timeout: Duration) -> Self {
         self.read_timeout = timeout;
         self
@@ -190,6 +196,8 @@ impl ClientBuilder {
             },
             plain: OnceLock::new(),
             tls: OnceLock::new(),
+            plain_upload: OnceLock::new(),
+            tls_upload: OnceLock::new(),
         };
         // Fail at build time if even the plain client cannot be built.
         let plain_probe = Url::parse("http://localhost/").expect("a constant, valid URL");
@@ -287,18 +295,28 @@ struct TransportSettings {
     read_timeout: Duration,
 }
 
-/// Two HTTP clients, each built on first use: plain HTTP for loopback and configured hosts,
-/// and TLS. The TLS client loads the platform's root certificates when built (about half of
-/// a no-op re-promotion's run time), so a copy between plain-HTTP registries never pays it.
+/// The HTTP clients, each built on first use: plain HTTP for loopback and configured hosts,
+/// and TLS; each in two kinds, for ordinary requests and for uploads. The TLS clients load
+/// the platform's root certificates when built (about half of a no-op re-promotion's run
+/// time), so a copy between plain-HTTP registries never pays it.
+///
+/// Uploads need their own client because reqwest's read timeout starts when a request is
+/// sent and is reset only by response bytes: a streamed PUT of a large blob over a slow link
+/// would hit it while still uploading. Upload requests get a progress watchdog instead
+/// ([`Repo::send_once`]).
 struct Transports {
     settings: TransportSettings,
     plain: OnceLock<reqwest::Client>,
     tls: OnceLock<reqwest::Client>,
+    plain_upload: OnceLock<reqwest::Client>,
+    tls_upload: OnceLock<reqwest::Client>,
 }
 
 impl Transports {
     fn build(&self, tls: bool) -> Result<reqwest::Client, reqwest::Error> {
-        self.builder(tls).build()
+        self.builder(tls)
+            .read_timeout(self.settings.read_timeout)
+            .build()
     }
 
     fn builder(&self, tls: bool) -> reqwest::ClientBuilder {
@@ -306,7 +324,6 @@ impl Transports {
         let mut builder = reqwest::Client::builder()
             .user_agent(s.user_agent.clone())
             .connect_timeout(s.connect_timeout)
-            .read_timeout(s.read_timeout)
             .tcp_nodelay(true)
             // Parallel blob streams may share one HTTP/2 connection: let the flow-control
             // window grow with the bandwidth-delay product instead of capping each stream.
@@ -323,6 +340,7 @@ impl Transports {
     /// identity-token exchange needs it, once per scope).
     fn no_redirect_for_url(&self, url: &Url) -> Result<reqwest::Client, Error> {
         self.builder(url.scheme() == "https")
+            .read_timeout(self.settings.read_timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| {
@@ -341,6 +359,22 @@ impl Transports {
             return Ok(client);
         }
         let client = self.build(tls)?;
+        Ok(cell.get_or_init(|| client))
+    }
+
+    /// The upload client for `url`'s scheme (no read timeout: see the type's docs), built on
+    /// first use.
+    fn upload_client(&self, url: &Url) -> Result<&reqwest::Client, reqwest::Error> {
+        let tls = url.scheme() == "https";
+        let cell = if tls {
+            &self.tls_upload
+        } else {
+            &self.plain_upload
+        };
+        if let Some(client) = cell.get() {
+            return Ok(client);
+        }
+        let client = self.builder(tls).build()?;
         Ok(cell.get_or_init(|| client))
     }
 
@@ -779,32 +813,80 @@ impl Repo {
         }
     }
 
-    /// Sends once (streamed bodies cannot be replayed): auth from the cache only.
+    /// Sends an upload once (streamed bodies cannot be replayed): auth from the cache only.
+    ///
+    /// No overall time limit, however large the body: the request fails only when it stops
+    /// moving, i.e. when the registry takes no byte of the body for the read timeout, or does
+    /// not answer within it after the last byte.
     pub(crate) async fn send_once(
         &self,
         method: Method,
         url: Url,
         headers: HeaderMap,
-        body: reqwest::Body,
-    ) -> Result<Response, reqwest::Error> {
+        body: UploadBody,
+    ) -> Result<Response, BoxError> {
+        let stall_limit = self.inner.http.settings.read_timeout;
+        // hyper stops polling a body once it has sent the declared length, so the end of the
+        // stream may never be seen: the byte count says the body is out.
+        let declared = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let activity = Arc::new(Activity::new(declared));
+        let mut stream = match body {
+            UploadBody::Stream(s) => s,
+            UploadBody::Bytes(b) => bytes_stream(b),
+        };
+        let watched = activity.clone();
+        // Every poll that yields (a chunk, an error, the end) is progress: hyper polls the
+        // body only when the connection can take more bytes.
+        let stream = futures_util::stream::poll_fn(move |cx| {
+            let polled = stream.as_mut().poll_next(cx);
+            match &polled {
+                Poll::Ready(None) => watched.finish(),
+                Poll::Ready(Some(Ok(chunk))) => watched.sent(chunk.len()),
+                Poll::Ready(Some(Err(_))) => watched.touch(),
+                Poll::Pending => {}
+            }
+            polled
+        });
         let mut req = self
             .inner
             .http
-            .client(&url)?
+            .upload_client(&url)?
             .request(method, url.clone())
             .headers(headers)
-            .body(body);
+            .body(reqwest::Body::wrap_stream(stream));
         if let Some(auth) = self.cached_auth(&url) {
             req = req.header(header::AUTHORIZATION, auth);
         }
-        req.send().await
+        let send = req.send();
+        tokio::pin!(send);
+        loop {
+            let idle = activity.idle();
+            if idle >= stall_limit {
+                return Err(Box::new(Stalled {
+                    limit: stall_limit,
+                    body_sent: activity.finished(),
+                }));
+            }
+            tokio::select! {
+                answer = &mut send => return answer.map_err(|e| Box::new(e) as BoxError),
+                () = tokio::time::sleep(stall_limit - idle) => {}
+            }
+        }
     }
 
     /// Turns an unexpected response into an error, reading the OCI error body.
     pub(crate) async fn error_from(&self, method: &Method, url: &Url, resp: Response) -> Error {
         let status = resp.status().as_u16();
         let retry_after = self.inner.retry.retry_after(resp.headers());
-        let body = resp.bytes().await.unwrap_or_default();
+        // Upload answers come through a client without a read timeout: bound the error body.
+        let body = tokio::time::timeout(self.inner.http.settings.read_timeout, resp.bytes())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
         let (code, message) = parse_error_body(&body);
         let kind = match (status, code.as_deref()) {
             (401, _) | (_, Some("UNAUTHORIZED")) => ErrorKind::Unauthorized {
@@ -838,6 +920,106 @@ impl Repo {
         }
     }
 }
+
+/// The body of an upload request ([`Repo::send_once`]).
+pub(crate) enum UploadBody {
+    /// A blob streamed from its source.
+    Stream(BlobStream),
+    /// Bytes in memory (a chunk of a chunked upload, an empty final PUT).
+    Bytes(Bytes),
+}
+
+/// An in-memory body as a stream of 64 KiB slices (no copies), so the watchdog sees it move.
+fn bytes_stream(bytes: Bytes) -> BlobStream {
+    const SLICE: usize = 64 * 1024;
+    let slices: Vec<Result<Bytes, BoxError>> = (0..bytes.len())
+        .step_by(SLICE)
+        .map(|at| Ok(bytes.slice(at..bytes.len().min(at + SLICE))))
+        .collect();
+    Box::pin(futures_util::stream::iter(slices))
+}
+
+/// When an upload last moved, and whether its body has been sent in full.
+struct Activity {
+    start: Instant,
+    /// Milliseconds after `start`.
+    last: AtomicU64,
+    finished: AtomicBool,
+    /// Body bytes handed to the connection, and the `Content-Length` declared.
+    sent: AtomicU64,
+    declared: Option<u64>,
+}
+
+impl Activity {
+    fn new(declared: Option<u64>) -> Self {
+        Activity {
+            start: Instant::now(),
+            last: AtomicU64::new(0),
+            finished: AtomicBool::new(false),
+            sent: AtomicU64::new(0),
+            declared,
+        }
+    }
+
+    fn sent(&self, bytes: usize) {
+        self.sent.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.touch();
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn touch(&self) {
+        self.last.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn finish(&self) {
+        self.touch();
+        self.finished.store(true, Ordering::Relaxed);
+    }
+
+    fn finished(&self) -> bool {
+        self.finished.load(Ordering::Relaxed)
+            || self
+                .declared
+                .is_some_and(|n| self.sent.load(Ordering::Relaxed) >= n)
+    }
+
+    fn idle(&self) -> Duration {
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// An upload that stopped moving for the read timeout.
+#[derive(Debug)]
+pub(crate) struct Stalled {
+    limit: Duration,
+    body_sent: bool,
+}
+
+impl std::fmt::Display for Stalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let limit = self.limit.as_secs_f64();
+        if self.body_sent {
+            write!(
+                f,
+                "the registry did not answer within {limit:.1}s of the upload's last byte"
+            )?;
+        } else {
+            write!(
+                f,
+                "the upload made no progress for {limit:.1}s (the registry stopped taking its bytes)"
+            )?;
+        }
+        f.write_str(": check the registry and the network between; a slower link is fine as long as bytes keep moving, the limit is the client's read timeout")
+    }
+}
+
+impl std::error::Error for Stalled {}
 
 /// Resolves a `Location` header (absolute or relative) against the request URL.
 pub(crate) fn resolve_location(request: &Url, resp: &Response) -> Option<Url> {

@@ -12,7 +12,7 @@ use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 
 use crate::auth::BoxError;
-use crate::client::{Repo, resolve_location};
+use crate::client::{Repo, UploadBody, resolve_location};
 use crate::copy::{Progress, UploadMode};
 use crate::digest::{Descriptor, Digest, ManifestRefs, MediaType};
 use crate::error::{Error, ErrorKind};
@@ -656,13 +656,10 @@ fn with_digest(mut url: url::Url, digest: &Digest) -> url::Url {
     url
 }
 
-fn body_error(slot: &FailureSlot, context: String, e: reqwest::Error) -> Error {
+fn body_error(slot: &FailureSlot, context: String, source: BoxError) -> Error {
     match take_slot(slot) {
         Some(kind) => Error::new(kind),
-        None => Error::new(ErrorKind::Transport {
-            context,
-            source: Box::new(e),
-        }),
+        None => Error::new(ErrorKind::Transport { context, source }),
     }
 }
 
@@ -702,12 +699,7 @@ async fn upload_monolithic(
     );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(desc.size));
     let resp = r
-        .send_once(
-            Method::PUT,
-            url.clone(),
-            h,
-            reqwest::Body::wrap_stream(stream),
-        )
+        .send_once(Method::PUT, url.clone(), h, UploadBody::Stream(stream))
         .await
         .map_err(|e| body_error(slot, format!("PUT {url}"), e))?;
     if let Some(kind) = take_slot(slot) {
@@ -756,12 +748,12 @@ async fn upload_chunked(
                 h.insert(header::CONTENT_RANGE, v);
             }
             let resp = r
-                .send_once(Method::PATCH, url.clone(), h, reqwest::Body::from(chunk))
+                .send_once(Method::PATCH, url.clone(), h, UploadBody::Bytes(chunk))
                 .await
-                .map_err(|e| {
+                .map_err(|source| {
                     Error::new(ErrorKind::Transport {
                         context: format!("PATCH {url}"),
-                        source: Box::new(e),
+                        source,
                     })
                 })?;
             // ECR answers 201 instead of 202: accept both.
@@ -781,17 +773,12 @@ async fn upload_chunked(
     let mut h = HeaderMap::new();
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     let resp = r
-        .send_once(
-            Method::PUT,
-            url.clone(),
-            h,
-            reqwest::Body::from(Bytes::new()),
-        )
+        .send_once(Method::PUT, url.clone(), h, UploadBody::Bytes(Bytes::new()))
         .await
-        .map_err(|e| {
+        .map_err(|source| {
             Error::new(ErrorKind::Transport {
                 context: format!("PUT {url}"),
-                source: Box::new(e),
+                source,
             })
         })?;
     check_put(r, &url, resp, desc).await

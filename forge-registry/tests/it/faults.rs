@@ -64,6 +64,10 @@ impl Setup {
     }
 
     async fn copy(&self) -> Result<CopyReport, Error> {
+        self.copy_with_read_timeout(Duration::from_secs(120)).await
+    }
+
+    async fn copy_with_read_timeout(&self, read_timeout: Duration) -> Result<CopyReport, Error> {
         let client = Client::builder()
             .retry_policy(RetryPolicy {
                 max_retries: RETRIES,
@@ -71,6 +75,7 @@ impl Setup {
                 max_backoff: Duration::from_millis(200),
                 max_retry_after: Duration::from_secs(2),
             })
+            .read_timeout(read_timeout)
             .build()
             .expect("client builds");
         let src: Reference = format!("{}/team/app:1", self.src_proxy.host())
@@ -415,5 +420,62 @@ async fn a_blob_never_gets_more_than_the_policys_retries_in_all() {
         err.to_string()
             .contains(&format!("after {RETRIES} retries")),
         "{err}"
+    );
+}
+
+/// The 64 KiB layer's hex digest.
+fn small_layer_hex(s: &Setup) -> &str {
+    s.image.blobs[2].trim_start_matches("sha256:")
+}
+
+/// A source that sends a layer slowly but steadily: the streamed upload takes longer than the
+/// read timeout (reqwest's own read timeout would cut it off: it runs from the request's start
+/// until the answer), yet it never stalls, so it completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_upload_that_keeps_moving_is_never_cut_off() {
+    let Some(s) = setup().await else { return };
+    let trickle = Fault::Trickle {
+        piece: 4 * 1024,
+        every: Duration::from_millis(150),
+    };
+    s.src_proxy
+        .add_rule(Rule::new(Route::BlobGet, trickle, None).matching(small_layer_hex(&s)));
+    let started = std::time::Instant::now();
+    let result = s.copy_with_read_timeout(Duration::from_secs(1)).await;
+    s.check_invariant(&result).await;
+    let report = result.expect("a moving transfer is never cut off");
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "the 64 KiB layer trickled in 16 pieces 150 ms apart: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(report.retries, 0, "{report:?}");
+}
+
+/// A registry that takes an upload and never answers: each attempt fails one read timeout
+/// after its last byte, the blob is retried, and the copy gives up saying why, with no tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_the_registry_never_answers_fails_after_the_read_timeout() {
+    let Some(s) = setup().await else { return };
+    s.dst_proxy.add_rule(
+        Rule::new(Route::UploadPut, Fault::HangAfterRequestBody, None)
+            .matching(small_layer_hex(&s)),
+    );
+    let result = s.copy_with_read_timeout(Duration::from_secs(1)).await;
+    s.check_invariant(&result).await;
+    let err = result.expect_err("the registry never answers");
+    assert_gave_up(&err);
+    let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(
+        chain.contains("did not answer within 1.0s of the upload's last byte"),
+        "{chain}"
+    );
+    assert_eq!(
+        s.dst_proxy.faults_injected(),
+        RETRIES as usize + 1,
+        "every attempt uploaded the blob once"
     );
 }

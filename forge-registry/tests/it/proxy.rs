@@ -22,10 +22,11 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
-use futures_util::{Stream, TryStreamExt as _};
+use futures_util::{Stream, StreamExt as _, TryStreamExt as _};
 use http_body_util::{BodyExt as _, Full, StreamBody, combinators::UnsyncBoxBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -184,6 +185,11 @@ pub enum Fault {
     /// Forward a manifest PUT and add `OCI-Subject` to the answer: the registry says it indexed
     /// the pushed referrer for its subject itself.
     AcknowledgeSubject,
+    /// Forward, then deliver the response body `piece` bytes at a time, `every` apart: a slow
+    /// link that keeps moving.
+    Trickle { piece: usize, every: Duration },
+    /// Read the whole request body, then never answer: a registry that hangs after an upload.
+    HangAfterRequestBody,
 }
 
 /// Inject `fault` into the next `times` requests of kind `route` (`None` = forever), optionally
@@ -486,6 +492,13 @@ async fn handle(
             shared.record(&info, status.as_u16(), true);
             return Ok(resp);
         }
+        Some(Fault::HangAfterRequestBody) => {
+            let _ = req.into_body().collect().await;
+            shared.record(&info, 0, true);
+            // Longer than any test; the proxy's runtime ends with the test.
+            tokio::time::sleep(Duration::from_secs(600)).await;
+            return Err(ProxyError("injected: never answered".to_owned()));
+        }
         Some(Fault::DropRequestAfter(n)) => {
             let mut body = req.into_body();
             let mut seen = 0u64;
@@ -671,6 +684,7 @@ async fn handle(
         Some(Fault::DropResponseAfter(n)) => tamper(body, Tamper::DropAfter(n)),
         Some(Fault::Truncate(n)) => tamper(body, Tamper::EndAt(n)),
         Some(Fault::FlipByte(n)) => tamper(body, Tamper::Flip(n)),
+        Some(Fault::Trickle { piece, every }) => trickle(body, piece, every),
         _ => body,
     };
     shared.record(&info, parts.status.as_u16(), faulted);
@@ -781,6 +795,31 @@ async fn forward(
         .map_ok(Frame::data)
         .map_err(ProxyError::from);
     Ok(resp.body(UnsyncBoxBody::new(StreamBody::new(stream)))?)
+}
+
+/// Delivers a response body `piece` bytes at a time, `every` apart.
+fn trickle(body: ProxyBody, piece: usize, every: Duration) -> ProxyBody {
+    let data = Box::pin(body.into_data_stream());
+    let pieces = futures_util::stream::unfold(
+        (data, Bytes::new(), true),
+        move |(mut data, mut rest, first)| async move {
+            loop {
+                if !rest.is_empty() {
+                    if !first {
+                        tokio::time::sleep(every).await;
+                    }
+                    let out = rest.split_to(piece.min(rest.len()));
+                    return Some((Ok(Frame::data(out)), (data, rest, false)));
+                }
+                match data.next().await {
+                    Some(Ok(bytes)) => rest = bytes,
+                    Some(Err(e)) => return Some((Err(e), (data, rest, first))),
+                    None => return None,
+                }
+            }
+        },
+    );
+    UnsyncBoxBody::new(StreamBody::new(pieces))
 }
 
 enum Tamper {
