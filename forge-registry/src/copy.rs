@@ -607,7 +607,26 @@ impl Client {
                     tracing::debug!(destination = %dst, "the tag appeared with the same digest during the copy");
                 }
                 None => {
-                    dst_ep.put_manifest(&top_manifest, tag, true).await?;
+                    if let Err(e) = dst_ep.put_manifest(&top_manifest, tag, true).await {
+                        // The tag decides. A retried PUT whose first attempt was committed
+                        // (its answer lost on the way) is refused by registries with immutable
+                        // tags (ECR: 400 TAG_INVALID) though the tag holds the digest; a tag
+                        // another pipeline took meanwhile is refused the same way.
+                        let Some(t) = tag else { return Err(e) };
+                        match dst_ep.get_manifest(t).await {
+                            Ok(Some(held)) if held.digest == top.digest => {
+                                tracing::debug!(destination = %dst, error = %e, "the tag PUT failed but the tag holds the digest");
+                            }
+                            Ok(Some(held)) => {
+                                return Err(Error::new(ErrorKind::TagTakenDuringCopy {
+                                    destination: dst.to_string(),
+                                    existing: held.digest,
+                                    source: top.digest.clone(),
+                                }));
+                            }
+                            _ => return Err(e),
+                        }
+                    }
                     counters.manifests_pushed.fetch_add(1, Ordering::Relaxed);
                     if let Some(p) = &options.progress {
                         p.manifest_pushed(&top_manifest.digest, &top_manifest.media_type);

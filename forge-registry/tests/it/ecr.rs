@@ -460,18 +460,60 @@ async fn losing_the_race_for_an_immutable_tag_fails_and_keeps_the_winner() {
         .copy(&s.src(), &s.dst("team/app", "1"), &CopyOptions::default())
         .await
         .unwrap_err();
+    // ECR refuses the PUT (TAG_INVALID); Forge reads the tag again and names the winner.
     let message = err.to_string();
     assert!(
-        message.contains("TAG_INVALID") || matches!(err.kind(), ErrorKind::TagConflict { .. }),
-        "{message}"
+        matches!(err.kind(), ErrorKind::TagTakenDuringCopy { .. }),
+        "{err:?}"
     );
-    assert!(
-        message.contains("immutable") || message.contains(&winner.digest),
-        "{message}"
-    );
+    assert!(message.contains(&winner.digest), "{message}");
+    assert!(err.is_invalid_input(), "a refusal (exit 2), not a failure");
     assert_eq!(
         manifest_digest(&s.dest.host(), "team/app", "1").await,
         Some(winner.digest)
+    );
+}
+
+/// ECR commits the tag PUT but its answer is lost (a 503 on the way back): the retried PUT is
+/// refused as TAG_INVALID (immutable), yet the tag holds the image. Forge reads the tag,
+/// finds the digest, verifies and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tag_put_whose_answer_was_lost_is_found_at_the_tag_and_verified() {
+    let Some(s) = setup(&["team/app"], &[random_bytes(37, 20_000)]).await else {
+        return;
+    };
+    s.ecr.add_rule(
+        Rule::new(
+            Route::ManifestPut,
+            Fault::StatusAfterForward {
+                status: 503,
+                code: "UNAVAILABLE",
+            },
+            Some(1),
+        )
+        .matching("/manifests/1"),
+    );
+    let (client, _) = s.client(PASSWORD);
+    let report = client
+        .copy(&s.src(), &s.dst("team/app", "1"), &CopyOptions::default())
+        .await
+        .expect("the tag holds the image");
+    assert!(report.verified && report.retries >= 1, "{report:?}");
+    assert_eq!(
+        manifest_digest(&s.dest.host(), "team/app", "1").await,
+        Some(report.digest.to_string())
+    );
+    let tag_puts: Vec<u16> = s
+        .ecr
+        .log()
+        .into_iter()
+        .filter(|l| l.route == Route::ManifestPut && l.path.ends_with("/manifests/1"))
+        .map(|l| l.status)
+        .collect();
+    assert_eq!(
+        tag_puts,
+        [503, 400],
+        "committed, lost, retried, refused as immutable"
     );
 }
 

@@ -190,6 +190,10 @@ pub enum Fault {
     Trickle { piece: usize, every: Duration },
     /// Read the whole request body, then never answer: a registry that hangs after an upload.
     HangAfterRequestBody,
+    /// Forward (the real registry commits), then answer `status` with a distribution-style
+    /// JSON error instead of the real answer: a response lost on the way back, as a load
+    /// balancer's 502/503 after the backend wrote.
+    StatusAfterForward { status: u16, code: &'static str },
 }
 
 /// Inject `fault` into the next `times` requests of kind `route` (`None` = forever), optionally
@@ -679,6 +683,15 @@ async fn handle(
                 HeaderValue::from_str(subject).expect("a digest is a header value"),
             );
         }
+    }
+    if let Some(Fault::StatusAfterForward { status, code }) = &fault {
+        let status = StatusCode::from_u16(*status).expect("valid status in rule");
+        shared.record(&info, status.as_u16(), true);
+        return Ok(json_error(
+            status,
+            code,
+            "injected by the test proxy after forwarding",
+        ));
     }
     let body = match fault {
         Some(Fault::DropResponseAfter(n)) => tamper(body, Tamper::DropAfter(n)),
