@@ -608,6 +608,10 @@ impl Client {
                 }
                 None => {
                     if let Err(e) = dst_ep.put_manifest(&top_manifest, tag, true).await {
+                        // A registry that stored other bytes has said so: nothing to look up.
+                        if matches!(e.kind, ErrorKind::VerificationFailed { .. }) {
+                            return Err(e);
+                        }
                         // The tag decides. A retried PUT whose first attempt was committed
                         // (its answer lost on the way) is refused by registries with immutable
                         // tags (ECR: 400 TAG_INVALID) though the tag holds the digest; a tag

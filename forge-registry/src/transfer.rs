@@ -261,14 +261,12 @@ impl Endpoint {
                 if !resp.status().is_success() {
                     return Err(r.error_from(&Method::PUT, &url, resp).await);
                 }
+                // Accepted, so something is stored: a different digest is not a transfer to
+                // retry but a registry that changed the bytes (re-serialized or converted them).
                 if let Some(d) = header_digest(resp.headers())
                     && d != manifest.digest
                 {
-                    return Err(Error::new(ErrorKind::DigestMismatch {
-                        what: format!("manifest stored at {url} (Docker-Content-Digest)"),
-                        expected: manifest.digest.clone(),
-                        actual: d,
-                    }));
+                    return Err(stored_otherwise(&url, "manifest", &manifest.digest, &d));
                 }
                 Ok(resp.headers().contains_key("oci-subject"))
             }
@@ -675,13 +673,20 @@ async fn check_put(
     if let Some(d) = header_digest(resp.headers())
         && d != desc.digest
     {
-        return Err(Error::new(ErrorKind::DigestMismatch {
-            what: format!("blob committed at {url} (Docker-Content-Digest)"),
-            expected: desc.digest.clone(),
-            actual: d,
-        }));
+        return Err(stored_otherwise(url, "blob", &desc.digest, &d));
     }
     Ok(())
+}
+
+/// A PUT the registry accepted (so it stored something) whose `Docker-Content-Digest` is not
+/// the digest of the bytes sent.
+fn stored_otherwise(url: &url::Url, what: &str, sent: &Digest, stored: &Digest) -> Error {
+    Error::new(ErrorKind::VerificationFailed {
+        reference: url.to_string(),
+        reason: format!(
+            "the registry accepted the {what} PUT but answered Docker-Content-Digest {stored}, not {sent}, the digest of the bytes sent: it stored something else (re-serialized or converted it), and what it stored is now at the destination"
+        ),
+    })
 }
 
 async fn upload_monolithic(

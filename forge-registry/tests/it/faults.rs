@@ -479,3 +479,40 @@ async fn an_upload_the_registry_never_answers_fails_after_the_read_timeout() {
         "every attempt uploaded the blob once"
     );
 }
+
+/// A registry that accepts a PUT but answers another `Docker-Content-Digest` stored something
+/// else: not a transfer to retry, and not "nothing was committed". The error says it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_answered_with_another_digest_is_a_verification_failure_not_retried() {
+    let Some(s) = setup().await else { return };
+    // A blob: nothing tagged, so the usual invariant holds.
+    let rule =
+        Rule::new(Route::UploadPut, Fault::WrongDigestHeader, None).matching(s.big_layer_hex());
+    let err = s.run(&s.dst_proxy, rule).await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::VerificationFailed { .. }),
+        "{err:?}"
+    );
+    assert_eq!(s.dst_proxy.faults_injected(), 1, "not retried: {err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("stored something else") && !message.contains("nothing was committed"),
+        "{message}"
+    );
+
+    // The tag: it was written, and the error says so instead of claiming nothing was.
+    let Some(s) = setup().await else { return };
+    s.dst_proxy.add_rule(
+        Rule::new(Route::ManifestPut, Fault::WrongDigestHeader, None).matching("/manifests/1"),
+    );
+    let err = s.copy().await.unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::VerificationFailed { .. }),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("now at the destination") && message.contains("do not deploy"),
+        "{message}"
+    );
+}

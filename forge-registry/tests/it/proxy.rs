@@ -194,6 +194,9 @@ pub enum Fault {
     /// JSON error instead of the real answer: a response lost on the way back, as a load
     /// balancer's 502/503 after the backend wrote.
     StatusAfterForward { status: u16, code: &'static str },
+    /// Forward, then answer with a `Docker-Content-Digest` that is not the digest of what was
+    /// sent: a registry that stored something else (re-serialized or converted it).
+    WrongDigestHeader,
 }
 
 /// Inject `fault` into the next `times` requests of kind `route` (`None` = forever), optionally
@@ -683,6 +686,14 @@ async fn handle(
                 HeaderValue::from_str(subject).expect("a digest is a header value"),
             );
         }
+    }
+    if let Some(Fault::WrongDigestHeader) = &fault {
+        parts.headers.insert(
+            HeaderName::from_static("docker-content-digest"),
+            HeaderValue::from_static(
+                "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+            ),
+        );
     }
     if let Some(Fault::StatusAfterForward { status, code }) = &fault {
         let status = StatusCode::from_u16(*status).expect("valid status in rule");
