@@ -537,7 +537,9 @@ impl Repo {
     }
 
     /// Answers a 401 challenge: caches a Basic header or fetches a bearer token.
-    async fn authenticate(&self, response: &Response) -> Result<(), Error> {
+    /// Answers a 401: finds the credential and, for a Bearer challenge, fetches a token.
+    /// Retries of the token request count in `attempt`, the request's budget.
+    async fn authenticate(&self, response: &Response, attempt: &mut u32) -> Result<(), Error> {
         let unauthorized = |message: String| {
             Error::new(ErrorKind::Unauthorized {
                 registry: self.registry.clone(),
@@ -606,52 +608,85 @@ impl Repo {
                 } else {
                     self.scopes.iter().map(String::as_str).collect()
                 };
-                let resp = match &credential {
-                    // OAuth2 (distribution's docs/spec/auth/oauth.md): the scopes travel as one
-                    // space-separated list, the refresh token only in the body.
-                    Some(Credential::IdentityToken { token }) => {
-                        let mut form = vec![
-                            ("grant_type", "refresh_token"),
-                            ("refresh_token", token.as_str()),
-                            ("client_id", OAUTH_CLIENT_ID),
-                        ];
-                        if let Some(service) = service {
-                            form.push(("service", service));
-                        }
-                        let scope = scopes.join(" ");
-                        if !scope.is_empty() {
-                            form.push(("scope", &scope));
-                        }
-                        let body = url::form_urlencoded::Serializer::new(String::new())
-                            .extend_pairs(form)
-                            .finish();
-                        self.inner
-                            .http
-                            .no_redirect_for_url(&url)?
-                            .post(url.clone())
-                            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                            .body(body)
-                            .send()
-                            .await
-                    }
-                    _ => {
-                        let mut url = url.clone();
-                        {
-                            let mut q = url.query_pairs_mut();
+                // The token service is a server like any other: connection errors, 5xx and
+                // 429 are retried on the request's budget, and reported as what they are (not
+                // as refused credentials) once it is spent.
+                let policy = self.inner.retry;
+                let token_method = match &credential {
+                    Some(Credential::IdentityToken { .. }) => "POST",
+                    _ => "GET",
+                };
+                let resp = loop {
+                    let sent = match &credential {
+                        // OAuth2 (distribution's docs/spec/auth/oauth.md): the scopes travel as one
+                        // space-separated list, the refresh token only in the body.
+                        Some(Credential::IdentityToken { token }) => {
+                            let mut form = vec![
+                                ("grant_type", "refresh_token"),
+                                ("refresh_token", token.as_str()),
+                                ("client_id", OAUTH_CLIENT_ID),
+                            ];
                             if let Some(service) = service {
-                                q.append_pair("service", service);
+                                form.push(("service", service));
                             }
-                            for scope in &scopes {
-                                q.append_pair("scope", scope);
+                            let scope = scopes.join(" ");
+                            if !scope.is_empty() {
+                                form.push(("scope", &scope));
                             }
+                            let body = url::form_urlencoded::Serializer::new(String::new())
+                                .extend_pairs(form)
+                                .finish();
+                            self.inner
+                                .http
+                                .no_redirect_for_url(&url)?
+                                .post(url.clone())
+                                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                                .body(body)
+                                .send()
+                                .await
                         }
-                        let mut req = self.inner.http.for_url(&url)?.get(url);
-                        if let Some(basic) = credential.as_ref().and_then(Credential::basic_header)
+                        _ => {
+                            let mut url = url.clone();
+                            {
+                                let mut q = url.query_pairs_mut();
+                                if let Some(service) = service {
+                                    q.append_pair("service", service);
+                                }
+                                for scope in &scopes {
+                                    q.append_pair("scope", scope);
+                                }
+                            }
+                            let mut req = self.inner.http.for_url(&url)?.get(url);
+                            if let Some(basic) =
+                                credential.as_ref().and_then(Credential::basic_header)
+                            {
+                                req = req.header(header::AUTHORIZATION, basic);
+                            }
+                            req.send().await
+                        }
+                    };
+                    let delay = match &sent {
+                        Err(e)
+                            if *attempt < policy.max_retries
+                                && !e.is_builder()
+                                && !e.is_redirect() =>
                         {
-                            req = req.header(header::AUTHORIZATION, basic);
+                            policy.backoff(*attempt + 1)
                         }
-                        req.send().await
-                    }
+                        Ok(r)
+                            if *attempt < policy.max_retries && is_retryable_status(r.status()) =>
+                        {
+                            let backoff = policy.backoff(*attempt + 1);
+                            policy
+                                .retry_after(r.headers())
+                                .map_or(backoff, |asked| asked.max(backoff))
+                        }
+                        _ => break sent,
+                    };
+                    *attempt += 1;
+                    self.count_retry();
+                    tracing::debug!(%realm, "token request failed, retrying");
+                    tokio::time::sleep(delay).await;
                 }
                 .map_err(|e| Error::new(transport(format!("token request to {realm}"), e)))?;
                 let status = resp.status();
@@ -679,6 +714,30 @@ impl Repo {
                         "the token service {realm} refused the Docker config's identity token (HTTP {}): it may have expired or been revoked; log in again (docker login, or az acr login for Azure)",
                         status.as_u16()
                     )));
+                }
+                if is_retryable_status(status) {
+                    let retry_after = policy.retry_after(resp.headers());
+                    let body =
+                        tokio::time::timeout(self.inner.http.settings.read_timeout, resp.bytes())
+                            .await
+                            .ok()
+                            .and_then(Result::ok)
+                            .unwrap_or_default();
+                    let (code, message) = parse_error_body(&body);
+                    return Err(Error {
+                        retry_after,
+                        ..Error::new(ErrorKind::Registry {
+                            method: token_method.to_owned(),
+                            url: url.to_string(),
+                            status: status.as_u16(),
+                            code,
+                            message: if message.is_empty() {
+                                "the registry's token service is failing or overloaded; try again later".to_owned()
+                            } else {
+                                message
+                            },
+                        })
+                    });
                 }
                 if !status.is_success() {
                     return Err(unauthorized(format!(
@@ -787,16 +846,14 @@ impl Repo {
                     let status = resp.status();
                     if status == StatusCode::UNAUTHORIZED && !authenticated {
                         authenticated = true;
-                        self.authenticate(&resp).await.map_err(|mut e| {
+                        self.authenticate(&resp, attempt).await.map_err(|mut e| {
                             e.retries = *attempt;
                             e.elapsed = start.elapsed();
                             e
                         })?;
                         continue;
                     }
-                    let retryable = status == StatusCode::TOO_MANY_REQUESTS
-                        || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED);
-                    if !retryable || *attempt >= policy.max_retries {
+                    if !is_retryable_status(status) || *attempt >= policy.max_retries {
                         return Ok(resp);
                     }
                     tracing::debug!(%method, %url, status = status.as_u16(), "retrying");
@@ -919,6 +976,12 @@ impl Repo {
             ..Error::new(kind)
         }
     }
+}
+
+/// 429 and 5xx but 501 (a registry that does not implement something will not start to).
+fn is_retryable_status(status: StatusCode) -> bool {
+    status == StatusCode::TOO_MANY_REQUESTS
+        || (status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED)
 }
 
 /// The body of an upload request ([`Repo::send_once`]).

@@ -54,6 +54,8 @@ struct State {
     storage_redirect: bool,
     /// Authorization headers seen at `/storage/`.
     storage_auth: Vec<Option<String>>,
+    /// The realm answers this many token requests with 503 first (an overloaded service).
+    token_failures: u32,
 }
 
 struct Fake {
@@ -119,6 +121,17 @@ async fn handle(
         st.redirected
             .push(String::from_utf8_lossy(&form_body).into_owned());
         return Ok(respond(StatusCode::OK, b"{}".to_vec()));
+    }
+    if path == "/token" {
+        let mut st = state.lock().expect("state");
+        if st.token_failures > 0 {
+            st.token_failures -= 1;
+            return Ok(respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                br#"{"errors":[{"code":"UNAVAILABLE","message":"token service overloaded"}]}"#
+                    .to_vec(),
+            ));
+        }
     }
     let oauth_mode = state.lock().expect("state").oauth_mode;
     if path == "/token" && method == hyper::Method::POST && oauth_mode == OauthMode::NotFound {
@@ -603,5 +616,54 @@ async fn a_redirect_target_asking_for_credentials_does_not_get_the_registrys() {
     assert!(
         message.contains("localhost") && message.contains("redirect"),
         "names the host and the redirect: {message}"
+    );
+}
+
+/// A token service answering 503 is a server failing, not credentials refused: it is retried
+/// on the request's budget, and once that is spent the error names the status, not "log in".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_token_service_is_retried_and_reported_as_a_server_error() {
+    let fake = start().await;
+    let src: Reference = format!("127.0.0.1:{}/team/app:1", fake.port)
+        .parse()
+        .expect("ref");
+    let retrying = || {
+        Client::builder()
+            .retry_policy(RetryPolicy {
+                max_retries: 2,
+                initial_backoff: std::time::Duration::from_millis(10),
+                ..RetryPolicy::default()
+            })
+            .credential_provider(StaticCredential::for_registry(
+                format!("127.0.0.1:{}", fake.port),
+                Credential::basic("ci", "s3cret"),
+            ))
+            .build()
+            .expect("client")
+    };
+
+    fake.state.lock().expect("state").token_failures = 1;
+    let resolved = retrying()
+        .resolve(&src)
+        .await
+        .expect("one 503 from the token service is retried");
+    assert_eq!(resolved.digest.to_string(), fake.image.digest);
+
+    fake.state.lock().expect("state").token_failures = u32::MAX;
+    let err = retrying()
+        .resolve(&src)
+        .await
+        .expect_err("the token service keeps failing");
+    assert!(
+        matches!(err.kind, ErrorKind::Registry { status: 503, .. }),
+        "{err:?}"
+    );
+    assert_eq!(err.retries, 2, "{err:?}");
+    let message = err.to_string();
+    assert!(
+        message.contains("UNAVAILABLE")
+            && message.contains("failed after 2 retries")
+            && !message.contains("log in"),
+        "{message}"
     );
 }
