@@ -54,7 +54,9 @@ pub struct Reference {
 }
 
 impl Reference {
-    /// A registry reference from parts (validated).
+    /// A registry reference from parts (validated). The registry must be one a reference can
+    /// name: a single-label host without a port (`registry`) would read as a Docker Hub
+    /// namespace, so it is refused rather than silently sent to Docker Hub.
     pub fn new(
         registry: &str,
         repository: &str,
@@ -70,7 +72,17 @@ impl Reference {
             s.push('@');
             s.push_str(d.as_str());
         }
-        s.parse()
+        let parsed: Reference = s.parse()?;
+        let hub_alias = matches!(registry, "index.docker.io" | "registry-1.docker.io");
+        if parsed.registry() != registry && !(hub_alias && parsed.registry() == DOCKER_HUB) {
+            return Err(err(
+                &s,
+                format!(
+                    "registry host '{registry}' has no '.' or port, so a reference reads it as a Docker Hub namespace: give it with its port (e.g. '{registry}:443'), or 'localhost' for this machine"
+                ),
+            ));
+        }
+        Ok(parsed)
     }
 
     /// A reference into an OCI image layout directory.
@@ -83,11 +95,20 @@ impl Reference {
         if let Some(t) = tag {
             check_tag(t, &path.display().to_string())?;
         }
-        Ok(Reference {
+        let r = Reference {
             location: Location::Layout { path },
             tag: tag.map(str::to_owned),
             digest,
-        })
+        };
+        // Reports and evidence carry the printed form: it must name this same directory.
+        let printed = r.to_string();
+        match printed.parse::<Reference>() {
+            Ok(back) if back == r => Ok(r),
+            _ => Err(err(
+                &printed,
+                "the layout directory cannot be written as an `oci:` reference that reads back the same (a ':' in its last component reads as a tag, '@sha256:' as a digest, and the path must be UTF-8): rename the directory or reach it through another path",
+            )),
+        }
     }
 
     /// The registry host (`docker.io`, `127.0.0.1:5000`); empty for an OCI layout.
@@ -400,6 +421,24 @@ impl fmt::Display for Reference {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parts_that_would_not_read_back_are_refused() {
+        let hub = Reference::new("registry", "app", Some("1"), None).unwrap_err();
+        assert!(hub.to_string().contains("registry:443"), "{hub}");
+        let r = Reference::new("registry:5000", "app", Some("1"), None).unwrap();
+        assert_eq!((r.registry(), r.repository()), ("registry:5000", "app"));
+        let r = Reference::new("index.docker.io", "alpine", None, None).unwrap();
+        assert_eq!(r.to_string(), "docker.io/library/alpine");
+        let r = Reference::new("localhost", "app", None, None).unwrap();
+        assert_eq!(r.registry(), "localhost");
+
+        let colon = Reference::oci_layout("/tmp/build:cache", None, None).unwrap_err();
+        assert!(colon.to_string().contains("reads as a tag"), "{colon}");
+        let r = Reference::oci_layout("/tmp/a:b/layout", Some("1"), None).unwrap();
+        assert_eq!(r.to_string(), "oci:/tmp/a:b/layout:1");
+        assert_eq!(r.layout_path(), Some(Path::new("/tmp/a:b/layout")));
+    }
 
     fn check(input: &str, expected: &str) {
         let parsed: Reference = input.parse().unwrap();
