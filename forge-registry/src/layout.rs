@@ -136,14 +136,42 @@ impl Layout {
         }
         // Like skopeo: `oci:<dir>` without a tag means the layout's only image. Referrers'
         // fallback indexes (ref names `sha256-<hex>`) sit next to it and do not count.
-        let mut images = entries.into_iter().filter(|e| {
-            !e.annotations
-                .as_ref()
-                .and_then(|a| a.get(REF_NAME))
-                .is_some_and(|n| is_referrers_tag(n))
-        });
-        match (images.next(), images.next()) {
-            (Some(only), None) if reference == "latest" => Ok(Some(only)),
+        let images: Vec<Descriptor> = entries
+            .into_iter()
+            .filter(|e| {
+                !e.annotations
+                    .as_ref()
+                    .and_then(|a| a.get(REF_NAME))
+                    .is_some_and(|n| is_referrers_tag(n))
+            })
+            .collect();
+        match images.as_slice() {
+            [only] if reference == "latest" => Ok(Some(only.clone())),
+            // Not "does not exist": the image is there, among others.
+            [_, _, ..] if reference == "latest" => {
+                let dir = self.path.display();
+                let mut names: Vec<String> = images
+                    .iter()
+                    .take(5)
+                    .map(
+                        |e| match e.annotations.as_ref().and_then(|a| a.get(REF_NAME)) {
+                            Some(tag) => format!("oci:{dir}:{tag}"),
+                            None => format!("oci:{dir}@{}", e.digest),
+                        },
+                    )
+                    .collect();
+                if images.len() > 5 {
+                    names.push("…".to_owned());
+                }
+                Err(Error::new(ErrorKind::OciLayout {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "it holds {} images and none is tagged 'latest', so a reference without a tag does not say which: name one ({})",
+                        images.len(),
+                        names.join(", ")
+                    ),
+                }))
+            }
             _ => Ok(None),
         }
     }

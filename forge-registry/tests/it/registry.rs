@@ -1104,3 +1104,30 @@ async fn concurrent_copies_into_one_oci_layout_lose_no_tag() {
         landed[0]
     );
 }
+
+/// `oci:<dir>` without a tag names the layout's only image; with several, the error says so
+/// and lists them, instead of claiming the image does not exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untagged_layout_reference_with_several_images_lists_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let first = forge_testkit::oci::write_image(&layout, "1").unwrap();
+    let untagged: Reference = format!("oci:{}", layout.display()).parse().unwrap();
+    let resolved = client().resolve(&untagged).await.expect("the only image");
+    assert_eq!(resolved.digest.to_string(), first);
+
+    forge_testkit::oci::write_image(&layout, "2").unwrap();
+    let err = client().resolve(&untagged).await.unwrap_err();
+    assert!(
+        matches!(err.kind(), forge_registry::ErrorKind::OciLayout { .. }) && err.is_invalid_input(),
+        "{err:?}"
+    );
+    let message = err.to_string();
+    for tag in ["1", "2"] {
+        assert!(
+            message.contains(&format!("oci:{}:{tag}", layout.display())),
+            "{message}"
+        );
+    }
+    assert!(message.contains("holds 2 images"), "{message}");
+}
