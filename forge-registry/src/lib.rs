@@ -11,6 +11,12 @@
 //! holding another digest is an error; the same digest is a no-op), `latest` is refused, an
 //! optional tag pattern must match, and the destination repository must already exist.
 //!
+//! Transient failures (connection errors, 5xx, 429 with `Retry-After`, a token service
+//! hiccup, a blob cut off mid-transfer) are retried with jittered backoff, and an error that
+//! gives up says how many retries and how long it took. Transfers have no overall time limit:
+//! a 1 GiB layer over a slow link is fine as long as bytes keep moving; one that stalls for
+//! the read timeout ([`ClientBuilder::read_timeout`], 120 s) fails and is retried.
+//!
 //! ```no_run
 //! use forge_registry::{Client, CopyOptions, DockerConfig, Reference};
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
