@@ -203,15 +203,6 @@ struct Tree {
     blobs: Vec<Descriptor>,
 }
 
-/// Aborts a spawned task when dropped (first error ends the copy without stray uploads).
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 impl Client {
     fn endpoint(
         &self,
@@ -736,33 +727,44 @@ impl Client {
                 missing.push(desc);
             }
         }
-        let tasks = missing.into_iter().map(|desc| {
-            let src = src.clone();
-            let dst = dst.clone();
-            let progress = options.progress.clone();
-            let mode = options.upload_mode;
-            let counters = counters.clone();
-            let handle = tokio::spawn(async move {
-                copy_blob(&src, &dst, &desc, mode, progress, policy, &counters).await
-            });
-            let guard = AbortOnDrop(handle);
-            async move {
-                let mut guard = guard;
-                match (&mut guard.0).await {
-                    Ok(r) => r,
-                    Err(e) => Err(Error::new(ErrorKind::Transport {
-                        context: "blob transfer task".to_owned(),
-                        source: Box::new(e),
-                    })),
-                }
-            }
-        });
         let jobs = options.jobs.unwrap_or(self.inner.jobs).max(1);
-        // `buffer_unordered` only polls (and so only spawns) `jobs` tasks at a time.
-        futures_util::stream::iter(tasks)
-            .buffer_unordered(jobs)
-            .try_collect::<Vec<()>>()
-            .await?;
+        let mut pending = missing.into_iter();
+        // Dropping the set (the copy itself cancelled) aborts every transfer in it.
+        let mut running = tokio::task::JoinSet::new();
+        let mut first_error: Option<Error> = None;
+        loop {
+            while first_error.is_none() && running.len() < jobs {
+                let Some(desc) = pending.next() else { break };
+                let (src, dst) = (src.clone(), dst.clone());
+                let progress = options.progress.clone();
+                let mode = options.upload_mode;
+                let counters = counters.clone();
+                running.spawn(async move {
+                    copy_blob(&src, &dst, &desc, mode, progress, policy, &counters).await
+                });
+            }
+            let Some(joined) = running.join_next().await else {
+                break;
+            };
+            let outcome = joined.unwrap_or_else(|e| {
+                Err(Error::new(ErrorKind::Transport {
+                    context: "blob transfer task".to_owned(),
+                    source: Box::new(e),
+                }))
+            });
+            if let Err(e) = outcome
+                && first_error.is_none()
+            {
+                // The first failure ends the copy. The other transfers are stopped and
+                // waited for, so none is still writing (a layout's temp file, an upload)
+                // when the copy reports the failure.
+                running.abort_all();
+                first_error = Some(e);
+            }
+        }
+        if let Some(e) = first_error {
+            return Err(e);
+        }
         Ok(())
     }
 
@@ -1246,6 +1248,28 @@ async fn verify_tree(
     fetched: Option<Fetched>,
     known_present: &HashMap<Digest, bool>,
 ) -> Result<VerifyReport, Error> {
+    // A layout that exists (checked before) but is damaged (a listed manifest gone, a file
+    // that does not hash to its name) fails verification like a registry missing a blob,
+    // not as a refusal of the caller's input.
+    verify_tree_once(ep, r, reference, expected, fetched, known_present)
+        .await
+        .map_err(|e| match e.kind {
+            ErrorKind::OciLayout { reason, .. } => Error::new(ErrorKind::VerificationFailed {
+                reference: r.to_string(),
+                reason,
+            }),
+            _ => e,
+        })
+}
+
+async fn verify_tree_once(
+    ep: &Endpoint,
+    r: &Reference,
+    reference: &str,
+    expected: &Digest,
+    fetched: Option<Fetched>,
+    known_present: &HashMap<Digest, bool>,
+) -> Result<VerifyReport, Error> {
     let fail = |reason: String| {
         Error::new(ErrorKind::VerificationFailed {
             reference: r.to_string(),
@@ -1317,10 +1341,11 @@ async fn verify_tree(
     while let Some(check) = checks.next().await {
         let (b, present) = check?;
         if !present {
-            return Err(fail(format!(
-                "blob {} ({} bytes) is missing",
-                b.digest, b.size
-            )));
+            let how = match ep {
+                Endpoint::Layout(_) => "is missing, or its file does not hash to its digest",
+                Endpoint::Registry(_) => "is missing",
+            };
+            return Err(fail(format!("blob {} ({} bytes) {how}", b.digest, b.size)));
         }
     }
     Ok(VerifyReport {

@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
+use sha2::{Digest as _, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::digest::{Descriptor, Digest, ManifestRefs, MediaType};
@@ -35,6 +36,65 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
 
 fn tmp_name(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!(".{name}.tmp-{:016x}", rand::random::<u64>()))
+}
+
+/// A temp file removed on drop unless it was renamed into place: a write that fails, or is
+/// cancelled (a sibling transfer failed and the copy dropped this one), leaves nothing behind.
+struct TempFile {
+    path: PathBuf,
+    kept: bool,
+}
+
+impl TempFile {
+    fn new(dir: &Path, name: &str) -> Self {
+        TempFile {
+            path: tmp_name(dir, name),
+            kept: false,
+        }
+    }
+
+    /// Renames the file to `dest` (replacing what is there).
+    async fn rename_to(mut self, dest: &Path) -> Result<(), Error> {
+        tokio::fs::rename(&self.path, dest)
+            .await
+            .map_err(io(dest))?;
+        self.kept = true;
+        Ok(())
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if !self.kept {
+            // Synchronous: a drop may run outside the runtime, and this is one unlink.
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Whether the file at `path` holds exactly the content `digest` names (and `size` bytes,
+/// when given). Blobs are named by their digest, so a file of the right size with other
+/// bytes (a damaged disk, an interrupted tool) must not count as present.
+fn file_holds(path: &Path, digest: &Digest, size: Option<u64>) -> std::io::Result<bool> {
+    use std::io::Read as _;
+    let mut file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if size.is_some_and(|n| file.metadata().map(|m| m.len()).ok() != Some(n)) {
+        return Ok(false);
+    }
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1024 * 1024];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(Digest::from_hasher(hasher) == *digest)
 }
 
 /// Whether `name` is a referrers fallback tag (`sha256-` and 64 hex digits).
@@ -219,8 +279,20 @@ impl Layout {
         Ok(Some(Fetched::new(bytes, media_type, None)))
     }
 
-    pub(crate) fn has_blob(&self, desc: &Descriptor) -> bool {
-        std::fs::metadata(self.blob_path(&desc.digest)).is_ok_and(|m| m.len() == desc.size)
+    /// Whether the layout holds `desc`: its file has the size and hashes to the digest.
+    pub(crate) async fn has_blob(&self, desc: &Descriptor) -> Result<bool, Error> {
+        let path = self.blob_path(&desc.digest);
+        let (digest, size) = (desc.digest.clone(), desc.size);
+        let checked = path.clone();
+        tokio::task::spawn_blocking(move || file_holds(&checked, &digest, Some(size)))
+            .await
+            .map_err(|e| {
+                Error::new(ErrorKind::Io {
+                    path: path.clone(),
+                    source: std::io::Error::other(e),
+                })
+            })?
+            .map_err(io(&path))
     }
 
     pub(crate) async fn open_blob(&self, desc: &Descriptor) -> Result<BlobStream, Error> {
@@ -249,31 +321,25 @@ impl Layout {
     ) -> Result<u64, Error> {
         let dir = self.path.join("blobs").join("sha256");
         tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
-        let tmp = tmp_name(&dir, digest.hex());
-        let result: Result<u64, Error> = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
-            let mut total = 0u64;
-            while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|source| {
-                    Error::new(ErrorKind::Transport {
-                        context: format!("reading blob {digest}"),
-                        source,
-                    })
-                })?;
-                total += chunk.len() as u64;
-                file.write_all(&chunk).await.map_err(io(&tmp))?;
-            }
-            file.sync_all().await.map_err(io(&tmp))?;
-            drop(file);
-            let dest = self.blob_path(digest);
-            tokio::fs::rename(&tmp, &dest).await.map_err(io(&dest))?;
-            Ok(total)
+        let tmp = TempFile::new(&dir, digest.hex());
+        let mut file = tokio::fs::File::create(&tmp.path)
+            .await
+            .map_err(io(&tmp.path))?;
+        let mut total = 0u64;
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|source| {
+                Error::new(ErrorKind::Transport {
+                    context: format!("reading blob {digest}"),
+                    source,
+                })
+            })?;
+            total += chunk.len() as u64;
+            file.write_all(&chunk).await.map_err(io(&tmp.path))?;
         }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
+        file.sync_all().await.map_err(io(&tmp.path))?;
+        drop(file);
+        tmp.rename_to(&self.blob_path(digest)).await?;
+        Ok(total)
     }
 
     async fn write_atomic(&self, path: &Path, bytes: &[u8]) -> Result<(), Error> {
@@ -283,19 +349,14 @@ impl Layout {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let tmp = tmp_name(dir, &name);
-        let result = async {
-            let mut file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
-            file.write_all(bytes).await.map_err(io(&tmp))?;
-            file.sync_all().await.map_err(io(&tmp))?;
-            drop(file);
-            tokio::fs::rename(&tmp, path).await.map_err(io(path))
-        }
-        .await;
-        if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
-        }
-        result
+        let tmp = TempFile::new(dir, &name);
+        let mut file = tokio::fs::File::create(&tmp.path)
+            .await
+            .map_err(io(&tmp.path))?;
+        file.write_all(bytes).await.map_err(io(&tmp.path))?;
+        file.sync_all().await.map_err(io(&tmp.path))?;
+        drop(file);
+        tmp.rename_to(path).await
     }
 
     /// Stores a manifest blob; with `tag`, (re)points the tag in `index.json` at it; with
@@ -307,7 +368,8 @@ impl Layout {
         top: bool,
     ) -> Result<(), Error> {
         let blob = self.blob_path(&manifest.digest);
-        if !blob.is_file() {
+        // A damaged file under the manifest's name is replaced, not trusted.
+        if !file_holds(&blob, &manifest.digest, None).map_err(io(&blob))? {
             self.write_atomic(&blob, &manifest.bytes).await?;
         }
         if !top && tag.is_none() {

@@ -275,7 +275,7 @@ impl Endpoint {
 
     pub(crate) async fn has_blob(&self, desc: &Descriptor) -> Result<bool, Error> {
         match self {
-            Endpoint::Layout(l) => Ok(l.has_blob(desc)),
+            Endpoint::Layout(l) => l.has_blob(desc).await,
             Endpoint::Registry(r) => {
                 let url = r.url(&format!("blobs/{}", desc.digest));
                 let resp = r

@@ -1131,3 +1131,149 @@ async fn an_untagged_layout_reference_with_several_images_lists_them() {
     }
     assert!(message.contains("holds 2 images"), "{message}");
 }
+
+/// The manifest of `oci:<layout>:<tag>` as JSON, read from the layout's files.
+fn layout_manifest(layout: &std::path::Path, tag: &str) -> serde_json::Value {
+    let read = |path: std::path::PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(path).expect("layout file")).expect("JSON")
+    };
+    let index = read(layout.join("index.json"));
+    let entry = index["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == tag)
+        .expect("tagged entry");
+    let hex = entry["digest"]
+        .as_str()
+        .expect("digest")
+        .trim_start_matches("sha256:");
+    read(layout.join("blobs/sha256").join(hex))
+}
+
+/// A layout blob of the right size but other bytes is not "present": verification fails,
+/// exit 1 material (not a refusal), and copying again replaces it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_layout_blob_fails_verification_and_copying_again_repairs_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (src_layout, dst_layout) = (dir.path().join("src"), dir.path().join("dst"));
+    let digest = forge_testkit::oci::write_image(&src_layout, "1").unwrap();
+    forge_registry::init_oci_layout(&dst_layout).await.unwrap();
+    let (src, dst) = (
+        r(&format!("oci:{}:1", src_layout.display())),
+        r(&format!("oci:{}:1", dst_layout.display())),
+    );
+    client()
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .unwrap();
+
+    let layer = layout_manifest(&dst_layout, "1")["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:")
+        .to_owned();
+    let layer_path = dst_layout.join("blobs/sha256").join(&layer);
+    let size = std::fs::metadata(&layer_path).unwrap().len();
+    std::fs::write(&layer_path, vec![0u8; usize::try_from(size).unwrap()]).unwrap();
+
+    let expected: forge_registry::Digest = digest.parse().unwrap();
+    let err = client().verify(&dst, &expected).await.unwrap_err();
+    assert!(
+        matches!(err.kind, ErrorKind::VerificationFailed { .. }) && !err.is_invalid_input(),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("does not hash to its digest"),
+        "{err}"
+    );
+
+    let again = client()
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .unwrap();
+    assert!(again.verified && again.blobs_copied == 1, "{again:?}");
+    client().verify(&dst, &expected).await.expect("repaired");
+
+    // A manifest listed in index.json but gone is damage too, not bad input.
+    let manifest_path = dst_layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    std::fs::remove_file(manifest_path).unwrap();
+    let err = client().verify(&dst, &expected).await.unwrap_err();
+    assert!(
+        matches!(err.kind, ErrorKind::VerificationFailed { .. }) && !err.is_invalid_input(),
+        "{err:?}"
+    );
+}
+
+/// A copy into a layout that fails while another blob is still being written leaves no
+/// temporary file behind (the cancelled write cleans up on drop).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_copy_into_a_layout_leaves_no_temporary_files() {
+    use forge_testkit::oci::{put_blob, write_empty_layout};
+    let dir = tempfile::tempdir().unwrap();
+    let (src_layout, dst_layout) = (dir.path().join("src"), dir.path().join("dst"));
+    write_empty_layout(&src_layout).unwrap();
+    let big = fixtures::bytes(7, 32 * 1024 * 1024);
+    let damaged = fixtures::bytes(8, 8 * 1024 * 1024);
+    let config = br#"{"architecture":"amd64","os":"linux"}"#;
+    let (big_digest, damaged_digest, config_digest) = (
+        put_blob(&src_layout, &big).unwrap(),
+        put_blob(&src_layout, &damaged).unwrap(),
+        put_blob(&src_layout, config).unwrap(),
+    );
+    // The second layer's file then changes under its name: detected at its end, while the
+    // first (four times larger) is still being written.
+    std::fs::write(
+        src_layout
+            .join("blobs/sha256")
+            .join(damaged_digest.trim_start_matches("sha256:")),
+        fixtures::bytes(9, damaged.len()),
+    )
+    .unwrap();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"{config_digest}","size":{}}},"layers":[{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{big_digest}","size":{}}},{{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"{damaged_digest}","size":{}}}]}}"#,
+        config.len(),
+        big.len(),
+        damaged.len()
+    );
+    let manifest_digest = put_blob(&src_layout, manifest.as_bytes()).unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": manifest_digest,
+            "size": manifest.len(),
+            "annotations": { "org.opencontainers.image.ref.name": "1" },
+        }],
+    });
+    std::fs::write(src_layout.join("index.json"), index.to_string()).unwrap();
+    forge_registry::init_oci_layout(&dst_layout).await.unwrap();
+
+    let no_retries = Client::builder()
+        .retry_policy(RetryPolicy::none())
+        .build()
+        .unwrap();
+    let err = no_retries
+        .copy(
+            &r(&format!("oci:{}:1", src_layout.display())),
+            &r(&format!("oci:{}:1", dst_layout.display())),
+            &CopyOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err.kind, ErrorKind::DigestMismatch { .. }),
+        "{err:?}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(dst_layout.join("blobs/sha256"))
+        .map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        leftovers
+            .iter()
+            .all(|n| !n.to_string_lossy().starts_with('.')),
+        "temporary files left: {leftovers:?}"
+    );
+}
