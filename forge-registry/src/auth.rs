@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::time::Duration;
 
 use base64::Engine as _;
 use serde::Deserialize;
@@ -215,7 +216,9 @@ pub enum DockerConfigError {
         helper: String,
         /// The registry asked for.
         registry: String,
-        /// What went wrong (stderr of the helper, never its stdout, which holds secrets).
+        /// What went wrong: the helper's stderr and, for a failed run, its stdout (which
+        /// then holds an error message); never the output of a run that succeeded, which holds
+        /// the secret.
         message: String,
     },
 }
@@ -258,7 +261,13 @@ pub struct DockerConfig {
     path: PathBuf,
     file: DockerConfigFile,
     helper_dirs: Option<Vec<PathBuf>>,
+    helper_timeout: Duration,
 }
+
+/// How long a credential helper may take to answer before it is killed: long enough for a
+/// slow keychain, short enough that a helper waiting on a prompt nobody will answer (a locked
+/// keychain in CI, a Docker Desktop that is not running) fails the job instead of hanging it.
+pub const DEFAULT_HELPER_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl DockerConfig {
     /// The default location: `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
@@ -277,6 +286,7 @@ impl DockerConfig {
                 path: p.unwrap_or_default(),
                 file: DockerConfigFile::default(),
                 helper_dirs: None,
+                helper_timeout: DEFAULT_HELPER_TIMEOUT,
             }),
         }
     }
@@ -300,12 +310,19 @@ impl DockerConfig {
             path: path.to_owned(),
             file,
             helper_dirs: None,
+            helper_timeout: DEFAULT_HELPER_TIMEOUT,
         })
     }
 
     /// Looks for `docker-credential-<name>` helpers only in `dirs` instead of `PATH`.
     pub fn with_helper_dirs(mut self, dirs: Vec<PathBuf>) -> Self {
         self.helper_dirs = Some(dirs);
+        self
+    }
+
+    /// How long a credential helper may take to answer (default [`DEFAULT_HELPER_TIMEOUT`]).
+    pub fn with_helper_timeout(mut self, timeout: Duration) -> Self {
+        self.helper_timeout = timeout;
         self
     }
 
@@ -337,6 +354,26 @@ impl DockerConfig {
         keys
     }
 
+    /// The entry of `map` for `registry`: a key in one of the exact forms first, else any key
+    /// that names the same host the way Docker reads keys (scheme dropped, cut at the first
+    /// `/`), so `https://r.example:5000/`, `r.example:5000/v2/` and the like all match.
+    fn find<'a, T>(map: &'a BTreeMap<String, T>, registry: &str) -> Option<(&'a str, &'a T)> {
+        if let Some(found) = Self::keys(registry)
+            .iter()
+            .find_map(|k| map.get_key_value(k.as_str()))
+        {
+            return Some((found.0.as_str(), found.1));
+        }
+        let hub = registry == crate::reference::DOCKER_HUB;
+        map.iter()
+            .find(|(key, _)| {
+                let host = key_host(key);
+                host == registry
+                    || (hub && matches!(host, "index.docker.io" | "registry-1.docker.io"))
+            })
+            .map(|(k, v)| (k.as_str(), v))
+    }
+
     /// The server names a credential helper may know `registry` by, in order: what
     /// `docker login` stores (for Docker Hub its v1 index URL), then the plain host name a
     /// script may have used with `docker-credential-<helper> store`.
@@ -355,7 +392,8 @@ impl DockerConfig {
         registry: &str,
     ) -> Result<Option<Credential>, DockerConfigError> {
         for server in Self::helper_servers(registry) {
-            if let Some(c) = run_helper(&self.helper_program(helper), helper, server).await? {
+            let program = self.helper_program(helper);
+            if let Some(c) = run_helper(&program, helper, server, self.helper_timeout).await? {
                 return Ok(Some(c));
             }
         }
@@ -364,14 +402,10 @@ impl DockerConfig {
 
     /// Looks up `registry` (helpers first, then `auths`, then `credsStore`).
     pub async fn lookup(&self, registry: &str) -> Result<Option<Credential>, DockerConfigError> {
-        let keys = Self::keys(registry);
-        if let Some(helper) = keys.iter().find_map(|k| self.file.cred_helpers.get(k)) {
+        if let Some((_, helper)) = Self::find(&self.file.cred_helpers, registry) {
             return self.ask_helper(helper, registry).await;
         }
-        if let Some((key, entry)) = keys
-            .iter()
-            .find_map(|k| self.file.auths.get(k).map(|e| (k, e)))
-        {
+        if let Some((key, entry)) = Self::find(&self.file.auths, registry) {
             if let Some(token) = &entry.registry_token {
                 return Ok(Some(Credential::bearer(token.clone())));
             }
@@ -383,10 +417,12 @@ impl DockerConfig {
             if let (Some(u), Some(p)) = (&entry.username, &entry.password) {
                 return Ok(Some(Credential::basic(u.clone(), p.clone())));
             }
-            if let Some(auth) = &entry.auth {
+            // An empty `auth` (left by some tools after a logout) is no credential: Docker
+            // goes on to the credential store, and so does this.
+            if let Some(auth) = entry.auth.as_ref().filter(|a| !a.trim().is_empty()) {
                 let bad = || DockerConfigError::BadAuth {
                     path: self.path.clone(),
-                    registry: key.clone(),
+                    registry: key.to_owned(),
                 };
                 let decoded = base64::engine::general_purpose::STANDARD
                     .decode(auth.trim())
@@ -411,10 +447,21 @@ struct HelperOutput {
     secret: String,
 }
 
+/// The host a config key names, read the way Docker does: scheme dropped, cut at the first
+/// `/` (`https://r.example:5000/v2/` → `r.example:5000`).
+fn key_host(key: &str) -> &str {
+    let rest = key
+        .strip_prefix("https://")
+        .or_else(|| key.strip_prefix("http://"))
+        .unwrap_or(key);
+    rest.split('/').next().unwrap_or(rest)
+}
+
 async fn run_helper(
     program: &Path,
     helper: &str,
     registry: &str,
+    timeout: Duration,
 ) -> Result<Option<Credential>, DockerConfigError> {
     use tokio::io::AsyncWriteExt;
     let fail = |message: String| DockerConfigError::Helper {
@@ -444,20 +491,31 @@ async fn run_helper(
         }
         drop(stdin);
     }
-    let out = child
-        .wait_with_output()
+    // `kill_on_drop`: a helper that does not answer in time is killed with the dropped wait.
+    let out = tokio::time::timeout(timeout, child.wait_with_output())
         .await
+        .map_err(|_| {
+            fail(format!(
+                "it did not answer within {}s (it may be waiting for a prompt nobody will answer: unlock the keychain, start the credential service, or remove it from config.json)",
+                timeout.as_secs_f64()
+            ))
+        })?
         .map_err(|e| fail(format!("cannot wait for it: {e}")))?;
     if !out.status.success() {
         let stdout = String::from_utf8_lossy(&out.stdout);
         if stdout.contains("credentials not found") {
             return Ok(None);
         }
-        return Err(fail(format!(
-            "exit status {}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        // docker-credential-helpers print their errors on stdout; a failed run's output is a
+        // message, not a secret.
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let said = [stderr.trim(), stdout.trim()]
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join("; ");
+        let said: String = said.chars().take(500).collect();
+        return Err(fail(format!("exit status {}: {said}", out.status)));
     }
     let parsed: HelperOutput = serde_json::from_slice(&out.stdout)
         .map_err(|_| fail("its output is not the expected JSON {Username, Secret}".to_owned()))?;
@@ -632,5 +690,95 @@ printf '{"Username":"u","Secret":"p"}'"#,
         );
         assert_eq!(cfg.lookup("other.example").await.unwrap(), None);
         assert!(!format!("{cfg:?}").contains("YTpi"));
+    }
+
+    /// Every key form Docker itself reads for a host (Kubernetes `.dockerconfigjson` files
+    /// often carry a trailing slash or an API path) finds the entry; another host's does not.
+    #[tokio::test]
+    async fn auths_keys_in_any_form_docker_reads() {
+        let check = |key: &str, registry: &str, found: bool| {
+            let json = format!(r#"{{"auths":{{"{key}":{{"auth":"dTpw"}}}}}}"#);
+            let cfg = DockerConfig::parse(Path::new("config.json"), json.as_bytes()).unwrap();
+            let registry = registry.to_owned();
+            let key = key.to_owned();
+            async move {
+                let expected = found.then(|| Credential::basic("u", "p"));
+                assert_eq!(cfg.lookup(&registry).await.unwrap(), expected, "{key}");
+            }
+        };
+        for key in [
+            "r.example:5000",
+            "https://r.example:5000",
+            "https://r.example:5000/",
+            "https://r.example:5000/v2",
+            "r.example:5000/v2/",
+            "http://r.example:5000/v1/",
+        ] {
+            check(key, "r.example:5000", true).await;
+        }
+        check("https://r.example:5001/", "r.example:5000", false).await;
+        check("https://r.example.evil/", "r.example", false).await;
+        check("https://registry-1.docker.io/v2/", "docker.io", true).await;
+    }
+
+    /// An empty `auth` is no credential: the lookup goes on to `credsStore`.
+    #[tokio::test]
+    async fn an_empty_auth_falls_through_to_the_credential_store() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let helper = dir.path().join("docker-credential-store");
+        std::fs::write(
+            &helper,
+            "#!/bin/sh\nread server\nprintf '{\"Username\":\"u\",\"Secret\":\"p\"}'\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let cfg = DockerConfig::parse(
+            Path::new("config.json"),
+            br#"{"auths":{"r.example":{"auth":""}},"credsStore":"store"}"#,
+        )
+        .unwrap()
+        .with_helper_dirs(vec![dir.path().to_owned()]);
+        assert_eq!(
+            cfg.lookup("r.example").await.unwrap(),
+            Some(Credential::basic("u", "p"))
+        );
+    }
+
+    /// A helper that hangs is killed after the timeout with an error saying why; one that
+    /// fails the docker-credential-helpers way (message on stdout, exit 1) shows its message.
+    #[tokio::test]
+    async fn credential_helpers_that_hang_or_fail_say_so() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let helper = |name: &str, script: &str| {
+            let path = dir.path().join(format!("docker-credential-{name}"));
+            std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let json = format!(r#"{{"credsStore":"{name}"}}"#);
+            DockerConfig::parse(Path::new("config.json"), json.as_bytes())
+                .unwrap()
+                .with_helper_dirs(vec![dir.path().to_owned()])
+                .with_helper_timeout(Duration::from_millis(500))
+        };
+        let started = std::time::Instant::now();
+        let err = helper("hang", "exec sleep 600")
+            .lookup("r.example")
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(10), "it was killed");
+        assert!(
+            err.to_string().contains("did not answer within 0.5s"),
+            "{err}"
+        );
+
+        let err = helper(
+            "fails",
+            "echo 'error getting credentials - err: exit status 1, out: keychain locked'; exit 1",
+        )
+        .lookup("r.example")
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("keychain locked"), "{err}");
     }
 }

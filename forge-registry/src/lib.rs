@@ -48,8 +48,8 @@ mod reference;
 mod transfer;
 
 pub use auth::{
-    Anonymous, BoxError, Credential, CredentialFuture, CredentialProvider, DockerConfig,
-    DockerConfigError, StaticCredential,
+    Anonymous, BoxError, Credential, CredentialFuture, CredentialProvider, DEFAULT_HELPER_TIMEOUT,
+    DockerConfig, DockerConfigError, StaticCredential,
 };
 pub use client::{Client, ClientBuilder, DEFAULT_JOBS, RetryPolicy};
 pub use copy::{
