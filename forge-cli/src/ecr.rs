@@ -36,11 +36,9 @@ pub fn client_with(
         builder = builder.credential_provider(EcrRegistries { by_host: ecr });
     }
     // Everything else (and an ECR host without a role chain) as `docker login` left it.
-    let docker = forge_registry::DockerConfig::load_default().map_err(|e| {
-        crate::output::InvalidInput(format!(
-            "{e}; fix or remove the Docker config, or set DOCKER_CONFIG"
-        ))
-    })?;
+    // Bad input (exit 2), with its cause (the JSON error's line and column) in the chain.
+    let docker = forge_registry::DockerConfig::load_default()
+        .map_err(|e| crate::output::classify(e, true))?;
     Ok(builder.docker_config(docker).build()?)
 }
 

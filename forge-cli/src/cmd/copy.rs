@@ -79,10 +79,13 @@ fn parse_ref(what: &str, text: &str) -> anyhow::Result<Reference> {
 }
 
 fn client(access: &Access, jobs: Option<usize>) -> anyhow::Result<Client> {
+    // A config that cannot be read or parsed is bad input (exit 2), explicit or default, and
+    // its cause (the I/O error, the JSON error's line and column) is printed with it.
     let config = match &access.docker_config {
-        Some(path) => DockerConfig::load(path).map_err(|e| InvalidInput(e.to_string()))?,
-        None => DockerConfig::load_default()?,
-    };
+        Some(path) => DockerConfig::load(path),
+        None => DockerConfig::load_default(),
+    }
+    .map_err(|e| output::classify(e, true))?;
     let mut builder = Client::builder().docker_config(config);
     for host in &access.plain_http {
         builder = builder.insecure_http_host(host.clone());

@@ -328,3 +328,32 @@ fn copy_to_and_from_an_oci_layout() {
     assert_eq!(report["verified"], true);
     assert_eq!(skopeo_digest(&format!("docker://{back}")), s.digest);
 }
+
+/// A Docker config that does not parse is bad input (exit 2), passed explicitly or found by
+/// default, and the JSON error's position is printed as its cause. Nothing is contacted.
+#[test]
+fn a_malformed_docker_config_exits_2_with_the_json_error() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("config.json"), "{\"auths\": {,}}").expect("config");
+    let config = dir.path().join("config.json");
+    let refs = ["copy", "127.0.0.1:9/ci/app:1", "127.0.0.1:9/prod/app:1"];
+
+    let mut args = refs.to_vec();
+    args.extend(["--docker-config", config.to_str().expect("UTF-8 path")]);
+    let explicit = forge_in(dir.path(), &args);
+    let by_default = crate::support::forge()
+        .args(refs)
+        .env("DOCKER_CONFIG", dir.path())
+        .current_dir(dir.path())
+        .output()
+        .expect("run forge");
+    for out in [explicit, by_default] {
+        assert_exit(&out, 2);
+        let text = stderr(&out);
+        assert!(
+            text.contains("is not valid JSON")
+                && text.contains("caused by: key must be a string at line 1"),
+            "{text}"
+        );
+    }
+}
