@@ -507,8 +507,13 @@ async fn run_helper(
             return Ok(None);
         }
         // docker-credential-helpers print their errors on stdout; a failed run's output is a
-        // message, not a secret.
+        // message, unless a wrapper printed the credential and then failed: never show that.
         let stderr = String::from_utf8_lossy(&out.stderr);
+        let stdout = if stdout.to_ascii_lowercase().contains("secret") {
+            "(its output is not shown: it may hold the credential)".into()
+        } else {
+            stdout
+        };
         let said = [stderr.trim(), stdout.trim()]
             .into_iter()
             .filter(|t| !t.is_empty())
@@ -780,5 +785,15 @@ printf '{"Username":"u","Secret":"p"}'"#,
         .await
         .unwrap_err();
         assert!(err.to_string().contains("keychain locked"), "{err}");
+
+        // A wrapper that printed the credential and then failed: its output is not shown.
+        let err = helper(
+            "leaky",
+            r#"printf '{"Username":"u","Secret":"hunter2"}'; exit 3"#,
+        )
+        .lookup("r.example")
+        .await
+        .unwrap_err();
+        assert!(!err.to_string().contains("hunter2"), "{err}");
     }
 }

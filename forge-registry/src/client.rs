@@ -198,6 +198,7 @@ impl ClientBuilder {
             tls: OnceLock::new(),
             plain_upload: OnceLock::new(),
             tls_upload: OnceLock::new(),
+            building: Mutex::new(()),
         };
         // Fail at build time if even the plain client cannot be built.
         let plain_probe = Url::parse("http://localhost/").expect("a constant, valid URL");
@@ -310,6 +311,9 @@ struct Transports {
     tls: OnceLock<reqwest::Client>,
     plain_upload: OnceLock<reqwest::Client>,
     tls_upload: OnceLock<reqwest::Client>,
+    /// Held while a client is built, so parallel first requests build it once (a TLS client
+    /// loads the platform's roots: tens of milliseconds of CPU each time).
+    building: Mutex<()>,
 }
 
 impl Transports {
@@ -355,10 +359,27 @@ impl Transports {
     fn client(&self, url: &Url) -> Result<&reqwest::Client, reqwest::Error> {
         let tls = url.scheme() == "https";
         let cell = if tls { &self.tls } else { &self.plain };
+        self.built_once(cell, || self.build(tls))
+    }
+
+    /// The client in `cell`, built by `build` on first use, once even when asked for in
+    /// parallel.
+    fn built_once<'a>(
+        &self,
+        cell: &'a OnceLock<reqwest::Client>,
+        build: impl FnOnce() -> Result<reqwest::Client, reqwest::Error>,
+    ) -> Result<&'a reqwest::Client, reqwest::Error> {
         if let Some(client) = cell.get() {
             return Ok(client);
         }
-        let client = self.build(tls)?;
+        let _building = self
+            .building
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = cell.get() {
+            return Ok(client);
+        }
+        let client = build()?;
         Ok(cell.get_or_init(|| client))
     }
 
@@ -371,11 +392,7 @@ impl Transports {
         } else {
             &self.plain_upload
         };
-        if let Some(client) = cell.get() {
-            return Ok(client);
-        }
-        let client = self.builder(tls).build()?;
-        Ok(cell.get_or_init(|| client))
+        self.built_once(cell, || self.builder(tls).build())
     }
 
     /// [`Transports::client`] with the error as a registry transport error.
@@ -896,14 +913,16 @@ impl Repo {
         };
         let watched = activity.clone();
         // Every poll that yields (a chunk, an error, the end) is progress: hyper polls the
-        // body only when the connection can take more bytes.
+        // body only when the connection can take more bytes. A poll that finds no chunk yet
+        // is the source being slow, not the destination: that wait is the source's to time
+        // out (its download has its own read timeout), and must not be blamed on this upload.
         let stream = futures_util::stream::poll_fn(move |cx| {
             let polled = stream.as_mut().poll_next(cx);
             match &polled {
                 Poll::Ready(None) => watched.finish(),
                 Poll::Ready(Some(Ok(chunk))) => watched.sent(chunk.len()),
                 Poll::Ready(Some(Err(_))) => watched.touch(),
-                Poll::Pending => {}
+                Poll::Pending => watched.awaiting_source(true),
             }
             polled
         });
@@ -921,15 +940,16 @@ impl Repo {
         tokio::pin!(send);
         loop {
             let idle = activity.idle();
-            if idle >= stall_limit {
+            if idle >= stall_limit && !activity.is_awaiting_source() {
                 return Err(Box::new(Stalled {
                     limit: stall_limit,
                     body_sent: activity.finished(),
                 }));
             }
+            let wait = stall_limit.saturating_sub(idle).max(stall_limit / 4);
             tokio::select! {
                 answer = &mut send => return answer.map_err(|e| Box::new(e) as BoxError),
-                () = tokio::time::sleep(stall_limit - idle) => {}
+                () = tokio::time::sleep(wait) => {}
             }
         }
     }
@@ -1008,6 +1028,8 @@ struct Activity {
     /// Milliseconds after `start`.
     last: AtomicU64,
     finished: AtomicBool,
+    /// The connection asked for more and the source had nothing yet.
+    awaiting_source: AtomicBool,
     /// Body bytes handed to the connection, and the `Content-Length` declared.
     sent: AtomicU64,
     declared: Option<u64>,
@@ -1019,6 +1041,7 @@ impl Activity {
             start: Instant::now(),
             last: AtomicU64::new(0),
             finished: AtomicBool::new(false),
+            awaiting_source: AtomicBool::new(false),
             sent: AtomicU64::new(0),
             declared,
         }
@@ -1034,7 +1057,16 @@ impl Activity {
     }
 
     fn touch(&self) {
+        self.awaiting_source(false);
         self.last.store(self.now_ms(), Ordering::Relaxed);
+    }
+
+    fn awaiting_source(&self, waiting: bool) {
+        self.awaiting_source.store(waiting, Ordering::Relaxed);
+    }
+
+    fn is_awaiting_source(&self) -> bool {
+        self.awaiting_source.load(Ordering::Relaxed)
     }
 
     fn finish(&self) {

@@ -654,6 +654,18 @@ impl Client {
         }
         .await;
         match outcome {
+            // Not about referrers: the tag moved under the copy, or the image itself failed
+            // its verification. Those say so themselves.
+            Err(e)
+                if matches!(
+                    e.kind,
+                    ErrorKind::TagConflict { .. }
+                        | ErrorKind::TagTakenDuringCopy { .. }
+                        | ErrorKind::VerificationFailed { .. }
+                ) =>
+            {
+                Err(e)
+            }
             Err(e) if image_was_present => Err(Error::new(ErrorKind::ReferrersNotCopied {
                 destination: dst.to_string(),
                 digest: top.digest.clone(),

@@ -53,6 +53,15 @@ impl TempFile {
         }
     }
 
+    /// Creates the file. Synchronously: a create run on the blocking pool could still be
+    /// running after a cancelled write dropped this guard, and make the file after its
+    /// removal.
+    fn create(&self) -> Result<tokio::fs::File, Error> {
+        std::fs::File::create(&self.path)
+            .map(tokio::fs::File::from_std)
+            .map_err(io(&self.path))
+    }
+
     /// Renames the file to `dest` (replacing what is there).
     async fn rename_to(mut self, dest: &Path) -> Result<(), Error> {
         tokio::fs::rename(&self.path, dest)
@@ -223,10 +232,10 @@ impl Layout {
                 if images.len() > 5 {
                     names.push("…".to_owned());
                 }
-                Err(Error::new(ErrorKind::OciLayout {
-                    path: self.path.clone(),
-                    reason: format!(
-                        "it holds {} images and none is tagged 'latest', so a reference without a tag does not say which: name one ({})",
+                // A refusal of the reference, not damage to the layout.
+                Err(Error::new(ErrorKind::InvalidInput {
+                    message: format!(
+                        "OCI layout {dir} holds {} images and none is tagged 'latest', so a reference without a tag does not say which: name one ({})",
                         images.len(),
                         names.join(", ")
                     ),
@@ -322,9 +331,7 @@ impl Layout {
         let dir = self.path.join("blobs").join("sha256");
         tokio::fs::create_dir_all(&dir).await.map_err(io(&dir))?;
         let tmp = TempFile::new(&dir, digest.hex());
-        let mut file = tokio::fs::File::create(&tmp.path)
-            .await
-            .map_err(io(&tmp.path))?;
+        let mut file = tmp.create()?;
         let mut total = 0u64;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|source| {
@@ -350,9 +357,7 @@ impl Layout {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
         let tmp = TempFile::new(dir, &name);
-        let mut file = tokio::fs::File::create(&tmp.path)
-            .await
-            .map_err(io(&tmp.path))?;
+        let mut file = tmp.create()?;
         file.write_all(bytes).await.map_err(io(&tmp.path))?;
         file.sync_all().await.map_err(io(&tmp.path))?;
         drop(file);

@@ -104,7 +104,9 @@ impl Reference {
         let printed = r.to_string();
         match printed.parse::<Reference>() {
             Ok(back) if back == r => Ok(r),
-            _ => Err(err(
+            // The parser's own reason (whitespace, an empty path) names the problem.
+            Err(e) => Err(e),
+            Ok(_) => Err(err(
                 &printed,
                 "the layout directory cannot be written as an `oci:` reference that reads back the same (a ':' in its last component reads as a tag, '@sha256:' as a digest, and the path must be UTF-8): rename the directory or reach it through another path",
             )),

@@ -516,3 +516,27 @@ async fn a_put_answered_with_another_digest_is_a_verification_failure_not_retrie
         "{message}"
     );
 }
+
+/// A source that stops sending for longer than the read timeout: the failure names the source
+/// download, not the destination (whose upload was only waiting for bytes to send).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_source_is_blamed_on_the_source_not_the_upload() {
+    let Some(s) = setup().await else { return };
+    let trickle = Fault::Trickle {
+        piece: 16 * 1024,
+        every: Duration::from_millis(1500),
+    };
+    s.src_proxy
+        .add_rule(Rule::new(Route::BlobGet, trickle, None).matching(small_layer_hex(&s)));
+    let result = s.copy_with_read_timeout(Duration::from_secs(1)).await;
+    s.check_invariant(&result).await;
+    let err = result.expect_err("the source stalls on every attempt");
+    let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ");
+    assert!(
+        chain.contains("reading blob") && !chain.contains("made no progress"),
+        "{chain}"
+    );
+}

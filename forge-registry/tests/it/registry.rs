@@ -1119,9 +1119,14 @@ async fn an_untagged_layout_reference_with_several_images_lists_them() {
     forge_testkit::oci::write_image(&layout, "2").unwrap();
     let err = client().resolve(&untagged).await.unwrap_err();
     assert!(
-        matches!(err.kind(), forge_registry::ErrorKind::OciLayout { .. }) && err.is_invalid_input(),
+        matches!(err.kind(), forge_registry::ErrorKind::InvalidInput { .. })
+            && err.is_invalid_input(),
         "{err:?}"
     );
+    // `verify` refuses it the same way: not a damaged layout, not "do not deploy".
+    let expected: forge_registry::Digest = first.parse().unwrap();
+    let refused = client().verify(&untagged, &expected).await.unwrap_err();
+    assert!(refused.is_invalid_input(), "{refused:?}");
     let message = err.to_string();
     for tag in ["1", "2"] {
         assert!(
