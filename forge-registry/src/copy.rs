@@ -545,31 +545,42 @@ impl Client {
                         p.manifest_pushed(&m.digest, &m.media_type);
                     }
                 }
-                let top_listed = dst_ep.referrers_api(&top.digest).await?;
+                // Whether the destination serves the referrers API. A push it acknowledged with
+                // `OCI-Subject` says so; otherwise ask about a manifest already there (a referrer,
+                // or a platform manifest pushed above). Not about the top manifest: it is pushed
+                // last, and Quay refuses a listing for a subject not yet in the repository (400).
+                let dst_has_api = if pushed.len() > unacknowledged.len() {
+                    true
+                } else {
+                    let probe = referrer_tree
+                        .manifests
+                        .first()
+                        .or(tree.manifests.first())
+                        .map_or(&top.digest, |m| &m.digest);
+                    dst_ep.referrers_api(probe).await?.is_some()
+                };
                 for (subject, list) in &referrer_groups {
                     // Without the API, the fallback index lists them all. With it, only those the
                     // registry does not list: pushed now without an `OCI-Subject` acknowledgement,
                     // or already there (an earlier copy, another tool) and missing from its list.
-                    let unlisted: Vec<Descriptor> = match &top_listed {
-                        None => list.clone(),
-                        Some(top_listed) => {
-                            let earlier = list.iter().any(|d| !pushed.contains(&d.digest));
-                            let listed = if !earlier {
-                                Vec::new()
-                            } else if *subject == top.digest {
-                                top_listed.clone()
-                            } else {
-                                dst_ep.referrers_api(subject).await?.unwrap_or_default()
-                            };
-                            list.iter()
-                                .filter(|d| {
-                                    unacknowledged.contains(&d.digest)
-                                        || (!pushed.contains(&d.digest)
-                                            && !listed.iter().any(|l| l.digest == d.digest))
-                                })
-                                .cloned()
-                                .collect()
-                        }
+                    let unlisted: Vec<Descriptor> = if dst_has_api {
+                        let earlier = list.iter().any(|d| !pushed.contains(&d.digest));
+                        // A subject not there yet (the top manifest) lists nothing.
+                        let listed = if earlier {
+                            dst_ep.referrers_api(subject).await?.unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        };
+                        list.iter()
+                            .filter(|d| {
+                                unacknowledged.contains(&d.digest)
+                                    || (!pushed.contains(&d.digest)
+                                        && !listed.iter().any(|l| l.digest == d.digest))
+                            })
+                            .cloned()
+                            .collect()
+                    } else {
+                        list.clone()
                     };
                     if !unlisted.is_empty() {
                         update_fallback_index(&dst_ep, subject, &unlisted, &counters).await?;
@@ -1169,13 +1180,13 @@ async fn update_fallback_index(
             .map(|r| r.manifests)
             .unwrap_or_default()
     };
-    let mut existing = dst.get_manifest(&tag).await?;
+    let mut existing = dst.fallback_index(subject).await?;
     for _ in 0..FALLBACK_INDEX_ROUNDS {
         let entries = listed(existing.as_ref().map(|m| &m.bytes));
         if !write_fallback_index(dst, &tag, entries, referrers, counters).await? {
             return Ok(());
         }
-        existing = dst.get_manifest(&tag).await?;
+        existing = dst.fallback_index(subject).await?;
     }
     let entries = listed(existing.as_ref().map(|m| &m.bytes));
     let missing: Vec<String> = referrers

@@ -211,12 +211,18 @@ impl ManifestRefs {
         serde_json::from_slice(bytes)
     }
 
-    /// Determines the media type from the served `Content-Type`, then the document's
-    /// `mediaType`, then its shape.
+    /// Determines the media type from the document's own `mediaType` (when it is an index or
+    /// manifest type), then the served `Content-Type`, then any `mediaType`, then its shape.
+    /// The document wins over the label: an index served as a manifest is still an index, and
+    /// its platform manifests must be copied.
     pub fn effective_media_type(&self, content_type: Option<&str>) -> String {
+        let known = |m: &str| MediaType::is_index(m) || MediaType::is_manifest(m);
+        if let Some(m) = self.media_type.as_deref().filter(|m| known(m)) {
+            return m.to_owned();
+        }
         let served = content_type
             .map(|c| c.split(';').next().unwrap_or(c).trim())
-            .filter(|c| MediaType::is_index(c) || MediaType::is_manifest(c));
+            .filter(|c| known(c));
         if let Some(c) = served {
             return c.to_owned();
         }

@@ -282,7 +282,15 @@ impl Endpoint {
                     .send(Method::HEAD, url.clone(), HeaderMap::new(), None)
                     .await?;
                 match resp.status() {
-                    s if s.is_success() => Ok(true),
+                    // A stored blob of another size (a truncated write at the registry) is
+                    // not the blob: absent, so it is uploaded again, and verification fails.
+                    // The header itself: reqwest reports no body length for a HEAD.
+                    s if s.is_success() => Ok(resp
+                        .headers()
+                        .get(header::CONTENT_LENGTH)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok())
+                        .is_none_or(|n| n == desc.size)),
                     StatusCode::NOT_FOUND => Ok(false),
                     _ => Err(r.error_from(&Method::HEAD, &url, resp).await),
                 }
@@ -355,8 +363,8 @@ impl Endpoint {
     }
 
     /// Referrers of `digest` via the referrers API, every page of it (`Link: <…>; rel="next"`):
-    /// `None` when the registry says it does not serve the API (404, 405 or 501, or a 200 that
-    /// is not an index). Any other failure is an error: taking a 503 for "no API" would drop
+    /// `None` when the registry says it does not serve the API (400, 404, 405, 406 or 501, or a
+    /// 200 that is not an index). Any other failure is an error: taking a 503 for "no API" would drop
     /// signatures silently on registries that keep referrers only behind the API.
     pub(crate) async fn referrers_api(
         &self,
@@ -422,10 +430,15 @@ impl Endpoint {
                 .await?;
             match resp.status() {
                 StatusCode::OK => {}
+                // How registries without the API answer (Artifactory 406; some 400, as
+                // go-containerregistry also accepts), and Quay for a subject that is not in
+                // the repository (400). "No API" on the first page; a later page that vanishes
+                // is not empty.
                 StatusCode::NOT_FOUND
+                | StatusCode::BAD_REQUEST
                 | StatusCode::METHOD_NOT_ALLOWED
+                | StatusCode::NOT_ACCEPTABLE
                 | StatusCode::NOT_IMPLEMENTED => {
-                    // "No API" on the first page; a later page that vanishes is not empty.
                     return Ok((false, None, Bytes::new()));
                 }
                 _ => return Err(r.error_from(&Method::GET, url, resp).await),
@@ -468,13 +481,24 @@ impl Endpoint {
         if try_api && let Some(list) = self.referrers_api(digest).await? {
             return Ok((list, true));
         }
-        let list = match self.get_manifest(&digest.referrers_tag()).await? {
+        let list = match self.fallback_index(digest).await? {
             Some(index) => ManifestRefs::parse(&index.bytes)
                 .map(|r| r.manifests)
                 .unwrap_or_default(),
             None => Vec::new(),
         };
         Ok((list, false))
+    }
+
+    /// The fallback index of `digest` (the manifest tagged `sha256-<hex>`). An answer that is
+    /// the subject itself, or not an index, is no fallback index: GitLab resolves a tag
+    /// spelled like a digest to that digest's manifest, and an index's platform entries must
+    /// not be taken for its referrers.
+    pub(crate) async fn fallback_index(&self, digest: &Digest) -> Result<Option<Fetched>, Error> {
+        Ok(self
+            .get_manifest(&digest.referrers_tag())
+            .await?
+            .filter(|m| m.digest != *digest && m.is_index()))
     }
 }
 

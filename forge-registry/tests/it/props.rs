@@ -147,3 +147,37 @@ fn foreign_layers_are_not_blobs_to_copy() {
     let refs = ManifestRefs::parse(m.as_bytes()).unwrap();
     assert_eq!(refs.blobs().count(), 1);
 }
+
+/// The document's own `mediaType` decides over the served `Content-Type`: an index labelled
+/// as a manifest is still an index (its platform manifests must be copied). Without one in
+/// the document, the label decides, then the shape.
+#[test]
+fn the_documents_media_type_wins_over_the_label() {
+    let check = |doc: &str, served: Option<&str>, expected: &str| {
+        let refs = ManifestRefs::parse(doc.as_bytes()).expect("JSON");
+        assert_eq!(
+            refs.effective_media_type(served),
+            expected,
+            "{doc} served as {served:?}"
+        );
+    };
+    let index = format!(
+        r#"{{"schemaVersion":2,"mediaType":"{}","manifests":[]}}"#,
+        MediaType::OCI_INDEX
+    );
+    check(&index, Some(MediaType::OCI_MANIFEST), MediaType::OCI_INDEX);
+    check(&index, None, MediaType::OCI_INDEX);
+    let unlabelled = r#"{"schemaVersion":2,"manifests":[]}"#;
+    check(
+        unlabelled,
+        Some(MediaType::DOCKER_MANIFEST_LIST),
+        MediaType::DOCKER_MANIFEST_LIST,
+    );
+    check(unlabelled, Some("application/json"), MediaType::OCI_INDEX);
+    let schema1 = r#"{"schemaVersion":1,"mediaType":"application/vnd.docker.distribution.manifest.v1+prettyjws"}"#;
+    check(
+        schema1,
+        Some("application/json"),
+        "application/vnd.docker.distribution.manifest.v1+prettyjws",
+    );
+}

@@ -197,6 +197,12 @@ pub enum Fault {
     /// Forward, then answer with a `Docker-Content-Digest` that is not the digest of what was
     /// sent: a registry that stored something else (re-serialized or converted it).
     WrongDigestHeader,
+    /// Like `ServeReferrersApi`, but as Quay 3.12+ does: `400 MANIFEST_INVALID` for a subject
+    /// that is not in the repository yet.
+    ServeReferrersApiQuay,
+    /// Answer a manifest GET of the tag `sha256-<hex>` with the manifest `sha256:<hex>`, as
+    /// GitLab's registry resolves a tag spelled like a digest (oras-go issue 1396).
+    FallbackTagIsSubject,
 }
 
 /// Inject `fault` into the next `times` requests of kind `route` (`None` = forever), optionally
@@ -536,7 +542,26 @@ async fn handle(
             shared.record(&info, 200, true);
             return Ok(resp);
         }
-        Some(fault @ (Fault::ServeReferrersApi | Fault::ServeReferrersApiPaged)) => {
+        Some(Fault::ServeReferrersApiQuay)
+            if !upstream_has_manifest(
+                &shared,
+                repo.as_deref().unwrap_or_default(),
+                reference.as_deref().unwrap_or_default(),
+            )
+            .await? =>
+        {
+            shared.record(&info, 400, true);
+            return Ok(json_error(
+                StatusCode::BAD_REQUEST,
+                "MANIFEST_INVALID",
+                "manifest invalid",
+            ));
+        }
+        Some(
+            fault @ (Fault::ServeReferrersApi
+            | Fault::ServeReferrersApiPaged
+            | Fault::ServeReferrersApiQuay),
+        ) => {
             let paged = matches!(fault, Fault::ServeReferrersApiPaged);
             let digest = reference.clone().unwrap_or_default();
             let tag = format!("sha256-{}", digest.trim_start_matches("sha256:"));
@@ -613,6 +638,14 @@ async fn handle(
         return Ok(json_error(StatusCode::BAD_REQUEST, "TAG_INVALID", &message));
     }
 
+    let mut req = req;
+    if let (Some(Fault::FallbackTagIsSubject), Some(hex)) = (
+        &fault,
+        reference.as_deref().and_then(|r| r.strip_prefix("sha256-")),
+    ) {
+        let resolved = path.replace(&format!("sha256-{hex}"), &format!("sha256:{hex}"));
+        *req.uri_mut() = resolved.parse().expect("a valid path");
+    }
     let (mut parts, body) = match forward(&shared, req).await {
         Ok(resp) => resp.into_parts(),
         Err(e) => {

@@ -488,3 +488,110 @@ async fn a_late_referrer_that_cannot_be_copied_fails_the_re_promotion_saying_the
         "the refused referrer is not there"
     );
 }
+
+/// Quay (3.12 and later) serves the referrers API but refuses a listing for a subject that is
+/// not in the repository yet (400 MANIFEST_INVALID), and the top manifest is pushed last: the
+/// destination's API is learned from the acknowledged pushes instead, and the signed image
+/// lands with no fallback tag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destination_refusing_listings_for_subjects_not_there_yet_takes_a_signed_image() {
+    let Some(s) = setup().await else { return };
+    s.dst_proxy.add_rule(Rule::new(
+        Route::Referrers,
+        Fault::ServeReferrersApiQuay,
+        None,
+    ));
+    s.dst_proxy.add_rule(Rule::new(
+        Route::ManifestPut,
+        Fault::AcknowledgeSubject,
+        None,
+    ));
+    let report = copy(
+        &format!("{}/ci/app:31", s.src_proxy.host()),
+        &format!("{}/prod/app:31", s.dst_proxy.host()),
+    )
+    .await
+    .expect("a Quay-like destination takes a signed image");
+    assert!(
+        report.verified && report.referrers_copied == 2,
+        "{report:?}"
+    );
+    assert_referrers_at_destination(&s).await;
+    for subject in [&s.image, &s.sbom] {
+        let tag = fixtures::fallback_tag(&subject.digest);
+        assert_eq!(
+            fixtures::manifest_digest(&s.dest.host(), "prod/app", &tag).await,
+            None,
+            "the registry indexed the referrers itself: no fallback tag"
+        );
+    }
+}
+
+/// Registries without the API do not all answer 404 on the referrers endpoint: Artifactory
+/// answers 406, others 400. Both mean "no API": the fallback tags are read and the
+/// referrers travel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_answering_406_or_400_on_the_referrers_endpoint_is_read_through_fallback_tags() {
+    for status in [406, 400] {
+        let Some(s) = setup().await else { return };
+        s.src_proxy.add_rule(Rule::new(
+            Route::Referrers,
+            Fault::Status {
+                status,
+                code: "UNSUPPORTED",
+                retry_after: None,
+            },
+            None,
+        ));
+        let report = copy(
+            &format!("{}/ci/app:31", s.src_proxy.host()),
+            &format!("{}/prod/app:31", s.dest.host()),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("a source answering {status}: {e}"));
+        assert_eq!(report.referrers_copied, 2, "{status}: {report:?}");
+        assert_referrers_at_destination(&s).await;
+    }
+}
+
+/// GitLab's registry answers a GET of the tag `sha256-<hex>` with the manifest `sha256:<hex>`
+/// itself. For a multi-arch index that is a list of platform manifests, which must not be
+/// taken for referrers: nothing is copied as one, and no fallback index is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_tag_that_resolves_to_the_subject_itself_lists_no_referrers() {
+    let Some(source) = Registry::start() else {
+        return;
+    };
+    let Some(dest) = Registry::start() else {
+        return;
+    };
+    let (index, _) = crate::proxy::push_index(
+        &source.host(),
+        "ci/multi",
+        "5",
+        &[
+            ("amd64", vec![crate::proxy::random_bytes(91, 3_000)]),
+            ("arm64", vec![crate::proxy::random_bytes(92, 3_000)]),
+        ],
+    )
+    .await;
+    fixtures::provision(&dest.host(), "prod/multi").await;
+    let src_proxy = Proxy::start(&source.host()).await;
+    src_proxy.add_rule(
+        Rule::new(Route::ManifestGet, Fault::FallbackTagIsSubject, None)
+            .matching("/manifests/sha256-"),
+    );
+    let report = copy(
+        &format!("{}/ci/multi:5", src_proxy.host()),
+        &format!("{}/prod/multi:5", dest.host()),
+    )
+    .await
+    .expect("copy");
+    assert!(src_proxy.faults_injected() > 0, "the fallback tag was read");
+    assert_eq!(report.referrers_copied, 0, "{report:?}");
+    let tag = fixtures::fallback_tag(&index.digest);
+    assert_eq!(
+        fixtures::manifest_digest(&dest.host(), "prod/multi", &tag).await,
+        None
+    );
+}

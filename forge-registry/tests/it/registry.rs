@@ -1282,3 +1282,52 @@ async fn a_failed_copy_into_a_layout_leaves_no_temporary_files() {
         "temporary files left: {leftovers:?}"
     );
 }
+
+/// A blob the destination registry holds truncated (its HEAD answers 200 with another
+/// `Content-Length`) is not present: verification fails instead of passing, and a copy does
+/// not skip it as already there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_blob_at_the_destination_is_not_taken_as_present() {
+    let Some(p) = pair() else { return };
+    let (a, b) = (p.a.host(), p.b.host());
+    let image = fixtures::oci_image(77, 1, 50_000);
+    fixtures::push(&a, "ci/app", "1", &image).await;
+    fixtures::provision(&b, "prod/app").await;
+    let (src, dst) = (r(&format!("{a}/ci/app:1")), r(&format!("{b}/prod/app:1")));
+    client()
+        .copy(&src, &dst, &CopyOptions::default())
+        .await
+        .unwrap();
+
+    let layer = image
+        .blobs
+        .iter()
+        .max_by_key(|b| b.len())
+        .expect("the image has blobs");
+    let digest = forge_testkit::oci::sha256(layer);
+    let hex = digest.trim_start_matches("sha256:");
+    let data =
+        p.b.storage()
+            .join("docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data");
+    std::fs::write(&data, b"").unwrap();
+
+    let expected: forge_registry::Digest = image.digest.parse().unwrap();
+    let err = client().verify(&dst, &expected).await.unwrap_err();
+    assert!(
+        matches!(err.kind, ErrorKind::VerificationFailed { .. }),
+        "{err:?}"
+    );
+    match client().copy(&src, &dst, &CopyOptions::default()).await {
+        Ok(report) => assert!(
+            report.verified && report.blobs_copied >= 1,
+            "not skipped: {report:?}"
+        ),
+        Err(e) => assert!(
+            matches!(e.kind, ErrorKind::VerificationFailed { .. }),
+            "{e:?}"
+        ),
+    }
+}
