@@ -339,7 +339,13 @@ impl Endpoint {
                     // from a proxy or a wrong path must not read as "ask the platform team".
                     // Harbor says NOT_FOUND where the spec says NAME_UNKNOWN.
                     StatusCode::NOT_FOUND => {
-                        let body = resp.bytes().await.unwrap_or_default();
+                        // A 404 whose body was cut off says nothing about the repository.
+                        let body = resp.bytes().await.map_err(|e| {
+                            Error::new(ErrorKind::Transport {
+                                context: format!("GET {url} (reading its 404 answer)"),
+                                source: Box::new(e),
+                            })
+                        })?;
                         match crate::client::parse_error_body(&body) {
                             (Some(code), _) if code == "NAME_UNKNOWN" || code == "NOT_FOUND" => {
                                 Ok(false)
@@ -363,9 +369,9 @@ impl Endpoint {
     }
 
     /// Referrers of `digest` via the referrers API, every page of it (`Link: <…>; rel="next"`):
-    /// `None` when the registry says it does not serve the API (400, 404, 405, 406 or 501, or a
-    /// 200 that is not an index). Any other failure is an error: taking a 503 for "no API" would drop
-    /// signatures silently on registries that keep referrers only behind the API.
+    /// `None` when the registry says it does not serve the API (400, 404, 405, 406 or 501, or
+    /// a 200 that is not an index). Any other failure is an error: taking a 503 for "no API"
+    /// would drop signatures silently on registries that keep referrers only behind the API.
     pub(crate) async fn referrers_api(
         &self,
         digest: &Digest,
