@@ -22,7 +22,8 @@ use crate::transfer::BlobStream;
 /// The `client_id` sent with OAuth2 token requests (token services log it for audits).
 const OAUTH_CLIENT_ID: &str = "forge";
 
-/// Retries with jittered exponential backoff on connection errors, 5xx, 429/TOOMANYREQUESTS.
+/// Retries with jittered exponential backoff on connection errors, 5xx (but 501) and
+/// 429/TOOMANYREQUESTS (honouring `Retry-After`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     /// Retries after the first attempt (0 disables retrying).

@@ -460,6 +460,9 @@ impl Client {
 
         // Steps 4-7. On an image found complete above, only referrers are missing: a failure
         // then says the image itself is there and verified, and that the tag was not touched.
+        // Set when the copy reaches the tag: what fails from there (a tag moved under the
+        // copy, the image's own verification) is not about referrers.
+        let reached_tag = std::cell::Cell::new(false);
         let outcome = async {
             // 4. Walk the tree and the referrers.
             let mut tree = Tree::default();
@@ -587,6 +590,7 @@ impl Client {
                     }
                 }
             }
+            reached_tag.set(true);
             let tag = dst.tag();
             // The tag was checked before the blobs; a copy can take minutes, and another pipeline
             // may have pushed the same tag meanwhile (a re-run build with a new digest). Look
@@ -665,23 +669,13 @@ impl Client {
         }
         .await;
         match outcome {
-            // Not about referrers: the tag moved under the copy, or the image itself failed
-            // its verification. Those say so themselves.
-            Err(e)
-                if matches!(
-                    e.kind,
-                    ErrorKind::TagConflict { .. }
-                        | ErrorKind::TagTakenDuringCopy { .. }
-                        | ErrorKind::VerificationFailed { .. }
-                ) =>
-            {
-                Err(e)
+            Err(e) if image_was_present && !reached_tag.get() => {
+                Err(Error::new(ErrorKind::ReferrersNotCopied {
+                    destination: dst.to_string(),
+                    digest: top.digest.clone(),
+                    source: Box::new(e),
+                }))
             }
-            Err(e) if image_was_present => Err(Error::new(ErrorKind::ReferrersNotCopied {
-                destination: dst.to_string(),
-                digest: top.digest.clone(),
-                source: Box::new(e),
-            })),
             outcome => outcome,
         }
     }
@@ -828,8 +822,10 @@ impl Client {
         stamped(result, start, &retries)
     }
 
-    /// Whether the repository of `r` exists (`GET /v2/<repo>/tags/list` is not 404); for an
-    /// `oci:` reference, whether the directory is an OCI layout.
+    /// Whether the repository of `r` exists: `GET /v2/<repo>/tags/list` answers 2xx (true) or
+    /// 404 with the registry's `NAME_UNKNOWN` (false; Harbor's `NOT_FOUND` too). Any other
+    /// answer is an error (a bare 404 from a proxy, a 5xx). For an `oci:` reference, whether
+    /// the directory is an OCI layout.
     pub async fn repository_exists(&self, r: &Reference) -> Result<bool, Error> {
         let start = Instant::now();
         let retries = Arc::new(AtomicU32::new(0));

@@ -162,7 +162,10 @@ pub enum ErrorKind {
         /// Digest of the bytes received.
         actual: Digest,
     },
-    /// Post-copy verification found the destination not holding what was copied.
+    /// The destination does not hold what was copied: found by verification (after a copy, or
+    /// by [`Client::verify`](crate::Client::verify)), or said by the registry itself (a PUT
+    /// answered with another `Docker-Content-Digest`; a referrers fallback index that another
+    /// writer kept replacing).
     VerificationFailed {
         /// The destination reference.
         reference: String,

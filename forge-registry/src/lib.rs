@@ -8,11 +8,13 @@
 //! committed, and after every copy the destination is fetched again and hashed.
 //!
 //! Promotion policies are enforced here, not by callers: destination tags are immutable (a tag
-//! holding another digest is an error; the same digest is a no-op), `latest` is refused, an
-//! optional tag pattern must match, and the destination repository must already exist.
+//! holding another digest is an error; the same digest writes no tag, though whatever the
+//! destination lacks, such as referrers attached since or a blob gone, is still copied),
+//! `latest` is refused, an optional tag pattern must match, and the destination repository
+//! must already exist.
 //!
-//! Transient failures (connection errors, 5xx, 429 with `Retry-After`, a token service
-//! hiccup, a blob cut off mid-transfer) are retried with jittered backoff, and an error that
+//! Transient failures (connection errors, 5xx but 501, 429 honouring `Retry-After`, a token
+//! service hiccup, a blob cut off mid-transfer) are retried with jittered backoff, and an error that
 //! gives up says how many retries and how long it took. Transfers have no overall time limit:
 //! a 1 GiB layer over a slow link is fine as long as bytes keep moving; one that stalls for
 //! the read timeout ([`ClientBuilder::read_timeout`], 120 s) fails and is retried.
