@@ -416,6 +416,20 @@ async fn latest_pattern_and_missing_repository_are_refused_before_any_upload() {
         "a refused copy created something"
     );
     assert_eq!(fixtures::manifest_digest(&b, "prod/app", "3").await, None);
+    // Nothing pushed into the repository that exists either: no refused tag, no blob.
+    for tag in ["latest", "3a", "v3", "a3"] {
+        assert_eq!(
+            fixtures::manifest_digest(&b, "prod/app", tag).await,
+            None,
+            "{tag}"
+        );
+    }
+    for digest in image.blob_digests() {
+        assert!(
+            !fixtures::blob_exists(&b, "prod/app", &digest).await,
+            "a refused copy uploaded {digest}"
+        );
+    }
     assert!(
         !client()
             .repository_exists(&r(&format!("{b}/team/missing")))
