@@ -178,8 +178,25 @@ pub fn bench_copy(args: &[String]) -> Result<(), String> {
     }
     let fixture = |name: &str| fixtures.iter().find(|(n, _)| *n == name).map(|(_, l)| l);
 
-    let forge_version = output(Command::new(&forge).arg("--version")).unwrap_or_default();
+    // Which binary was measured: `--forge` may name one built from another commit.
+    let forge_version = format!(
+        "{} (binary sha256 {}; workspace at {})",
+        output(Command::new(&forge).arg("--version"))
+            .unwrap_or_default()
+            .trim(),
+        file_sha256(&forge).map_or_else(|e| format!("unknown: {e}"), |h| h[..12].to_owned()),
+        workspace_commit()
+    );
     let skopeo_version = output(Command::new("skopeo").arg("--version")).unwrap_or_default();
+    // `docker-registry github.com/docker/distribution 2.8.2+ds1` → `Distribution 2.8.2+ds1`.
+    let registry_version = output(Command::new("docker-registry").arg("--version"))
+        .ok()
+        .and_then(|v| {
+            v.split_whitespace()
+                .last()
+                .map(|v| format!("Distribution {v}"))
+        })
+        .unwrap_or_else(|| "Distribution, version unknown".to_owned());
     let mut results: Vec<CaseResult> = Vec::new();
 
     if let Some(layout) = fixture("cold").filter(|_| want("cold")) {
@@ -224,8 +241,9 @@ pub fn bench_copy(args: &[String]) -> Result<(), String> {
         &results,
         &command,
         o.runs,
-        forge_version.trim(),
+        &forge_version,
         skopeo_version.trim(),
+        &registry_version,
         (&load_before, &load_average()),
     );
     println!("{report}");
@@ -255,6 +273,9 @@ struct Run {
     cpu: Option<Duration>,
     /// CPU the two registries spent during the run (their share of a CPU-bound machine).
     registry_cpu: Option<Duration>,
+    /// Forge's report said the destination already held everything and nothing was written
+    /// (always false for skopeo, which prints no report).
+    wrote_nothing: bool,
 }
 
 #[derive(Clone, Copy, PartialEq)]
@@ -326,8 +347,19 @@ fn repromote_case(
     copy_once(o, Tool::Skopeo, forge, source, &dest, "cold")?;
     check_destination(&dest, "cold", &layout.digest)?;
     for run in 0..o.runs {
-        for tool in [Tool::Forge, Tool::Skopeo] {
+        // Alternate, as in the cold cases: the second tool finds registries the first warmed.
+        let order = if run % 2 == 0 {
+            [Tool::Forge, Tool::Skopeo]
+        } else {
+            [Tool::Skopeo, Tool::Forge]
+        };
+        for tool in order {
             let r = copy_once(o, tool, forge, source, &dest, "cold")?;
+            if tool == Tool::Forge && !r.wrote_nothing {
+                return Err(format!(
+                    "forge's re-promotion run {run} wrote to the destination (not already_present, or blobs or manifests pushed): it is not a re-promotion"
+                ));
+            }
             report_run(tool, run, &r);
             match tool {
                 Tool::Forge => result.forge.push(r),
@@ -401,6 +433,9 @@ fn copy_once(
             c
         }
     };
+    // Write back what earlier steps left dirty (the previous destination's deleted storage,
+    // the seed push), so neither tool's run pays for it.
+    let _ = Command::new("sync").status();
     let registries_cpu = || Some(source.cpu_time()? + dest.cpu_time()?);
     let before = registries_cpu();
     let (mut run, out) = measure(&mut cmd)?;
@@ -413,6 +448,11 @@ fn copy_once(
         if report["verified"] != serde_json::Value::Bool(true) {
             return Err(format!("forge copy did not report verified=true: {report}"));
         }
+        let zero = serde_json::Value::from(0);
+        run.wrote_nothing = report["already_present"] == serde_json::Value::Bool(true)
+            && ["blobs_copied", "blobs_mounted", "manifests_pushed"]
+                .iter()
+                .all(|k| report[*k] == zero);
     }
     Ok(run)
 }
@@ -473,6 +513,7 @@ fn measure(cmd: &mut Command) -> Result<(Run, String), String> {
             rss_kib,
             cpu,
             registry_cpu: None,
+            wrote_nothing: false,
         },
         stdout,
     ))
@@ -684,6 +725,34 @@ fn skopeo(args: &[&str]) -> Result<(), String> {
     }
 }
 
+/// The sha256 of a file, in hex.
+fn file_sha256(path: &Path) -> Result<String, String> {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(hex_lower(&sha2::Sha256::digest(&bytes)))
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// The workspace's commit, `+changes` when the tree differs from it.
+fn workspace_commit() -> String {
+    let git = |args: &[&str]| {
+        output(Command::new("git").current_dir(root()).args(args)).map(|o| o.trim().to_owned())
+    };
+    match git(&["rev-parse", "--short", "HEAD"]) {
+        Ok(commit) => match git(&["status", "--porcelain", "--untracked-files=no"]) {
+            Ok(changes) if changes.is_empty() => commit,
+            _ => format!("{commit}+changes"),
+        },
+        Err(_) => "an unknown commit".to_owned(),
+    }
+}
+
 fn output(cmd: &mut Command) -> Result<String, String> {
     let out = cmd
         .stdin(Stdio::null())
@@ -766,6 +835,7 @@ fn render(
     runs: usize,
     forge_version: &str,
     skopeo_version: &str,
+    registry_version: &str,
     load: (&str, &str),
 ) -> String {
     let mut s = String::new();
@@ -775,7 +845,7 @@ fn render(
     let _ = writeln!(
         s,
         "Measured {} with `{command}` ({runs} runs per tool, alternating; medians) on {cpus} CPUs, \
-         two local `docker-registry` (Distribution 2.8.2) instances over loopback HTTP. \
+         two local `docker-registry` ({registry_version}) instances over loopback HTTP. \
          {forge_version}; {skopeo_version} run as `skopeo copy --all --preserve-digests \
          --src-tls-verify=false --dest-tls-verify=false`. Every cold run (either tool) gets a fresh \
          destination registry; results are checked with `skopeo inspect --raw` (digest equal to \
@@ -933,6 +1003,7 @@ mod tests {
                 rss_kib: None,
                 cpu: None,
                 registry_cpu: None,
+                wrote_nothing: false,
             })
             .collect()
     }
