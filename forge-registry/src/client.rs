@@ -502,6 +502,11 @@ impl Repo {
         url
     }
 
+    /// The client's retry policy.
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.inner.retry
+    }
+
     pub(crate) fn count_retry(&self) {
         self.retries.fetch_add(1, Ordering::Relaxed);
     }

@@ -623,7 +623,8 @@ impl Client {
                         // tags (ECR: 400 TAG_INVALID) though the tag holds the digest; a tag
                         // another pipeline took meanwhile is refused the same way.
                         let Some(t) = tag else { return Err(e) };
-                        match dst_ep.get_manifest(t).await {
+                        // One look: the PUT has spent the retry budget already.
+                        match dst_ep.get_manifest_once(t).await {
                             Ok(Some(held)) if held.digest == top.digest => {
                                 tracing::debug!(destination = %dst, error = %e, "the tag PUT failed but the tag holds the digest");
                             }

@@ -144,12 +144,34 @@ impl Endpoint {
 
     /// GET a manifest by tag or digest; `None` when it does not exist.
     pub(crate) async fn get_manifest(&self, reference: &str) -> Result<Option<Fetched>, Error> {
+        self.get_manifest_from(reference, 0).await
+    }
+
+    /// [`Endpoint::get_manifest`] without retries, for a look whose failure is not the one
+    /// reported (the tag read after a failed tag PUT, when the PUT has spent the budget).
+    pub(crate) async fn get_manifest_once(
+        &self,
+        reference: &str,
+    ) -> Result<Option<Fetched>, Error> {
+        let spent = match self {
+            Endpoint::Registry(r) => r.retry_policy().max_retries,
+            Endpoint::Layout(_) => 0,
+        };
+        self.get_manifest_from(reference, spent).await
+    }
+
+    /// [`Endpoint::get_manifest`] with `first_attempt` of the retry budget already used.
+    async fn get_manifest_from(
+        &self,
+        reference: &str,
+        first_attempt: u32,
+    ) -> Result<Option<Fetched>, Error> {
         match self {
             Endpoint::Layout(l) => l.get_manifest(reference).await,
             Endpoint::Registry(r) => {
                 let url = r.url(&format!("manifests/{reference}"));
                 let start = std::time::Instant::now();
-                let mut attempt = 0;
+                let mut attempt = first_attempt;
                 loop {
                     let resp = r
                         .send_counted(
