@@ -23,7 +23,8 @@ const USAGE: &str = "usage: cargo xtask bench copy [--runs N] [--quick] [--case 
 
   --runs N      runs per tool and case (default 3)
   --quick       small sizes for a smoke run (results are not written to BENCHMARKS.md)
-  --case NAME   only this case (cold, repromote, small, big); repeatable
+  --case NAME   only this case (cold, repromote, small, big); repeatable (a run of some cases
+                only prints its table: BENCHMARKS.md keeps the last run of all four)
   --no-build    do not run `cargo build --release -p forge-cli` (use the existing binary)
   --forge PATH  the forge binary to measure (default: <target>/release/forge)
   --jobs N      pass `--jobs N` to forge copy (default: forge's own default)
@@ -247,11 +248,12 @@ pub fn bench_copy(args: &[String]) -> Result<(), String> {
         (&load_before, &load_average()),
     );
     println!("{report}");
-    if o.write && !o.quick {
+    // The section is one run of every case: a partial run would replace it with fewer rows.
+    if o.write && !o.quick && o.cases.is_empty() {
         write_bench_section(&root().join("BENCHMARKS.md"), "copy", &report)?;
         eprintln!("wrote the `forge copy vs skopeo` section of BENCHMARKS.md");
     } else {
-        eprintln!("(quick/--no-write run: BENCHMARKS.md left alone)");
+        eprintln!("(quick, --case or --no-write run: BENCHMARKS.md left alone)");
     }
     drop(work);
     Ok(())
