@@ -12,6 +12,7 @@ mod cmd;
 mod config;
 mod ec2_release;
 mod ecr;
+mod logging;
 mod output;
 mod policy;
 mod release;

@@ -197,25 +197,20 @@ impl io::Write for LogWriter {
 /// the libraries' (`forge_registry`, …) info logs.
 pub const PROGRESS_TARGET: &str = "forge::progress";
 
-/// Logs go to stderr; stdout stays for results. `-v` raises the level, `RUST_LOG` wins.
-/// Without `-v`: warnings and the progress lines.
+/// Logs go to stderr; stdout stays for results. `-v` raises the level and `RUST_LOG` adds
+/// directives (see `logging`). Without `-v`: warnings and the progress lines; `-vv` traces
+/// Forge's own crates, with dependencies at debug.
 pub fn init_tracing(verbose: u8) {
     let default = match verbose {
         0 => "warn,forge::progress=info",
         1 => {
             "info,forge_registry=debug,forge_ledger=debug,forge_auth=debug,forge_ec2=debug,forge=debug"
         }
-        _ => "trace",
+        _ => {
+            "debug,forge_registry=trace,forge_ledger=trace,forge_auth=trace,forge_ec2=trace,forge=trace"
+        }
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| LogWriter)
-        .with_target(verbose > 0)
-        .with_ansi(std::io::IsTerminal::is_terminal(&io::stderr()))
-        .without_time()
-        .init();
+    crate::logging::init(default, verbose > 0, || LogWriter);
 }
 
 #[cfg(test)]

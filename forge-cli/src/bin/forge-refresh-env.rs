@@ -10,6 +10,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
+
+// Shared with `forge`: the same filters, and never the AWS SDK's trace output (it holds
+// SecureString parameter values).
+#[path = "../logging.rs"]
+mod logging;
 use forge_ec2::env_file::{self, EnvFileError, RefreshOptions};
 
 /// Rewrite a docker compose .env from SSM Parameter Store (recursive, decrypted), keeping
@@ -43,16 +48,9 @@ fn main() -> ExitCode {
     let filter = match args.verbose {
         0 => "warn",
         1 => "info,forge_ec2=debug",
-        _ => "trace",
+        _ => "debug,forge_ec2=trace",
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .without_time()
-        .init();
+    logging::init(filter, args.verbose > 0, std::io::stderr);
     if let Some(tag) = &args.image_tag
         && let Err(e) = forge_ec2::script::check_image_tag(tag)
     {
