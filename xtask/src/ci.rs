@@ -11,12 +11,17 @@ const APT_TOOLS: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
     ("skopeo", "skopeo"),
     ("shellcheck", "shellcheck"),
+    ("git", "git"),
 ];
 
+/// Where moto is installed when it is not on `PATH`: a virtualenv, because Debian's own
+/// Python (12 and later) refuses system-wide `pip install` (PEP 668, "externally managed").
+const MOTO_VENV: &str = "target/xtask-venv";
+
 /// Installs what the tests need when it is missing, and returns the `PATH` the tests run with
-/// (pip's script directory added when `moto_server` is only there: a pyenv shim appears only
-/// after a rehash, a `--user` install lands in ~/.local/bin). Starts nothing: tests start their
-/// own instances on free loopback ports.
+/// (the moto virtualenv's `bin` first when moto comes from there). Starts nothing: tests start
+/// their own instances on free loopback ports, and the service the `docker-registry` package
+/// starts on install is stopped again.
 pub fn test_deps() -> Result<OsString, String> {
     let missing: Vec<&str> = APT_TOOLS
         .iter()
@@ -24,43 +29,16 @@ pub fn test_deps() -> Result<OsString, String> {
         .map(|(_, pkg)| *pkg)
         .collect();
     if !missing.is_empty() {
-        let sudo = if is_root() { None } else { which("sudo") };
-        let apt = |args: &[&str]| {
-            let mut cmd = match &sudo {
-                Some(sudo) => {
-                    let mut c = Command::new(sudo);
-                    c.arg("apt-get");
-                    c
-                }
-                None => Command::new("apt-get"),
-            };
-            cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-            run_cmd(&mut cmd)
-        };
-        apt(&["update", "-qq"])?;
-        let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
-        args.extend(&missing);
-        apt(&args)?;
-    }
-    if which("moto_server").is_none() {
-        let python = which("python3")
-            .ok_or("python3 is needed to install moto[server] (apt-get install python3-pip)")?;
-        run_cmd(Command::new(python).args(["-m", "pip", "install", "--quiet", "moto[server]"]))?;
-        if which("pyenv").is_some() {
-            let _ = run("pyenv", &["rehash"]);
+        apt_install(&missing)?;
+        if missing.contains(&"docker-registry") {
+            stop_packaged_registry();
         }
     }
     let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect())
         .unwrap_or_default();
     if which("moto_server").is_none() {
-        let scripts = python_scripts_dirs();
-        if !scripts.iter().any(|d| d.join("moto_server").is_file()) {
-            return Err(format!(
-                "pip installed moto[server] but `moto_server` is in none of PATH or {scripts:?}; add pip's script directory to PATH"
-            ));
-        }
-        dirs.extend(scripts);
+        dirs.insert(0, moto_venv()?);
     }
     for (bin, _) in APT_TOOLS {
         if which(bin).is_none() {
@@ -71,21 +49,96 @@ pub fn test_deps() -> Result<OsString, String> {
     std::env::join_paths(dirs).map_err(|e| format!("cannot build PATH: {e}"))
 }
 
-/// Where pip puts console scripts for python3: the interpreter's and the user scheme's.
-fn python_scripts_dirs() -> Vec<PathBuf> {
-    let code = "import sysconfig; print(sysconfig.get_path('scripts')); print(sysconfig.get_path('scripts', 'posix_user'))";
-    Command::new("python3")
-        .args(["-c", code])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .map(PathBuf::from)
-                .collect()
-        })
-        .unwrap_or_default()
+/// `apt-get install` of `packages`, as root or through sudo (which drops the environment, so
+/// the non-interactive frontend is passed through `env`).
+fn apt_install(packages: &[&str]) -> Result<(), String> {
+    let sudo = if is_root() { None } else { which("sudo") };
+    if !is_root() && sudo.is_none() {
+        return Err(format!(
+            "installing {} needs root: run this as root, install sudo, or install them yourself (apt-get install {})",
+            packages.join(", "),
+            packages.join(" ")
+        ));
+    }
+    let apt = |args: &[&str]| {
+        let mut cmd = match &sudo {
+            Some(sudo) => {
+                let mut c = Command::new(sudo);
+                c.args(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get"]);
+                c
+            }
+            None => {
+                let mut c = Command::new("apt-get");
+                c.env("DEBIAN_FRONTEND", "noninteractive");
+                c
+            }
+        };
+        run_cmd(cmd.args(args))
+    };
+    apt(&["update", "-qq"])?;
+    let mut args = vec!["install", "-y", "-qq", "--no-install-recommends"];
+    args.extend(packages);
+    apt(&args)
+}
+
+/// The Debian package enables and starts a registry on :5000 on every interface, without
+/// auth. The tests start their own; stop and disable that one (where systemd runs at all).
+fn stop_packaged_registry() {
+    let mut cmd = if is_root() {
+        Command::new("systemctl")
+    } else {
+        let mut c = Command::new("sudo");
+        c.arg("systemctl");
+        c
+    };
+    let stopped = cmd
+        .args(["disable", "--now", "docker-registry"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if stopped {
+        eprintln!(
+            "stopped and disabled the docker-registry service the package started (tests start their own)"
+        );
+    }
+}
+
+/// moto in the virtualenv at [`MOTO_VENV`], created (and Python's venv support installed)
+/// when missing; returns its `bin` directory.
+fn moto_venv() -> Result<PathBuf, String> {
+    let venv = crate::util::root().join(MOTO_VENV);
+    let bin = venv.join("bin");
+    if bin.join("moto_server").is_file() {
+        return Ok(bin);
+    }
+    let has_venv = || {
+        Command::new("python3")
+            .args(["-c", "import venv, ensurepip"])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if which("python3").is_none() || !has_venv() {
+        apt_install(&["python3", "python3-venv", "python3-pip"])?;
+    }
+    eprintln!(
+        "installing moto[server] into the virtualenv {} (not system-wide: Debian's Python refuses that)",
+        venv.display()
+    );
+    let venv_arg = venv.to_string_lossy().into_owned();
+    run("python3", &["-m", "venv", &venv_arg])?;
+    let pip = bin.join("pip");
+    run_cmd(Command::new(&pip).args(["install", "--quiet", "moto[server]"]))?;
+    if !bin.join("moto_server").is_file() {
+        return Err(format!(
+            "pip installed moto[server] into {} but it has no moto_server",
+            venv.display()
+        ));
+    }
+    Ok(bin)
 }
 
 fn is_root() -> bool {
