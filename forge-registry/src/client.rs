@@ -488,11 +488,21 @@ fn host_key(url: &Url) -> String {
     )
 }
 
+/// A transport error: `context` names the request; the URL is not repeated in the cause.
 fn transport(context: String, e: reqwest::Error) -> ErrorKind {
     ErrorKind::Transport {
         context,
-        source: Box::new(e),
+        source: Box::new(e.without_url()),
     }
+}
+
+/// A URL as errors show it: without its query, which for an upload session is a long opaque
+/// `_state` that makes every message hundreds of characters long and says nothing to a user.
+pub(crate) fn shown_url(url: &Url) -> String {
+    let mut shown = url.clone();
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
 }
 
 impl Repo {
@@ -856,7 +866,7 @@ impl Repo {
                 Err(e) => {
                     if *attempt >= policy.max_retries || e.is_builder() || e.is_redirect() {
                         return Err(Error {
-                            kind: transport(format!("{method} {url}"), e),
+                            kind: transport(format!("{method} {}", shown_url(&url)), e),
                             retries: *attempt,
                             elapsed: start.elapsed(),
                             retry_after: None,
@@ -954,7 +964,9 @@ impl Repo {
             }
             let wait = stall_limit.saturating_sub(idle).max(stall_limit / 4);
             tokio::select! {
-                answer = &mut send => return answer.map_err(|e| Box::new(e) as BoxError),
+                answer = &mut send => {
+                    return answer.map_err(|e| Box::new(e.without_url()) as BoxError);
+                }
                 () = tokio::time::sleep(wait) => {}
             }
         }
@@ -991,7 +1003,7 @@ impl Repo {
             },
             _ => ErrorKind::Registry {
                 method: method.to_string(),
-                url: url.to_string(),
+                url: shown_url(url),
                 status,
                 code,
                 message,

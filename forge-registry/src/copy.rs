@@ -893,9 +893,16 @@ async fn copy_blob(
                 // request-level retries do.
                 let backoff = policy.backoff(attempt);
                 let delay = e.retry_after.map_or(backoff, |asked| asked.max(backoff));
-                tracing::warn!(digest = %desc.digest, attempt, error = %e, "blob transfer failed, retrying with a fresh upload session");
-                if let Some(p) = &progress {
-                    p.blob_retrying(&desc.digest, attempt, delay, &e);
+                // One line per retry: the caller's progress sink reports it when there is
+                // one (the CLI's does), else this warning.
+                match &progress {
+                    Some(p) => {
+                        tracing::debug!(digest = %desc.digest, attempt, error = %e, "blob transfer failed, retrying with a fresh upload session");
+                        p.blob_retrying(&desc.digest, attempt, delay, &e);
+                    }
+                    None => {
+                        tracing::warn!(digest = %desc.digest, attempt, error = %e, "blob transfer failed, retrying with a fresh upload session");
+                    }
                 }
                 if let Endpoint::Registry(r) = dst {
                     r.count_retry();

@@ -12,7 +12,7 @@ use reqwest::{Method, StatusCode};
 use sha2::{Digest as _, Sha256};
 
 use crate::auth::BoxError;
-use crate::client::{Repo, UploadBody, resolve_location};
+use crate::client::{Repo, UploadBody, resolve_location, shown_url};
 use crate::copy::{Progress, UploadMode};
 use crate::digest::{Descriptor, Digest, ManifestRefs, MediaType};
 use crate::error::{Error, ErrorKind};
@@ -758,7 +758,7 @@ async fn upload_monolithic(
     let resp = r
         .send_once(Method::PUT, url.clone(), h, UploadBody::Stream(stream))
         .await
-        .map_err(|e| body_error(slot, format!("PUT {url}"), e))?;
+        .map_err(|e| body_error(slot, format!("PUT {}", shown_url(&url)), e))?;
     if let Some(kind) = take_slot(slot) {
         return Err(Error::new(kind));
     }
@@ -809,7 +809,7 @@ async fn upload_chunked(
                 .await
                 .map_err(|source| {
                     Error::new(ErrorKind::Transport {
-                        context: format!("PATCH {url}"),
+                        context: format!("PATCH {}", shown_url(&url)),
                         source,
                     })
                 })?;
@@ -834,7 +834,7 @@ async fn upload_chunked(
         .await
         .map_err(|source| {
             Error::new(ErrorKind::Transport {
-                context: format!("PUT {url}"),
+                context: format!("PUT {}", shown_url(&url)),
                 source,
             })
         })?;

@@ -228,7 +228,16 @@ struct LogLines;
 /// The tracing target of those lines, shown without `-v` (see `output::init_tracing`).
 const PROGRESS: &str = crate::output::PROGRESS_TARGET;
 
+/// Blobs at least this large get a line when they start too: a CI log otherwise shows nothing
+/// for the minutes a large layer takes.
+const ANNOUNCED_SIZE: u64 = 64 * 1024 * 1024;
+
 impl Progress for LogLines {
+    fn blob_started(&self, digest: &Digest, size: u64) {
+        if size >= ANNOUNCED_SIZE {
+            tracing::info!(target: PROGRESS, "copying blob {} ({size} bytes)", short(digest));
+        }
+    }
     fn blob_finished(&self, digest: &Digest, size: u64) {
         tracing::info!(target: PROGRESS, "copied blob {} ({size} bytes)", short(digest));
     }

@@ -473,6 +473,11 @@ async fn an_upload_the_registry_never_answers_fails_after_the_read_timeout() {
         chain.contains("did not answer within 1.0s of the upload's last byte"),
         "{chain}"
     );
+    // The upload URL is named without its long opaque `_state` query, and only once.
+    assert!(
+        !chain.contains("_state=") && chain.matches("/blobs/uploads/").count() == 1,
+        "{chain}"
+    );
     assert_eq!(
         s.dst_proxy.faults_injected(),
         RETRIES as usize + 1,
