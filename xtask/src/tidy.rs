@@ -8,29 +8,63 @@ mod tests {
     use crate::util::root;
 
     const LIBRARIES: &[&str] = &["forge-registry", "forge-ledger", "forge-auth", "forge-ec2"];
-    const MEMBERS: &[&str] = &[
-        "forge-registry",
-        "forge-ledger",
-        "forge-auth",
-        "forge-ec2",
-        "forge-cli",
-        "forge-testkit",
-        "xtask",
-    ];
 
     fn read(path: &Path) -> String {
         std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
     }
 
-    /// The `[section]` of a Cargo.toml as its lines (up to the next section header).
-    fn section<'a>(toml: &'a str, name: &str) -> Vec<&'a str> {
-        let header = format!("[{name}]");
-        toml.lines()
-            .skip_while(|l| l.trim() != header)
-            .skip(1)
-            .take_while(|l| !l.trim_start().starts_with('['))
-            .filter(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    fn manifest(dir: &Path) -> toml::Table {
+        let path = dir.join("Cargo.toml");
+        read(&path)
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    }
+
+    /// The workspace members, as the root manifest lists them (a new crate is checked too).
+    fn members() -> Vec<String> {
+        let root_manifest = manifest(&root());
+        let members = root_manifest["workspace"]["members"]
+            .as_array()
+            .expect("the root manifest lists its members");
+        members
+            .iter()
+            .map(|m| m.as_str().expect("member paths are strings").to_owned())
             .collect()
+    }
+
+    /// Every dependency of a manifest as (table name, crate key, declaration): the plain
+    /// tables, `[dependencies.foo]` tables (the same after parsing) and the
+    /// `[target.'cfg(…)'.dependencies]` ones.
+    fn dependencies(manifest: &toml::Table) -> Vec<(String, String, toml::Value)> {
+        let kinds = ["dependencies", "dev-dependencies", "build-dependencies"];
+        let mut tables: Vec<(String, &toml::Table)> = kinds
+            .iter()
+            .filter_map(|k| Some(((*k).to_owned(), manifest.get(*k)?.as_table()?)))
+            .collect();
+        if let Some(targets) = manifest.get("target").and_then(toml::Value::as_table) {
+            for (cfg, target) in targets {
+                for k in kinds {
+                    if let Some(t) = target.get(k).and_then(toml::Value::as_table) {
+                        tables.push((format!("target.{cfg}.{k}"), t));
+                    }
+                }
+            }
+        }
+        tables
+            .into_iter()
+            .flat_map(|(table, deps)| {
+                deps.iter()
+                    .map(move |(name, decl)| (table.clone(), name.clone(), decl.clone()))
+            })
+            .collect()
+    }
+
+    /// The crate a dependency entry names (its `package` when renamed).
+    fn crate_name(key: &str, decl: &toml::Value) -> String {
+        decl.get("package")
+            .and_then(toml::Value::as_str)
+            .unwrap_or(key)
+            .to_owned()
     }
 
     fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -50,15 +84,11 @@ mod tests {
     #[test]
     fn libraries_do_not_depend_on_each_other() {
         for lib in LIBRARIES {
-            let toml = read(&root().join(lib).join("Cargo.toml"));
-            for line in section(&toml, "dependencies")
-                .iter()
-                .chain(&section(&toml, "build-dependencies"))
-            {
-                let dep = line.split(['=', '.']).next().unwrap_or_default().trim();
+            for (table, key, decl) in dependencies(&manifest(&root().join(lib))) {
+                let name = crate_name(&key, &decl);
                 assert!(
-                    !dep.starts_with("forge-"),
-                    "{lib} depends on {dep}: the libraries meet only in forge-cli (ARCHITECTURE.md)"
+                    !LIBRARIES.contains(&name.as_str()),
+                    "{lib} [{table}] depends on {name}: the libraries meet only in forge-cli (ARCHITECTURE.md)"
                 );
             }
         }
@@ -66,21 +96,27 @@ mod tests {
 
     #[test]
     fn every_member_uses_workspace_lints_and_versions() {
-        for member in MEMBERS {
-            let toml = read(&root().join(member).join("Cargo.toml"));
+        let members = members();
+        assert!(
+            members.len() >= 7,
+            "the root manifest lists the crates: {members:?}"
+        );
+        for member in &members {
+            let toml = manifest(&root().join(member));
             assert_eq!(
-                section(&toml, "lints"),
-                vec!["workspace = true"],
+                toml.get("lints")
+                    .and_then(|l| l.get("workspace"))
+                    .and_then(toml::Value::as_bool),
+                Some(true),
                 "{member}/Cargo.toml needs `[lints]\\nworkspace = true`"
             );
-            for table in ["dependencies", "dev-dependencies", "build-dependencies"] {
-                for line in section(&toml, table) {
-                    assert!(
-                        line.contains(".workspace = true") || line.contains("workspace = true"),
-                        "{member}/Cargo.toml [{table}] `{line}`: declare the version in the root \
-                         [workspace.dependencies] and use `name.workspace = true`"
-                    );
-                }
+            for (table, key, decl) in dependencies(&toml) {
+                assert_eq!(
+                    decl.get("workspace").and_then(toml::Value::as_bool),
+                    Some(true),
+                    "{member}/Cargo.toml [{table}] {key}: declare the version in the root \
+                     [workspace.dependencies] and use `{key}.workspace = true`"
+                );
             }
         }
     }
@@ -91,8 +127,8 @@ mod tests {
             let src = read(&root().join(lib).join("src/lib.rs"));
             for attr in ["#![forbid(unsafe_code)]", "#![deny(missing_docs)]"] {
                 assert!(
-                    src.contains(attr),
-                    "{lib}/src/lib.rs must start with {attr}"
+                    src.lines().any(|l| l.trim() == attr),
+                    "{lib}/src/lib.rs must declare {attr}"
                 );
             }
             assert!(
@@ -113,8 +149,16 @@ mod tests {
                 }
                 let text = read(&file);
                 for (n, line) in text.lines().enumerate() {
+                    let code = line.split("//").next().unwrap_or(line);
+                    // `std::process::exit(1)`, `process::abort()`, or either imported and
+                    // called bare.
+                    let exits = ["process::exit", "process::abort"]
+                        .iter()
+                        .any(|f| code.contains(f))
+                        || (code.contains("use std::process")
+                            && (code.contains("exit") || code.contains("abort")));
                     assert!(
-                        !line.contains("process::exit("),
+                        !exits,
                         "{}:{}: libraries return errors; only binaries exit",
                         file.display(),
                         n + 1
@@ -132,10 +176,18 @@ mod tests {
                 "{name}: this machine cannot fetch another toolchain"
             );
         }
+        // The one command .ci/run runs is exactly the README's, with no extra options.
         let ci = read(&root().join(".ci/run"));
-        assert!(
-            ci.contains("cargo xtask ci"),
-            ".ci/run must run the README's test command"
+        let commands: Vec<&str> = ci
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .filter(|l| !l.starts_with("set ") && !l.starts_with("cd "))
+            .collect();
+        assert_eq!(
+            commands,
+            ["exec cargo xtask ci"],
+            ".ci/run must run exactly the README's test command"
         );
         let readme = read(&root().join("README.md"));
         assert!(
