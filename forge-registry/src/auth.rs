@@ -190,14 +190,21 @@ pub enum DockerConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// The file is not valid JSON of the expected shape.
-    #[error("Docker config {path} is not valid JSON: fix or remove it")]
+    /// The file is not valid JSON of the expected shape. Only the position is kept: the
+    /// parser's own message quotes the offending value, which may be a credential (an `auths`
+    /// entry written as a bare base64 string).
+    #[error(
+        "Docker config {path} is not valid JSON ({problem} at line {line}, column {column}): fix or remove it"
+    )]
     Parse {
         /// The config path.
         path: PathBuf,
-        /// The JSON error.
-        #[source]
-        source: serde_json::Error,
+        /// What kind of problem: a syntax error, a value of the wrong shape, or an early end.
+        problem: &'static str,
+        /// 1-based line of the problem.
+        line: usize,
+        /// 1-based column of the problem.
+        column: usize,
     },
     /// An `auth` entry is not base64 `user:password`.
     #[error(
@@ -302,9 +309,16 @@ impl DockerConfig {
 
     /// Parses config text (`path` is used in messages).
     pub fn parse(path: &Path, text: &[u8]) -> Result<Self, DockerConfigError> {
-        let file = serde_json::from_slice(text).map_err(|source| DockerConfigError::Parse {
+        let file = serde_json::from_slice(text).map_err(|e| DockerConfigError::Parse {
             path: path.to_owned(),
-            source,
+            problem: match e.classify() {
+                serde_json::error::Category::Syntax => "a syntax error",
+                serde_json::error::Category::Data => "a value of the wrong type or shape",
+                serde_json::error::Category::Eof => "the file ends early",
+                serde_json::error::Category::Io => "a read error",
+            },
+            line: e.line(),
+            column: e.column(),
         })?;
         Ok(DockerConfig {
             path: path.to_owned(),
@@ -724,6 +738,23 @@ printf '{"Username":"u","Secret":"p"}'"#,
         check("https://r.example:5001/", "r.example:5000", false).await;
         check("https://r.example.evil/", "r.example", false).await;
         check("https://registry-1.docker.io/v2/", "docker.io", true).await;
+    }
+
+    /// A config that does not parse says where, never quoting the value (which may be a
+    /// credential).
+    #[test]
+    fn a_parse_error_gives_the_position_not_the_value() {
+        let err = DockerConfig::parse(
+            Path::new("config.json"),
+            br#"{"auths":{"r.example":"dTpodW50ZXIy"}}"#,
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("line 1") && !text.contains("dTpodW50ZXIy"),
+            "{text}"
+        );
+        assert!(std::error::Error::source(&err).is_none());
     }
 
     /// An empty `auth` is no credential: the lookup goes on to `credsStore`.
