@@ -80,4 +80,48 @@ mod tests {
             assert_eq!(provider.credential("127.0.0.1:5000").await.unwrap(), None);
         });
     }
+
+    /// Against moto's ECR, with the most verbose logging anyone can ask for (`RUST_LOG=trace`
+    /// over `-vv`'s default): the AWS SDK logs its requests, and the registry password it
+    /// fetched appears nowhere in the logs, neither as is nor base64-encoded as ECR sends it.
+    #[test]
+    fn the_ecr_token_never_reaches_the_logs() {
+        use base64::Engine as _;
+        let Some(moto) = forge_testkit::Moto::start() else {
+            return;
+        };
+        let runtime = crate::runtime().unwrap();
+        let (password, logs) = crate::logging::logged("debug,forge=trace", Some("trace"), || {
+            runtime.block_on(async {
+                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new("eu-west-1"))
+                    .endpoint_url(moto.endpoint())
+                    .credentials_provider(aws_credential_types::Credentials::new(
+                        "testing", "testing", None, None, "test",
+                    ))
+                    .load()
+                    .await;
+                let host = "111111111111.dkr.ecr.eu-west-1.amazonaws.com";
+                let provider = EcrRegistries {
+                    by_host: HashMap::from([(
+                        host.to_owned(),
+                        Arc::new(forge_auth::ecr::EcrCredentials::new(&sdk)),
+                    )]),
+                };
+                match provider.credential(host).await.unwrap() {
+                    Some(Credential::Basic { password, .. }) => password,
+                    other => panic!("expected Basic AWS credentials, got {other:?}"),
+                }
+            })
+        });
+        assert!(
+            logs.contains("aws_smithy_runtime"),
+            "the SDK logged its requests: {logs}"
+        );
+        let encoded = base64::engine::general_purpose::STANDARD.encode(format!("AWS:{password}"));
+        assert!(
+            !logs.contains(&password) && !logs.contains(&encoded),
+            "the ECR token is in the logs"
+        );
+    }
 }

@@ -71,22 +71,14 @@ where
     subscriber(default, rust_log.as_deref(), show_target, ansi, writer).init();
 }
 
+/// Runs `emit` under the binaries' subscriber (targets shown) and returns what it logged.
 #[cfg(test)]
-mod tests {
+pub(crate) fn logged<T>(
+    default: &str,
+    rust_log: Option<&str>,
+    emit: impl FnOnce() -> T,
+) -> (T, String) {
     use std::sync::{Arc, Mutex};
-
-    use super::*;
-
-    /// Runs `emit` under the binaries' subscriber and returns what it wrote.
-    fn logged(default: &str, rust_log: Option<&str>, emit: impl FnOnce()) -> String {
-        let out = Arc::new(Mutex::new(Vec::<u8>::new()));
-        let sink = out.clone();
-        let writer = move || Sink(sink.clone());
-        let sub = subscriber(default, rust_log, true, false, writer);
-        tracing::subscriber::with_default(sub, emit);
-        let bytes = out.lock().expect("no panic while logging").clone();
-        String::from_utf8(bytes).expect("UTF-8 logs")
-    }
 
     struct Sink(Arc<Mutex<Vec<u8>>>);
 
@@ -102,6 +94,20 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    let out = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let sink = out.clone();
+    let sub = subscriber(default, rust_log, true, false, move || Sink(sink.clone()));
+    let value = tracing::subscriber::with_default(sub, emit);
+    let bytes = out.lock().expect("no panic while logging").clone();
+    (value, String::from_utf8(bytes).expect("UTF-8 logs"))
+}
+
+#[cfg(test)]
+mod tests {
+    fn logged(default: &str, rust_log: Option<&str>, emit: impl FnOnce()) -> String {
+        super::logged(default, rust_log, emit).1
     }
 
     #[test]
