@@ -53,6 +53,8 @@ mod tests {
         let Some(moto) = forge_testkit::Moto::start() else {
             return;
         };
+        // Not alongside the log-capturing test below (see `logging::exclusive`).
+        let _turn = crate::logging::exclusive();
         let runtime = crate::runtime().unwrap();
         runtime.block_on(async {
             let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())

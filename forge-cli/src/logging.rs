@@ -16,28 +16,47 @@ fn never_secret(meta: &tracing::Metadata<'_>) -> bool {
     !(*meta.level() == tracing::Level::TRACE && meta.target().starts_with("aws_"))
 }
 
-/// The filter: `default`, plus the directives of `rust_log` when it is set and not empty.
-/// Without a level of its own (`RUST_LOG=forge_registry=debug`), `RUST_LOG` keeps warnings
-/// and the always-on targets of `default` (e.g. progress lines) instead of silencing them.
-fn filter(default: &str, rust_log: Option<&str>) -> EnvFilter {
-    let Some(spec) = rust_log.map(str::trim).filter(|s| !s.is_empty()) else {
-        return EnvFilter::new(default);
+/// The filter: `default`, plus the directives of `rust_log` when it is set and not empty
+/// (later directives for the same target replace the default's). Without a level of its own
+/// (`RUST_LOG=forge_registry=debug`), `RUST_LOG` keeps the default's level, so warnings and
+/// progress lines stay; `RUST_LOG=off` turns everything off. An invalid `RUST_LOG` gives the
+/// default and a note saying why.
+fn filter(default: &str, rust_log: Option<&str>) -> (EnvFilter, Option<String>) {
+    let directives: Vec<&str> = rust_log
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return (EnvFilter::new(default), None);
+    }
+    let is_level = |d: &str| {
+        matches!(
+            d.to_ascii_lowercase().as_str(),
+            "trace" | "debug" | "info" | "warn" | "error" | "off"
+        )
     };
-    let has_level = spec
-        .split(',')
-        .any(|d| !d.contains('=') && !d.contains('[') && !d.trim().is_empty());
-    let kept = default
-        .split(',')
-        .filter(|d| d.contains('=') || !has_level)
-        .filter(|d| {
-            let target = d.split('=').next().unwrap_or(d);
-            !d.contains('=') || !spec.contains(target)
-        });
-    let combined = kept
-        .chain(std::iter::once(spec))
-        .collect::<Vec<_>>()
-        .join(",");
-    EnvFilter::try_new(&combined).unwrap_or_else(|_| EnvFilter::new(default))
+    let combined = if directives.iter().any(|d| d.eq_ignore_ascii_case("off")) {
+        directives.join(",")
+    } else {
+        let has_level = directives.iter().any(|d| is_level(d));
+        default
+            .split(',')
+            .filter(|d| d.contains('=') || !has_level)
+            .chain(directives.iter().copied())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    match EnvFilter::try_new(&combined) {
+        Ok(filter) => (filter, None),
+        Err(e) => (
+            EnvFilter::new(default),
+            Some(format!(
+                "RUST_LOG is not a valid log filter ({e}); using the default"
+            )),
+        ),
+    }
 }
 
 /// The subscriber the binaries install: formatted lines to `writer`.
@@ -56,7 +75,7 @@ where
         .with_target(show_target)
         .with_ansi(ansi)
         .without_time()
-        .with_filter(filter(default, rust_log))
+        .with_filter(filter(default, rust_log).0)
         .with_filter(filter_fn(never_secret));
     tracing_subscriber::registry().with(layer)
 }
@@ -68,7 +87,22 @@ where
 {
     let rust_log = std::env::var("RUST_LOG").ok();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    if let (_, Some(note)) = filter(default, rust_log.as_deref()) {
+        eprintln!("warning: {note}");
+    }
     subscriber(default, rust_log.as_deref(), show_target, ansi, writer).init();
+}
+
+/// Held by tests that capture logs or hit the AWS SDK's log call sites. tracing caches, per
+/// call site, whether any subscriber wants it: a test hitting a site while no subscriber is
+/// installed can leave it marked uninteresting for a capturing test running alongside. One
+/// at a time, and the cache is rebuilt once the capturing subscriber is in place.
+#[cfg(test)]
+pub(crate) fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Runs `emit` under the binaries' subscriber (targets shown) and returns what it logged.
@@ -96,10 +130,14 @@ pub(crate) fn logged<T>(
         }
     }
 
+    let _turn = exclusive();
     let out = Arc::new(Mutex::new(Vec::<u8>::new()));
     let sink = out.clone();
     let sub = subscriber(default, rust_log, true, false, move || Sink(sink.clone()));
-    let value = tracing::subscriber::with_default(sub, emit);
+    let value = tracing::subscriber::with_default(sub, || {
+        tracing::callsite::rebuild_interest_cache();
+        emit()
+    });
     let bytes = out.lock().expect("no panic while logging").clone();
     (value, String::from_utf8(bytes).expect("UTF-8 logs"))
 }
@@ -156,6 +194,36 @@ mod tests {
         assert!(
             text.contains("hyper detail") && text.contains("a progress line"),
             "{text}"
+        );
+
+        // Spaces around directives are fine; naming one Forge crate keeps the others' level.
+        let verbose = "info,forge_registry=debug,forge=debug";
+        let text = logged(verbose, Some(" forge_registry=trace , hyper=info "), || {
+            tracing::debug!(target: "forge::cmd", "cli detail");
+            tracing::trace!(target: "forge_registry::copy", "registry trace");
+        });
+        assert!(
+            text.contains("cli detail") && text.contains("registry trace"),
+            "{text}"
+        );
+
+        // A bare target is not a level: warnings stay. `off` is off.
+        let text = logged(default, Some("forge_registry"), emit);
+        assert!(
+            text.contains("a retry warning") && text.contains("a progress line"),
+            "{text}"
+        );
+        assert_eq!(logged(default, Some("off"), emit), "");
+    }
+
+    #[test]
+    fn an_invalid_rust_log_gives_the_default_and_says_so() {
+        let (_, note) = super::filter("warn", Some("forge_registry=debgu"));
+        assert!(note.is_some_and(|n| n.contains("RUST_LOG")));
+        assert!(
+            super::filter("warn", Some("forge_registry=debug"))
+                .1
+                .is_none()
         );
     }
 }

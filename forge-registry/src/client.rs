@@ -872,7 +872,9 @@ impl Repo {
                             retry_after: None,
                         });
                     }
-                    tracing::debug!(%method, %url, error = %e, "connection error, retrying");
+                    // Without the URL's query: after a redirect it can be a presigned URL.
+                    let e = e.without_url();
+                    tracing::debug!(%method, url = %shown_url(&url), error = %e, "connection error, retrying");
                     policy.backoff(*attempt + 1)
                 }
                 Ok(resp) => {

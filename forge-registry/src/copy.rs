@@ -58,9 +58,10 @@ pub trait Progress: Send + Sync {
     fn blob_mounted(&self, digest: &Digest, size: u64) {
         let _ = (digest, size);
     }
-    /// A blob transfer failed and will be retried after `delay`.
+    /// A blob transfer failed and will be retried after `delay`. By default a warning is
+    /// logged; an implementation that reports retries its own way overrides this.
     fn blob_retrying(&self, digest: &Digest, attempt: u32, delay: Duration, error: &Error) {
-        let _ = (digest, attempt, delay, error);
+        tracing::warn!(%digest, attempt, delay_ms = delay.as_millis(), %error, "blob transfer failed, retrying with a fresh upload session");
     }
     /// A manifest was pushed.
     fn manifest_pushed(&self, digest: &Digest, media_type: &str) {
@@ -623,8 +624,8 @@ impl Client {
                         // tags (ECR: 400 TAG_INVALID) though the tag holds the digest; a tag
                         // another pipeline took meanwhile is refused the same way.
                         let Some(t) = tag else { return Err(e) };
-                        // One look: the PUT has spent the retry budget already.
-                        match dst_ep.get_manifest_once(t).await {
+                        // On what the PUT left of the retry budget.
+                        match dst_ep.get_manifest_after(t, e.retries).await {
                             Ok(Some(held)) if held.digest == top.digest => {
                                 tracing::debug!(destination = %dst, error = %e, "the tag PUT failed but the tag holds the digest");
                             }
@@ -893,13 +894,10 @@ async fn copy_blob(
                 // request-level retries do.
                 let backoff = policy.backoff(attempt);
                 let delay = e.retry_after.map_or(backoff, |asked| asked.max(backoff));
-                // One line per retry: the caller's progress sink reports it when there is
-                // one (the CLI's does), else this warning.
+                // One line per retry: the caller's progress sink reports it (its default
+                // is a warning), else this warning.
                 match &progress {
-                    Some(p) => {
-                        tracing::debug!(digest = %desc.digest, attempt, error = %e, "blob transfer failed, retrying with a fresh upload session");
-                        p.blob_retrying(&desc.digest, attempt, delay, &e);
-                    }
+                    Some(p) => p.blob_retrying(&desc.digest, attempt, delay, &e),
                     None => {
                         tracing::warn!(digest = %desc.digest, attempt, error = %e, "blob transfer failed, retrying with a fresh upload session");
                     }

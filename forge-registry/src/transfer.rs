@@ -147,17 +147,19 @@ impl Endpoint {
         self.get_manifest_from(reference, 0).await
     }
 
-    /// [`Endpoint::get_manifest`] without retries, for a look whose failure is not the one
-    /// reported (the tag read after a failed tag PUT, when the PUT has spent the budget).
-    pub(crate) async fn get_manifest_once(
+    /// [`Endpoint::get_manifest`] on what is left of a budget `used` by an earlier request
+    /// (the tag read after a failed tag PUT: together they get the policy's retries, not
+    /// twice that).
+    pub(crate) async fn get_manifest_after(
         &self,
         reference: &str,
+        used: u32,
     ) -> Result<Option<Fetched>, Error> {
-        let spent = match self {
-            Endpoint::Registry(r) => r.retry_policy().max_retries,
+        let used = match self {
+            Endpoint::Registry(r) => used.min(r.retry_policy().max_retries),
             Endpoint::Layout(_) => 0,
         };
-        self.get_manifest_from(reference, spent).await
+        self.get_manifest_from(reference, used).await
     }
 
     /// [`Endpoint::get_manifest`] with `first_attempt` of the retry budget already used.

@@ -33,9 +33,18 @@ pub fn require_tool(name: &str) -> Option<PathBuf> {
     if let Some(path) = which(name) {
         return Some(path);
     }
+    // Where `cargo xtask test-deps` installs moto when it is not on PATH (a virtualenv:
+    // Debian's Python refuses system-wide pip installs), so plain `cargo test` finds it too.
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/xtask-venv/bin")
+        .join(name);
+    if venv.is_file() {
+        return Some(venv);
+    }
     let msg = format!(
         "required test component `{name}` is not on PATH; run `cargo xtask test-deps` (installs \
-         docker-registry, skopeo, shellcheck via apt and moto[server] via pip)"
+         docker-registry, skopeo, shellcheck and git via apt, moto[server] into \
+         target/xtask-venv)"
     );
     if in_ci() {
         panic!("{msg} (CI=true: a missing component fails the test instead of skipping it)");

@@ -1,7 +1,8 @@
 //! `cargo xtask <task>`: the project's automation, in Rust so it runs wherever cargo does.
 //!
 //! - `ci`: everything CI checks (installs missing test components first).
-//! - `test-deps`: install docker-registry, skopeo, shellcheck (apt) and moto[server] (pip) when missing.
+//! - `test-deps`: install docker-registry, skopeo, shellcheck, git (apt) and moto[server] (a virtualenv at
+//!   target/xtask-venv) when missing.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)] // a task runner reports on the terminal
 
@@ -23,7 +24,7 @@ tasks:
   ci          fmt check, clippy -D warnings, all tests, cargo deny (installs test components first)
   demo        the release flow end to end in a sandbox (OCI-layout registries, local Ledger)
   release     --version X.Y.Z [--dry-run] [--target T]...: ci, release build, dist/ archives, SHA256SUMS, SBOM
-  test-deps   install docker-registry, skopeo, shellcheck (apt) and moto[server] (pip) when missing
+  test-deps   install docker-registry, skopeo, shellcheck, git (apt) and moto[server] (target/xtask-venv) when missing
 ";
 
 /// `cargo xtask bench <what> [options]`: one arm per benchmark (add yours here).
