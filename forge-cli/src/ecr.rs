@@ -46,6 +46,26 @@ pub fn client_with(
 mod tests {
     use super::*;
 
+    const ECR_HOST: &str = "111111111111.dkr.ecr.eu-west-1.amazonaws.com";
+
+    /// The ECR credential provider for [`ECR_HOST`], its SDK pointed at moto.
+    async fn moto_ecr(moto: &forge_testkit::Moto) -> EcrRegistries {
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .endpoint_url(moto.endpoint())
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "testing", "testing", None, None, "test",
+            ))
+            .load()
+            .await;
+        EcrRegistries {
+            by_host: HashMap::from([(
+                ECR_HOST.to_owned(),
+                Arc::new(forge_auth::ecr::EcrCredentials::new(&sdk)),
+            )]),
+        }
+    }
+
     /// The glue end to end against moto's ECR: an ECR host gets forge-auth's Basic `AWS:…`
     /// credential, any other host none (so the Docker config is asked next).
     #[test]
@@ -57,22 +77,8 @@ mod tests {
         let _turn = crate::logging::exclusive();
         let runtime = crate::runtime().unwrap();
         runtime.block_on(async {
-            let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .region(aws_config::Region::new("eu-west-1"))
-                .endpoint_url(moto.endpoint())
-                .credentials_provider(aws_credential_types::Credentials::new(
-                    "testing", "testing", None, None, "test",
-                ))
-                .load()
-                .await;
-            let host = "111111111111.dkr.ecr.eu-west-1.amazonaws.com";
-            let provider = EcrRegistries {
-                by_host: HashMap::from([(
-                    host.to_owned(),
-                    Arc::new(forge_auth::ecr::EcrCredentials::new(&sdk)),
-                )]),
-            };
-            match provider.credential(host).await.unwrap() {
+            let provider = moto_ecr(&moto).await;
+            match provider.credential(ECR_HOST).await.unwrap() {
                 Some(Credential::Basic { username, password }) => {
                     assert_eq!(username, "AWS");
                     assert!(!password.is_empty());
@@ -95,22 +101,8 @@ mod tests {
         let runtime = crate::runtime().unwrap();
         let (password, logs) = crate::logging::logged("debug,forge=trace", Some("trace"), || {
             runtime.block_on(async {
-                let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                    .region(aws_config::Region::new("eu-west-1"))
-                    .endpoint_url(moto.endpoint())
-                    .credentials_provider(aws_credential_types::Credentials::new(
-                        "testing", "testing", None, None, "test",
-                    ))
-                    .load()
-                    .await;
-                let host = "111111111111.dkr.ecr.eu-west-1.amazonaws.com";
-                let provider = EcrRegistries {
-                    by_host: HashMap::from([(
-                        host.to_owned(),
-                        Arc::new(forge_auth::ecr::EcrCredentials::new(&sdk)),
-                    )]),
-                };
-                match provider.credential(host).await.unwrap() {
+                let provider = moto_ecr(&moto).await;
+                match provider.credential(ECR_HOST).await.unwrap() {
                     Some(Credential::Basic { password, .. }) => password,
                     other => panic!("expected Basic AWS credentials, got {other:?}"),
                 }

@@ -61,8 +61,7 @@ fn filter(default: &str, rust_log: Option<&str>) -> (EnvFilter, Option<String>) 
 
 /// The subscriber the binaries install: formatted lines to `writer`.
 fn subscriber<W>(
-    default: &str,
-    rust_log: Option<&str>,
+    filter: EnvFilter,
     show_target: bool,
     ansi: bool,
     writer: W,
@@ -75,7 +74,7 @@ where
         .with_target(show_target)
         .with_ansi(ansi)
         .without_time()
-        .with_filter(filter(default, rust_log).0)
+        .with_filter(filter)
         .with_filter(filter_fn(never_secret));
     tracing_subscriber::registry().with(layer)
 }
@@ -87,10 +86,11 @@ where
 {
     let rust_log = std::env::var("RUST_LOG").ok();
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    if let (_, Some(note)) = filter(default, rust_log.as_deref()) {
+    let (filter, note) = filter(default, rust_log.as_deref());
+    if let Some(note) = note {
         eprintln!("warning: {note}");
     }
-    subscriber(default, rust_log.as_deref(), show_target, ansi, writer).init();
+    subscriber(filter, show_target, ansi, writer).init();
 }
 
 /// Held by tests that capture logs or hit the AWS SDK's log call sites. tracing caches, per
@@ -133,7 +133,9 @@ pub(crate) fn logged<T>(
     let _turn = exclusive();
     let out = Arc::new(Mutex::new(Vec::<u8>::new()));
     let sink = out.clone();
-    let sub = subscriber(default, rust_log, true, false, move || Sink(sink.clone()));
+    let sub = subscriber(filter(default, rust_log).0, true, false, move || {
+        Sink(sink.clone())
+    });
     let value = tracing::subscriber::with_default(sub, || {
         tracing::callsite::rebuild_interest_cache();
         emit()

@@ -651,19 +651,29 @@ mod tests {
         assert!(!text.contains("refresh456"));
     }
 
+    /// Writes `docker-credential-<name>` into `dir`: a shell script running `script`.
+    fn write_helper(dir: &Path, name: &str, script: &str) {
+        use std::os::unix::fs::PermissionsExt as _;
+        let path = dir.join(format!("docker-credential-{name}"));
+        std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// A config whose `credsStore` is the helper `name` running `script`, found in `dir` only.
+    fn creds_store(dir: &Path, name: &str, script: &str) -> DockerConfig {
+        write_helper(dir, name, script);
+        let json = format!(r#"{{"credsStore":"{name}"}}"#);
+        DockerConfig::parse(Path::new("config.json"), json.as_bytes())
+            .unwrap()
+            .with_helper_dirs(vec![dir.to_owned()])
+    }
+
     #[tokio::test]
     async fn credential_helpers_are_asked_for_docker_hub_by_its_index_url() {
         let dir = tempfile::tempdir().unwrap();
         // A `credsStore` helper named `name` running `script` (it reads the server on stdin).
         let store = |name: &str, script: &str| {
-            use std::os::unix::fs::PermissionsExt as _;
-            let helper = dir.path().join(format!("docker-credential-{name}"));
-            std::fs::write(&helper, format!("#!/bin/sh\nread server\n{script}\n")).unwrap();
-            std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
-            let json = format!(r#"{{"credsStore":"{name}"}}"#);
-            DockerConfig::parse(Path::new("config.json"), json.as_bytes())
-                .unwrap()
-                .with_helper_dirs(vec![dir.path().to_owned()])
+            creds_store(dir.path(), name, &format!("read server\n{script}"))
         };
         // Answers with the server name it was asked for as the secret.
         let cfg = store(
@@ -760,15 +770,13 @@ printf '{"Username":"u","Secret":"p"}'"#,
     /// An empty `auth` is no credential: the lookup goes on to `credsStore`.
     #[tokio::test]
     async fn an_empty_auth_falls_through_to_the_credential_store() {
-        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let helper = dir.path().join("docker-credential-store");
-        std::fs::write(
-            &helper,
-            "#!/bin/sh\nread server\nprintf '{\"Username\":\"u\",\"Secret\":\"p\"}'\n",
-        )
-        .unwrap();
-        std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+        write_helper(
+            dir.path(),
+            "store",
+            r#"read server
+printf '{"Username":"u","Secret":"p"}'"#,
+        );
         let cfg = DockerConfig::parse(
             Path::new("config.json"),
             br#"{"auths":{"r.example":{"auth":""}},"credsStore":"store"}"#,
@@ -785,17 +793,9 @@ printf '{"Username":"u","Secret":"p"}'"#,
     /// fails the docker-credential-helpers way (message on stdout, exit 1) shows its message.
     #[tokio::test]
     async fn credential_helpers_that_hang_or_fail_say_so() {
-        use std::os::unix::fs::PermissionsExt as _;
         let dir = tempfile::tempdir().unwrap();
         let helper = |name: &str, script: &str| {
-            let path = dir.path().join(format!("docker-credential-{name}"));
-            std::fs::write(&path, format!("#!/bin/sh\n{script}\n")).unwrap();
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-            let json = format!(r#"{{"credsStore":"{name}"}}"#);
-            DockerConfig::parse(Path::new("config.json"), json.as_bytes())
-                .unwrap()
-                .with_helper_dirs(vec![dir.path().to_owned()])
-                .with_helper_timeout(Duration::from_millis(500))
+            creds_store(dir.path(), name, script).with_helper_timeout(Duration::from_millis(500))
         };
         let started = std::time::Instant::now();
         let err = helper("hang", "exec sleep 600")

@@ -428,18 +428,28 @@ fn small_layer_hex(s: &Setup) -> &str {
     s.image.blobs[2].trim_start_matches("sha256:")
 }
 
+/// The source sends the 64 KiB layer `piece` bytes at a time, `every` apart.
+fn trickle_small_layer(s: &Setup, piece: usize, every: Duration) {
+    let trickle = Fault::Trickle { piece, every };
+    s.src_proxy
+        .add_rule(Rule::new(Route::BlobGet, trickle, None).matching(small_layer_hex(s)));
+}
+
+/// An error and its causes, as the CLI prints them on one line.
+fn error_chain(err: &Error) -> String {
+    std::iter::successors(Some(err as &dyn std::error::Error), |e| e.source())
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
 /// A source that sends a layer slowly but steadily: the streamed upload takes longer than the
 /// read timeout (reqwest's own read timeout would cut it off: it runs from the request's start
 /// until the answer), yet it never stalls, so it completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upload_that_keeps_moving_is_never_cut_off() {
     let Some(s) = setup().await else { return };
-    let trickle = Fault::Trickle {
-        piece: 4 * 1024,
-        every: Duration::from_millis(150),
-    };
-    s.src_proxy
-        .add_rule(Rule::new(Route::BlobGet, trickle, None).matching(small_layer_hex(&s)));
+    trickle_small_layer(&s, 4 * 1024, Duration::from_millis(150));
     let started = std::time::Instant::now();
     let result = s.copy_with_read_timeout(Duration::from_secs(1)).await;
     s.check_invariant(&result).await;
@@ -465,10 +475,7 @@ async fn an_upload_the_registry_never_answers_fails_after_the_read_timeout() {
     s.check_invariant(&result).await;
     let err = result.expect_err("the registry never answers");
     assert_gave_up(&err);
-    let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ");
+    let chain = error_chain(&err);
     assert!(
         chain.contains("did not answer within 1.0s of the upload's last byte"),
         "{chain}"
@@ -527,19 +534,11 @@ async fn a_put_answered_with_another_digest_is_a_verification_failure_not_retrie
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_source_is_blamed_on_the_source_not_the_upload() {
     let Some(s) = setup().await else { return };
-    let trickle = Fault::Trickle {
-        piece: 16 * 1024,
-        every: Duration::from_millis(1500),
-    };
-    s.src_proxy
-        .add_rule(Rule::new(Route::BlobGet, trickle, None).matching(small_layer_hex(&s)));
+    trickle_small_layer(&s, 16 * 1024, Duration::from_millis(1500));
     let result = s.copy_with_read_timeout(Duration::from_secs(1)).await;
     s.check_invariant(&result).await;
     let err = result.expect_err("the source stalls on every attempt");
-    let chain = std::iter::successors(Some(&err as &dyn std::error::Error), |e| e.source())
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(": ");
+    let chain = error_chain(&err);
     assert!(
         chain.contains("reading blob") && !chain.contains("made no progress"),
         "{chain}"
